@@ -1,0 +1,41 @@
+"""Run the real CLI in a subprocess, alone or under torchrun, and read what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# A model small enough that a few dozen steps take seconds on 2 cores, with every part present.
+TINY_MODEL = [
+    "model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=4",
+    "model.intermediate_size=128", "data.seq_len=64", "train.micro_batch_size=8",
+    "train.eval_batches=2",
+]
+
+
+def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
+                 timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    args = ["+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}", "data.source=null",
+            *TINY_MODEL, *overrides]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "xmod_pretrain", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "xmod_pretrain", *args]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(train records, valid records) of metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r.get("split") == "valid"]
+    train = [r for r in records if "split" not in r]
+    return train, valid

@@ -1,0 +1,79 @@
+"""The real CLI end to end: one process, two processes under torchrun, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.launch import read_metrics, run_training
+
+pytestmark = pytest.mark.integration
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def test_single_process_trains_and_checkpoints(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    proc = run_training(run, tiny_data, "train.max_steps=40", "train.log_every=5",
+                        "train.eval_every=20", "train.save_every=20", "deepspeed=zero2")
+    train, valid = read_metrics(run)
+    assert [r["step"] for r in train] == list(range(5, 41, 5))
+    assert {"loss", "lr", "tokens_per_s", "mfu", "lang_loss"} <= set(train[0])
+    # Per-language validation at the start, mid-way and the end; every language improves.
+    assert [r["step"] for r in valid] == [0, 20, 40]
+    first, last = valid[0]["lang_loss"], valid[-1]["lang_loss"]
+    assert set(first) == {"en_XX", "de_DE", "ru_RU", "el_GR"}
+    assert all(last[lang] < first[lang] - 0.5 for lang in first), (first, last)
+    assert "valid @ step 40" in proc.stdout and "tok/s" in proc.stdout
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step_00000040"
+    saved = checkpoints / "step_00000040"
+    for sidecar in ("trainer_state.json", "config.yaml", "languages.json", "sentencepiece.bpe.model"):
+        assert (saved / sidecar).is_file(), sidecar
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == 40
+    assert json.loads((saved / "languages.json").read_text()) == ["en_XX", "de_DE", "ru_RU", "el_GR"]
+    assert (checkpoints / "step_00000020").is_dir()  # keep_checkpoints=2 keeps both
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    """Train 10, stop, resume to 20 == train 20 straight (same data, RNG, LR schedule)."""
+    common = ["train.max_steps=20", "train.log_every=1", "train.eval_every=0",
+              "train.save_every=10", "optim.warmup_steps=5"]
+    straight = tmp_path / "straight"
+    run_training(straight, tiny_data, *common)
+    resumed = tmp_path / "resumed"
+    run_training(resumed, tiny_data, *common[1:], "train.max_steps=10")
+    proc = run_training(resumed, tiny_data, *common)
+    assert "resumed from" in proc.stdout
+    ref, _ = read_metrics(straight)
+    got, _ = read_metrics(resumed)
+    assert [r["step"] for r in got] == list(range(1, 21))
+    for a, b in zip(ref, got):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6), (a["step"], a, b)
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+
+
+def test_two_processes_zero2(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    proc = run_training(run, tiny_data, "train.max_steps=30", "train.log_every=5",
+                        "train.eval_every=0", "train.save_every=30", "deepspeed=zero2",
+                        nproc=2)
+    train, valid = read_metrics(run)  # only rank 0 writes
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    first, last = valid[0]["lang_loss"], valid[-1]["lang_loss"]
+    assert mean(last.values()) < mean(first.values()) - 0.5
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000030"
+    # Two ranks' DeepSpeed shards of the ZeRO-2 optimizer state.
+    shards = list((run / "checkpoints" / "step_00000030").glob("*optim_states.pt"))
+    assert len(shards) == 2, shards
+    assert proc.stdout.count("valid @ step 30") == 1  # rank 0 alone reports
+
+
+def test_refuses_bad_config_naming_the_key(tiny_data, tmp_path):
+    proc = run_training(tmp_path / "r", tiny_data, "train.max_step=3", check=False)
+    assert proc.returncode != 0
+    assert "max_step" in proc.stderr + proc.stdout

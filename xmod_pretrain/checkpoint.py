@@ -1,0 +1,169 @@
+"""Checkpoints: atomic save, ``latest`` pointer, retention, resume without unpickling code.
+
+Layout::
+
+    run_dir/checkpoints/step_00000200/   DeepSpeed engine state (model, optimizer, LR schedule)
+                        ├ trainer_state.json   step, tokens seen, sampler position
+                        ├ config.yaml          the resolved run config
+                        ├ languages.json       module index order
+                        └ sentencepiece.bpe.model
+    run_dir/checkpoints/latest           the name of the newest complete checkpoint
+
+A checkpoint is written under a temporary name, fsynced, renamed into place, and only then does
+``latest`` move (itself written to a temporary file and renamed). A crash at any point leaves
+``latest`` on a complete checkpoint, and an older checkpoint is never touched by a newer save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xmod_pretrain.distributed import DistInfo, barrier
+
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+TMP_PREFIX = ".tmp-"
+
+
+def step_tag(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file and directory under ``path`` to disk before it is renamed into place."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(root))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old content or the new, never a part."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``latest`` names, or None when the run has none."""
+    pointer = Path(run_dir) / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
+    return path
+
+
+def _safe_globals() -> list:
+    """The non-tensor types DeepSpeed puts in its checkpoint files, allowed for unpickling."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [OrderedDict, LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def use_weights_only_loading(engine) -> None:
+    """Make DeepSpeed load its checkpoint files with ``torch.load(weights_only=True)``.
+
+    NOTE: DeepSpeed's own engine calls ``torch.load(weights_only=False)``, which would run any code
+    pickled into a checkpoint file. Ours only rebuilds tensors, containers and the few plain
+    DeepSpeed types listed in ``_safe_globals``.
+    """
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    safe = WeightsOnlyCheckpointEngine()
+    safe.zipfile_serialization = engine.checkpoint_engine.zipfile_serialization
+    engine.checkpoint_engine = safe
+    if hasattr(engine.optimizer, "checkpoint_engine"):
+        engine.optimizer.checkpoint_engine = safe
+
+
+class Checkpointer:
+    """Saves and restores a run's engine state plus the sidecars that make it self-describing."""
+
+    def __init__(self, run_dir: str | Path, info: DistInfo, keep: int, sidecars: dict[str, Any]):
+        """``sidecars`` maps a file name to its text (str) or to a file to copy (Path)."""
+        self.root = Path(run_dir) / "checkpoints"
+        self.info = info
+        self.keep = keep
+        self.sidecars = sidecars
+
+    def save(self, engine, step: int, trainer_state: dict[str, Any]) -> Path:
+        tag = step_tag(step)
+        tmp = self.root / f"{TMP_PREFIX}{tag}"
+        if self.info.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a save that died earlier
+        barrier()
+        engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
+        barrier()
+        if self.info.is_main:
+            self._write_sidecars(tmp, trainer_state)
+            fsync_tree(tmp)
+            final = self.root / tag
+            if final.exists():  # the same step saved before (a re-run): swap, never half-delete
+                old = self.root / f"{TMP_PREFIX}old-{tag}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, final)
+            fsync_dir(self.root)
+            write_atomic(self.root / LATEST, tag + "\n")
+            self._prune()
+        barrier()
+        return self.root / tag
+
+    def _write_sidecars(self, path: Path, trainer_state: dict[str, Any]) -> None:
+        (path / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+        for name, content in self.sidecars.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, path / name)
+            else:
+                (path / name).write_text(content, encoding="utf-8")
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` checkpoints (0 keeps all)."""
+        if self.keep <= 0:
+            return
+        done = sorted(p for p in self.root.glob("step_*") if p.is_dir())
+        for old in done[: -self.keep]:
+            shutil.rmtree(old)
+
+    def load(self, engine, path: Path) -> dict[str, Any]:
+        """Restore engine state from ``path``; return its trainer state."""
+        use_weights_only_loading(engine)
+        load_path, _ = engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if load_path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint to load in {path}")
+        return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))

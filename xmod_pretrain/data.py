@@ -1,0 +1,185 @@
+"""Training data: memory-mapped shards, the language sampler and the masking collator.
+
+Shards are flat uint32 token streams, one per language and split (``<dir>/<lang>/train.bin``),
+each line's tokens followed by ``</s>``; ``manifest.json`` beside them holds the counts and the
+tokenizer hash (see data_prep/). A sequence is a window of ``seq_len - 2`` consecutive tokens
+(lines run on across ``</s>``, RoBERTa's "full-sentences") wrapped in ``<s> ... </s>``.
+
+Determinism: every micro-batch is a pure function of (seed, step, global micro-batch index), where
+the global index runs over ``world_size x grad_accum_steps`` micro-batches of a step. The sampler's
+whole state is the step counter, and the data a step sees does not depend on how the global batch
+is split over ranks and accumulation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xmod_pretrain.config import DataConfig, MaskingConfig
+from xmod_pretrain.languages import check_language_list
+
+BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+MANIFEST = "manifest.json"
+
+
+class DataError(ValueError):
+    """Prepared data that cannot be used as asked (missing, inconsistent, unknown language)."""
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"no prepared data: {path} does not exist (run `xmod_pretrain prepare`)")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != "xmod-shards" or manifest.get("dtype") != "uint32":
+        raise DataError(f"{path} is not an xmod-shards manifest with uint32 tokens")
+    return manifest
+
+
+class ShardSet:
+    """Read-only token streams of one split (train or valid), one memmap per language."""
+
+    def __init__(self, data_dir: str | Path, split: str, languages: list[str]):
+        manifest = read_manifest(data_dir)
+        known = manifest["languages"]
+        missing = [lang for lang in languages if lang not in known]
+        if missing:
+            raise DataError(
+                f"language(s) {', '.join(missing)} not in {Path(data_dir) / MANIFEST}; "
+                f"it has: {', '.join(known)}"
+            )
+        self.languages = list(languages)
+        self.tokens: list[np.ndarray] = []
+        for lang in self.languages:
+            entry = known[lang][split]
+            path = Path(data_dir) / entry["file"]
+            stream = np.memmap(path, dtype=np.uint32, mode="r")
+            if len(stream) != entry["tokens"] or len(stream) == 0:
+                raise DataError(
+                    f"{path}: {len(stream)} tokens on disk, manifest says {entry['tokens']}"
+                )
+            self.tokens.append(stream)
+
+    def sizes(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens], dtype=np.float64)
+
+    def windows(self, lang: int, starts: np.ndarray, seq_len: int) -> np.ndarray:
+        """Sequences [len(starts), seq_len] of language ``lang``: <s> + window + </s>.
+
+        Windows wrap around the end of the stream, so a language smaller than one window works.
+        """
+        stream = self.tokens[lang]
+        body = seq_len - 2
+        index = (starts[:, None] + np.arange(body)[None, :]) % len(stream)
+        out = np.empty((len(starts), seq_len), dtype=np.int64)
+        out[:, 0] = BOS_ID
+        out[:, 1:-1] = stream[index]
+        out[:, -1] = EOS_ID
+        return out
+
+
+def language_probabilities(sizes: np.ndarray, alpha: float) -> np.ndarray:
+    """Temperature-smoothed sampling, p_l ∝ n_l^alpha (XLM, XLM-R, X-MOD)."""
+    weights = np.power(sizes, alpha)
+    return weights / weights.sum()
+
+
+@dataclass
+class MicroBatch:
+    """One language's masked sequences, ready for the model (all on the host)."""
+
+    lang: int
+    input_ids: torch.Tensor  # [B, S] with masking applied
+    mlm_positions: torch.Tensor  # [M] flat indices into B*S
+    mlm_targets: torch.Tensor  # [M] original token ids there
+
+
+class Masker:
+    """BERT masking: choose ``prob`` of non-special tokens; 80% <mask>, 10% random, 10% kept."""
+
+    def __init__(self, cfg: MaskingConfig, vocab_size: int):
+        if not 0 < cfg.prob < 1 or cfg.mask_frac + cfg.random_frac > 1:
+            raise ValueError(f"bad masking config {cfg}: need 0 < prob < 1, mask+random <= 1")
+        self.cfg = cfg
+        self.mask_id = vocab_size - 1
+        self.first_normal_id = UNK_ID + 1
+        self.vocab_size = vocab_size
+
+    def __call__(self, tokens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """Return (masked input ids, flat positions, targets) for int64 tokens [B, S]."""
+        flat = tokens.reshape(-1)
+        candidates = flat > EOS_ID  # <s>, <pad>, </s> are never predicted
+        chosen = candidates & (rng.random(flat.shape) < self.cfg.prob)
+        if not chosen.any():  # a loss needs at least one target
+            chosen[rng.choice(np.flatnonzero(candidates))] = True
+        positions = np.flatnonzero(chosen)
+        targets = flat[positions].copy()
+        action = rng.random(len(positions))
+        to_mask = action < self.cfg.mask_frac
+        to_random = (action >= self.cfg.mask_frac) & (action < self.cfg.mask_frac + self.cfg.random_frac)
+        inputs = flat.copy()
+        inputs[positions[to_mask]] = self.mask_id
+        inputs[positions[to_random]] = rng.integers(
+            self.first_normal_id, self.mask_id, size=int(to_random.sum())
+        )
+        return inputs.reshape(tokens.shape), positions, targets
+
+
+def to_micro_batch(lang: int, arrays: tuple[np.ndarray, ...]) -> MicroBatch:
+    inputs, positions, targets = (torch.from_numpy(a) for a in arrays)
+    return MicroBatch(lang=lang, input_ids=inputs, mlm_positions=positions, mlm_targets=targets)
+
+
+class LanguageSampler:
+    """Draws one-language micro-batches, deterministic from (seed, step, micro-batch index).
+
+    ``language_per="rank"``: every global micro-batch draws its own language, so ranks differ.
+    ``language_per="step"``: the language is drawn per micro-step and shared by all ranks.
+    """
+
+    def __init__(self, shards: ShardSet, cfg: DataConfig, masker: Masker, micro_batch_size: int,
+                 seed: int, lang_ids: list[int]):
+        """``lang_ids[d]`` is the model's index of the shards' d-th language."""
+        if cfg.language_per not in ("rank", "step"):
+            raise ValueError(f"data.language_per must be 'rank' or 'step', not {cfg.language_per!r}")
+        self.shards = shards
+        self.cfg = cfg
+        self.masker = masker
+        self.batch_size = micro_batch_size
+        self.seed = seed
+        self.lang_ids = lang_ids
+        self.probabilities = language_probabilities(shards.sizes(), cfg.alpha)
+
+    def language(self, step: int, micro_step: int, index: int) -> int:
+        """Shard language of global micro-batch ``index`` (drawn at ``micro_step`` of ``step``)."""
+        key = micro_step if self.cfg.language_per == "step" else index
+        rng = np.random.default_rng([self.seed, step, key, 0])
+        return int(rng.choice(len(self.probabilities), p=self.probabilities))
+
+    def micro_batch(self, step: int, micro_step: int, index: int) -> MicroBatch:
+        lang = self.language(step, micro_step, index)
+        rng = np.random.default_rng([self.seed, step, index, 1])
+        starts = rng.integers(0, len(self.shards.tokens[lang]), size=self.batch_size)
+        tokens = self.shards.windows(lang, starts, self.cfg.seq_len)
+        return to_micro_batch(self.lang_ids[lang], self.masker(tokens, rng))
+
+
+def validation_batches(shards: ShardSet, lang: int, lang_id: int, masker: Masker, batch_size: int,
+                       seq_len: int, num_batches: int, seed: int) -> list[MicroBatch]:
+    """Fixed valid micro-batches of shard language ``lang`` (model index ``lang_id``):
+    consecutive windows, fixed masking."""
+    body = seq_len - 2
+    batches = []
+    for b in range(num_batches):
+        starts = (np.arange(batch_size) + b * batch_size) * body
+        if starts[0] >= len(shards.tokens[lang]) and b > 0:
+            break  # the valid shard is used up; do not repeat it
+        tokens = shards.windows(lang, starts, seq_len)
+        rng = np.random.default_rng([seed, lang, b, 2])
+        batches.append(to_micro_batch(lang_id, masker(tokens, rng)))
+    return batches

@@ -1,0 +1,58 @@
+"""The DeepSpeed engine, configured from the typed config (the only source of its settings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from xmod_pretrain.config import Config
+from xmod_pretrain.distributed import DistInfo
+from xmod_pretrain.optim import build_optimizer, build_scheduler
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
+    """DeepSpeed's JSON config. Batch sizes and clipping come from train/optim, so they cannot
+    disagree: global batch = micro x accumulation x world."""
+    ds = cfg.deepspeed
+    if ds.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, not {ds.zero_stage}")
+    if ds.offload_param and ds.zero_stage != 3:
+        raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage=3")
+    if ds.offload_optimizer and ds.zero_stage == 0:
+        raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+    if cfg.train.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be fp32 or bf16, not {cfg.train.precision!r}")
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum_steps,
+        "train_batch_size": cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world_size,
+        "gradient_clipping": cfg.optim.clip_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        # torch.optim.AdamW with foreach is what we pass in; DeepSpeed has not vetted it for ZeRO.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # we log ourselves; 0 would divide by zero in DeepSpeed
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(model: nn.Module, cfg: Config, info: DistInfo):
+    """``deepspeed.initialize`` with our AdamW groups and linear schedule."""
+    import deepspeed
+
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, info.world_size),
+    )
+    return engine

@@ -1,0 +1,294 @@
+"""The pre-training loop: build -> resume -> train -> validate -> save.
+
+One step = ``grad_accum_steps`` micro-batches on each of ``world_size`` ranks; every micro-batch is
+one language (drawn by the sampler) and activates only that language's modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
+from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.data import (
+    MANIFEST, DataError, LanguageSampler, Masker, MicroBatch, ShardSet, read_manifest,
+    validation_batches,
+)
+from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
+from xmod_pretrain.engine import build_engine
+from xmod_pretrain.languages import check_language_list, language_index
+from xmod_pretrain.metrics import (
+    MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
+)
+from xmod_pretrain.model import XmodForMaskedLM, count_parameters, model_flops_per_token
+
+TOKENIZER_FILE = "sentencepiece.bpe.model"
+
+
+def ensure_prepared(cfg: Config, info: DistInfo) -> dict:
+    """Read the data manifest; on first use, prepare it from ``data.source`` (rank 0 only)."""
+    data = cfg.data
+    if not (Path(data.dir) / MANIFEST).is_file():
+        if data.source is None:
+            raise DataError(f"no prepared data in {data.dir} and data.source is null")
+        if info.is_main:
+            from data_prep.prepare import prepare
+
+            print(f"preparing {data.dir} from {data.source} (first use)", flush=True)
+            prepare(data.source, data.dir, vocab_size=data.vocab_size,
+                    valid_fraction=data.valid_fraction, workers=data.prepare_workers)
+        barrier()
+    return read_manifest(data.dir)
+
+
+def resolve_model_config(cfg: Config, manifest: dict) -> ModelConfig:
+    """Fill the model's vocabulary size and languages from the data where the config leaves them."""
+    vocab = manifest["tokenizer"]["vocab_size"]
+    model = cfg.model
+    if model.vocab_size is not None and model.vocab_size != vocab:
+        raise DataError(f"model.vocab_size={model.vocab_size} but the tokenizer in {cfg.data.dir} "
+                        f"has {vocab} ids")
+    languages = model.languages or list(manifest["languages"])
+    return dataclasses.replace(model, vocab_size=vocab,
+                               languages=check_language_list(languages, "model.languages"))
+
+
+def dry_run(cfg: Config) -> None:
+    """Print the resolved config and the model's size without data, processes or memory."""
+    model_cfg = cfg.model
+    if model_cfg.vocab_size is None or not model_cfg.languages:
+        model_cfg = resolve_model_config(cfg, read_manifest(cfg.data.dir))
+    total, active = count_parameters(model_cfg)
+    print(OmegaConf.to_yaml(OmegaConf.structured(dataclasses.replace(cfg, model=model_cfg))))
+    print(f"parameters: {total / 1e6:.1f}M in all, {active / 1e6:.1f}M active per language "
+          f"({len(model_cfg.languages)} languages, "
+          f"{(total - active) / max(len(model_cfg.languages) - 1, 1) / 1e6:.2f}M per language module set)")
+
+
+class Trainer:
+    """Owns one training run; every rank builds one."""
+
+    cfg: Config
+    info: DistInfo                # rank, world size
+    run_dir: Path
+    languages: list[str]          # model module order (index = language id)
+    sampler: LanguageSampler      # train micro-batches, deterministic from (seed, step, index)
+    valid: dict[str, list[MicroBatch]]
+    engine: object                # deepspeed.DeepSpeedEngine around XmodForMaskedLM
+    checkpointer: Checkpointer
+    metrics: MetricsLogger
+    step: int                     # optimizer steps done
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.info = init_distributed(cfg.deepspeed.dist_timeout_s)
+        self._set_threads()
+        self.run_dir = Path(cfg.run_dir)
+        manifest = ensure_prepared(cfg, self.info)
+        model_cfg = resolve_model_config(cfg, manifest)
+        self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
+        self.languages = model_cfg.languages
+        self._build_data(manifest)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.engine = build_engine(XmodForMaskedLM(model_cfg), cfg, self.info)
+        self.checkpointer = Checkpointer(self.run_dir, self.info, cfg.train.keep_checkpoints,
+                                         self._sidecars())
+        self.metrics = MetricsLogger(self.run_dir, cfg.logging, self.info.is_main,
+                                     dataclasses.asdict(cfg))
+        self.step, self.tokens_seen, self.first_valid = 0, 0, None
+        self._resume()
+        self._init_window()
+
+    # ---- construction -------------------------------------------------------------------
+
+    def _set_threads(self) -> None:
+        threads = self.cfg.train.threads or max(1, (os.cpu_count() or 1) // self.info.local_world_size)
+        torch.set_num_threads(threads)
+
+    def _build_data(self, manifest: dict) -> None:
+        data = self.cfg.data
+        if data.language_per == "rank" and self.cfg.deepspeed.zero_stage == 3 and self.info.world_size > 1:
+            raise ValueError(
+                "deepspeed.zero_stage=3 gathers each module's weights with all ranks together, so "
+                "ranks cannot run different languages in one micro-step: set data.language_per=step"
+            )
+        data_langs = check_language_list(data.languages or list(manifest["languages"]), "data.languages")
+        lang_ids = [language_index(self.languages, lang) for lang in data_langs]
+        masker = Masker(data.masking, self.cfg.model.vocab_size)
+        train = ShardSet(data.dir, "train", data_langs)
+        self.data_languages = data_langs
+        self.sampler = LanguageSampler(train, data, masker, self.cfg.train.micro_batch_size,
+                                       self.cfg.train.seed, lang_ids)
+        valid = ShardSet(data.dir, "valid", data_langs)
+        self.valid = {
+            lang: validation_batches(valid, d, lang_ids[d], masker, self.cfg.train.micro_batch_size,
+                                     data.seq_len, self.cfg.train.eval_batches, self.cfg.train.seed)
+            for d, lang in enumerate(data_langs)
+        }
+
+    def _sidecars(self) -> dict:
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        return {
+            "config.yaml": config_yaml,
+            "languages.json": json.dumps(self.languages, indent=1) + "\n",
+            TOKENIZER_FILE: Path(self.cfg.data.dir) / TOKENIZER_FILE,
+        }
+
+    def _resume(self) -> None:
+        latest = latest_checkpoint(self.run_dir)
+        resume = self.cfg.train.resume
+        if latest is None:
+            if resume:
+                raise FileNotFoundError(f"train.resume=true but {self.run_dir} has no checkpoint")
+            return
+        if resume is False:
+            raise FileExistsError(f"{self.run_dir} holds checkpoints and train.resume=false: pick "
+                                  "another run_dir, or resume")
+        self._check_same_model(latest)
+        state = self.checkpointer.load(self.engine, latest)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.first_valid = state.get("first_valid")
+        self._print(f"resumed from {latest} at step {self.step}")
+
+    def _check_same_model(self, checkpoint: Path) -> None:
+        saved = OmegaConf.to_object(OmegaConf.merge(
+            OmegaConf.structured(Config), OmegaConf.load(checkpoint / "config.yaml")))
+        if saved.model != self.cfg.model:
+            diff = [f.name for f in dataclasses.fields(ModelConfig)
+                    if getattr(saved.model, f.name) != getattr(self.cfg.model, f.name)]
+            raise ValueError(f"{checkpoint} was trained with a different model ({', '.join(diff)} "
+                             "differ); use another run_dir")
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg.train
+        if self.first_valid is None:
+            self.first_valid = self.validate()
+        self._reset_window()  # tokens/s counts training only
+        last_saved = self.step
+        while self.step < cfg.max_steps:
+            self.train_step()
+            self.step += 1
+            if self.step % cfg.log_every == 0:
+                self._log_window()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                self.validate()
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save()
+                last_saved = self.step
+        final = self.validate()
+        if last_saved != self.step or latest_checkpoint(self.run_dir) is None:
+            self.save()
+        self.metrics.close()
+        return final
+
+    def train_step(self) -> None:
+        """One optimizer step: this rank's micro-batches of the global batch, in order."""
+        accum, world = self.cfg.train.grad_accum_steps, self.info.world_size
+        for micro in range(accum):
+            index = micro * world + self.info.rank  # position in the global batch
+            batch = self.sampler.micro_batch(self.step, micro, index)
+            # Dropout noise is a function of (seed, step, index) too: resumable, world-size free.
+            torch.manual_seed(hash((self.cfg.train.seed, self.step, index)) & 0x7FFF_FFFF)
+            loss = self._forward(batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            self.window_loss[batch.lang] += loss.detach().float()
+            self.window_count[batch.lang] += 1
+        self.tokens_seen += accum * world * batch.input_ids.numel()
+
+    def _forward(self, batch: MicroBatch) -> torch.Tensor:
+        device = self.engine.device
+        out = self.engine(batch.input_ids.to(device), batch.lang,
+                          mlm_positions=batch.mlm_positions.to(device),
+                          mlm_targets=batch.mlm_targets.to(device))
+        return out.loss
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Token-weighted valid loss per language. Every rank runs the same batches (so ZeRO-3's
+        collective gathers line up and no reduction is needed); rank 0 prints the table."""
+        self.engine.eval()
+        losses = {}
+        for lang, batches in self.valid.items():
+            total, count = 0.0, 0
+            for batch in batches:
+                n = len(batch.mlm_targets)
+                total += float(self._forward(batch)) * n
+                count += n
+            losses[lang] = total / count
+        self.engine.train()
+        self._report_valid(losses)
+        return losses
+
+    def save(self) -> None:
+        state = {"step": self.step, "tokens_seen": self.tokens_seen,
+                 "sampler": {"seed": self.cfg.train.seed, "next_step": self.step},
+                 "first_valid": self.first_valid}
+        path = self.checkpointer.save(self.engine, self.step, state)
+        self._print(f"saved checkpoint {path}")
+
+    # ---- reporting ----------------------------------------------------------------------
+
+    def _init_window(self) -> None:
+        device = self.engine.device
+        self.window_loss = torch.zeros(len(self.languages), device=device)
+        self.window_count = torch.zeros(len(self.languages), device=device)
+        self._reset_window()
+        model_cfg, data = self.cfg.model, self.cfg.data
+        masked = data.masking.prob * (data.seq_len - 2) / data.seq_len
+        self.flops_per_token = model_flops_per_token(model_cfg, data.seq_len, masked)
+        dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float32
+        self.peak_flops = measure_matmul_peak(device, dtype) * self.info.world_size
+
+    def _log_window(self) -> None:
+        """Reduce the window's per-language losses over ranks; rank 0 prints and records them."""
+        stats = torch.stack([self.window_loss, self.window_count])
+        if self.info.world_size > 1:
+            dist.all_reduce(stats)
+        sums, counts = stats.cpu().tolist()
+        elapsed = time.perf_counter() - self.window_start
+        tokens_per_s = (self.tokens_seen - self.window_tokens) / elapsed
+        mfu = tokens_per_s * self.flops_per_token / self.peak_flops
+        lang_loss = {lang: s / c for lang, s, c in zip(self.languages, sums, counts) if c}
+        loss = sum(sums) / max(sum(counts), 1)
+        lr = self.engine.get_lr()[0]
+        record = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s,
+                  "mfu": mfu, "tokens_seen": self.tokens_seen, "lang_loss": lang_loss}
+        self.metrics.log(record, train_line(self.step, self.cfg.train.max_steps, loss, lr,
+                                            tokens_per_s, mfu, lang_loss))
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.window_loss.zero_()
+        self.window_count.zero_()
+        self.window_start, self.window_tokens = time.perf_counter(), self.tokens_seen
+
+    def _report_valid(self, losses: dict[str, float]) -> None:
+        record = {"step": self.step, "split": "valid", "lang_loss": losses,
+                  "lang_ppl": {lang: perplexity(v) for lang, v in losses.items()}}
+        table = format_table(losses, f"valid @ step {self.step}", start=self.first_valid)
+        self.metrics.log(record, table)
+
+    def _print(self, text: str) -> None:
+        if self.info.is_main:
+            print(text, flush=True)
+
+
+def run(cfg: Config) -> None:
+    if cfg.train.dry_run:
+        dry_run(cfg)
+        return
+    Trainer(cfg).train()

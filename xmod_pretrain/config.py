@@ -92,6 +92,9 @@ class OptimConfig:
     warmup_steps: int = 100
     """Linear warmup from 0 to lr, then linear decay to min_lr_ratio * lr at max_steps."""
     min_lr_ratio: float = 0.0
+    total_steps: Optional[int] = None
+    """Length of the schedule; None: train.max_steps. Set it to stop a run early (max_steps
+    below it) and continue later on the same schedule, as fairseq's --total-num-update."""
     clip_grad_norm: float = 1.0
     """Global gradient norm clip; 0 disables."""
 

@@ -48,7 +48,7 @@ def build_engine(model: nn.Module, cfg: Config, info: DistInfo):
     import deepspeed
 
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.optim.total_steps or cfg.train.max_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

@@ -1,0 +1,225 @@
+"""Where each language's raw text comes from: the bundled corpus, a folder, a JSON list, or a
+Hugging Face ``datasets`` source.
+
+``open_source`` turns a source string into ``{language: LanguageSource}`` in a stable order,
+checking what can be checked before any text is read: language codes, duplicates, missing files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_prep.errors import DataPrepError
+from data_prep.textio import Progress, is_text_file, normalize_line, read_lines, text_file_stem
+from xmod_pretrain.languages import check_language_code, check_language_list
+
+CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
+BUNDLED = "bundled"
+BUNDLED_DEFAULT = "debian_ig"
+HF_PREFIX = "hf:"
+# datasets' packaged builders read local or remote files: for them the template is data_files.
+HF_FILE_BUILDERS = frozenset({"text", "json", "csv", "parquet", "arrow"})
+HF_TEXT_COLUMN = "text"
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """One language's text in one or more UTF-8 files (``.txt`` or ``.txt.xz``)."""
+
+    language: str
+    files: tuple[Path, ...]
+
+    @property
+    def total_bytes(self) -> int | None:
+        """Raw bytes to read, when known without decompressing."""
+        if any(f.name.endswith(".xz") for f in self.files):
+            return None
+        return sum(f.stat().st_size for f in self.files)
+
+    def lines(self, progress: Progress | None = None) -> Iterator[str]:
+        """The language's non-empty lines, NFC and whitespace-normalised, in file order."""
+        for path in self.files:
+            yield from read_lines(path, self.language, progress)
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """One language of a ``datasets`` source, streamed (nothing is downloaded in full).
+
+    ``name`` is a hub dataset (``argument`` is its config name) or a packaged builder such as
+    ``text`` (``argument`` is its data_files). Rows' ``text`` column is split into lines.
+    """
+
+    language: str
+    name: str
+    argument: str
+
+    @property
+    def total_bytes(self) -> None:
+        """Unknown for a stream."""
+        return None
+
+    def lines(self, progress: Progress | None = None) -> Iterator[str]:
+        """The language's non-empty lines, NFC and whitespace-normalised, in stream order."""
+        found = 0
+        for row in self._rows():
+            text = row.get(HF_TEXT_COLUMN)
+            if not isinstance(text, str):
+                columns = ", ".join(row)
+                raise DataPrepError(f"{self}: no {HF_TEXT_COLUMN!r} text column (has {columns})")
+            if progress is not None:
+                progress(len(text.encode("utf-8")))
+            for line in text.split("\n"):
+                line = normalize_line(line)
+                if line:
+                    found += 1
+                    yield line
+        if not found:
+            raise DataPrepError(f"language {self.language}: {self} has no usable line")
+
+    def _rows(self) -> Iterator[dict]:
+        try:
+            yield from self._stream()
+        except (OSError, ValueError, ConnectionError) as e:  # missing files, configs, offline hub
+            raise DataPrepError(f"{self}: {type(e).__name__}: {e}") from e
+
+    def _stream(self) -> Iterable[dict]:
+        import datasets  # heavy (pyarrow, pandas); only hf: sources need it
+
+        if self.name in HF_FILE_BUILDERS:
+            return datasets.load_dataset(
+                self.name, data_files=self.argument, split="train", streaming=True
+            )
+        return datasets.load_dataset(self.name, self.argument, split="train", streaming=True)
+
+    def __str__(self) -> str:
+        what = "data_files" if self.name in HF_FILE_BUILDERS else "config"
+        return f"datasets source {self.name!r} ({what} {self.argument!r})"
+
+
+LanguageSource = FileSource | HFSource
+
+
+def open_source(
+    source: str | os.PathLike, languages: Sequence[str] | None = None
+) -> dict[str, LanguageSource]:
+    """Resolve ``source`` to its languages, in the order of ``languages`` (None or empty: all of
+    the source's, sorted).
+
+    ``source``: ``bundled`` (or ``bundled:<folder>`` of data_prep/corpus), a folder of
+    ``<xx_YY>.txt[.xz]`` files, a JSON file ``{"xx_YY": path or [paths]}``, or
+    ``hf:NAME[:TEMPLATE]`` (TEMPLATE: config name, or data_files for builders like ``text``,
+    with ``{lang}`` -> ``en_XX`` and ``{iso}`` -> ``en``; default ``{lang}``).
+    """
+    languages = _language_list(languages) if languages else None
+    spec = str(source)
+    if spec.startswith(HF_PREFIX):
+        return _hf_sources(spec, languages)
+    available = _files_by_language(spec)
+    return _select(available, languages, spec)
+
+
+def _language_code(code: str, where: str) -> str:
+    try:
+        return check_language_code(code, where)
+    except ValueError as e:
+        raise DataPrepError(str(e)) from None
+
+
+def _language_list(codes: Sequence[str]) -> list[str]:
+    try:
+        return check_language_list(codes, "--languages")
+    except ValueError as e:
+        raise DataPrepError(str(e)) from None
+
+
+def _files_by_language(spec: str) -> dict[str, FileSource]:
+    if spec == BUNDLED or spec.startswith(BUNDLED + ":"):
+        path = CORPUS_DIR / (spec.partition(":")[2] or BUNDLED_DEFAULT)
+    else:
+        path = Path(spec)
+    if not path.exists():
+        raise DataPrepError(f"source {spec} does not exist ({path})")
+    if path.is_dir():
+        return _folder_sources(path)
+    if path.suffix == ".json":
+        return _json_sources(path)
+    raise DataPrepError(f"source {spec} is neither a folder, a .json file nor hf:NAME")
+
+
+def _folder_sources(folder: Path) -> dict[str, FileSource]:
+    found: dict[str, FileSource] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_text_file(p)):
+        code = _language_code(text_file_stem(path), str(path))
+        if code in found:
+            first = found[code].files[0].name
+            raise DataPrepError(f"language {code} twice in {folder}: {first} and {path.name}")
+        found[code] = FileSource(code, (path,))
+    if not found:
+        raise DataPrepError(f"source {folder} holds no <xx_YY>.txt or <xx_YY>.txt.xz file")
+    return found
+
+
+def _json_sources(path: Path) -> dict[str, FileSource]:
+    try:
+        pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=list)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataPrepError(f"{path} is not a JSON object of language -> path(s): {e}") from None
+    if not isinstance(pairs, list) or not pairs:
+        raise DataPrepError(f"{path} must be a non-empty JSON object of language -> path(s)")
+    codes = [_language_code(code, str(path)) for code, _ in pairs]
+    twice = sorted({code for code in codes if codes.count(code) > 1})
+    if twice:
+        raise DataPrepError(f"language {', '.join(twice)} twice in {path}")
+    return {code: FileSource(code, _json_files(path, code, value)) for code, value in pairs}
+
+
+def _json_files(path: Path, code: str, value: object) -> tuple[Path, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DataPrepError(f"{path}: {code} must map to a path or a non-empty list of paths")
+    files = tuple(path.parent / n for n in names)  # relative paths are relative to the JSON file
+    for f in files:
+        if not f.is_file():
+            raise DataPrepError(f"{path}: file {f} of language {code} does not exist")
+    return files
+
+
+def _hf_sources(spec: str, languages: list[str] | None) -> dict[str, LanguageSource]:
+    name, _, template = spec.removeprefix(HF_PREFIX).partition(":")
+    if not name:
+        raise DataPrepError(f"source {spec!r}: expected hf:NAME[:TEMPLATE]")
+    if not languages:
+        raise DataPrepError(f"source {spec!r} cannot list its languages: pass --languages")
+    if name in HF_FILE_BUILDERS and not template:
+        example = f"hf:{name}:/data/{{lang}}.txt"
+        raise DataPrepError(f"source {spec!r}: the {name} builder needs data_files, e.g. {example}")
+    template = template or "{lang}"
+    return {lang: HFSource(lang, name, _fill(template, lang, spec)) for lang in languages}
+
+
+def _fill(template: str, lang: str, spec: str) -> str:
+    try:
+        return template.format(lang=lang, iso=lang.split("_")[0])
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataPrepError(
+            f"source {spec!r}: bad template field {e}; use {{lang}} or {{iso}}"
+        ) from None
+
+
+def _select(
+    available: Mapping[str, LanguageSource], languages: list[str] | None, spec: str
+) -> dict[str, LanguageSource]:
+    if languages is None:
+        return {code: available[code] for code in sorted(available)}
+    missing = [code for code in languages if code not in available]
+    if missing:
+        raise DataPrepError(
+            f"language(s) {', '.join(missing)} not in source {spec}; "
+            f"it has: {', '.join(sorted(available))}"
+        )
+    return {code: available[code] for code in languages}

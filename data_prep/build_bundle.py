@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_prep.atomic import write_bytes, write_text
+from xmod_pretrain.atomic import write_bytes, write_text
 from data_prep.errors import DataPrepError
 from data_prep.html_text import clean_lines, html_paragraphs
 from data_prep.untranslated import UntranslatedFilter

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.atomic import write_bytes
+from xmod_pretrain.atomic import write_bytes
 from data_prep.encode import ParallelEncoder
 from data_prep.errors import DataPrepError
 from data_prep.shards import MANIFEST, TOKENIZER_FILE, write_language, write_manifest

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from data_prep.atomic import atomic_path, write_text
+from xmod_pretrain.atomic import atomic_path, write_text
 from data_prep.encode import TOKEN_DTYPE, Chunk
 from data_prep.errors import DataPrepError
 from xmod_pretrain.tokenizer import EOS_ID, Tokenizer

@@ -25,43 +25,16 @@ from typing import Any
 
 import torch
 
+from xmod_pretrain.atomic import fsync_dir, fsync_tree, write_text
 from xmod_pretrain.distributed import DistInfo, barrier
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"  # DeepSpeed writes a checkpoint under this name before it is renamed
 
 
 def step_tag(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def fsync_tree(path: Path) -> None:
-    """Flush every file and directory under ``path`` to disk before it is renamed into place."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(root))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old content or the new, never a part."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -136,7 +109,7 @@ class Checkpointer:
             else:
                 os.replace(tmp, final)
             fsync_dir(self.root)
-            write_atomic(self.root / LATEST, tag + "\n")
+            write_text(self.root / LATEST, tag + "\n")
             self._prune()
         barrier()
         return self.root / tag

@@ -20,25 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep.shards import MANIFEST, read_manifest
 from xmod_pretrain.config import DataConfig, MaskingConfig
+from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, UNK_ID
 from xmod_pretrain.languages import check_language_list
 
-BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-MANIFEST = "manifest.json"
 
 
 class DataError(ValueError):
-    """Prepared data that cannot be used as asked (missing, inconsistent, unknown language)."""
-
-
-def read_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no prepared data: {path} does not exist (run `xmod_pretrain prepare`)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != "xmod-shards" or manifest.get("dtype") != "uint32":
-        raise DataError(f"{path} is not an xmod-shards manifest with uint32 tokens")
-    return manifest
+    """Prepared data that cannot be used as asked (inconsistent, unknown language)."""
 
 
 class ShardSet:

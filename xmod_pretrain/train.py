@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
 from xmod_pretrain.config import Config, ModelConfig
+from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
 from xmod_pretrain.data import (
-    MANIFEST, DataError, LanguageSampler, Masker, MicroBatch, ShardSet, read_manifest,
-    validation_batches,
+    DataError, LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches,
 )
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
 from xmod_pretrain.engine import build_engine
@@ -29,8 +29,6 @@ from xmod_pretrain.metrics import (
     MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
 )
 from xmod_pretrain.model import XmodForMaskedLM, count_parameters, model_flops_per_token
-
-TOKENIZER_FILE = "sentencepiece.bpe.model"
 
 
 def ensure_prepared(cfg: Config, info: DistInfo) -> dict:

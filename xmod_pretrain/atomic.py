@@ -23,6 +23,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # data on disk before the rename makes it visible
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a crash
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -36,3 +37,21 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` as UTF-8 to ``path`` atomically."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (creations, renames) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """Flush every file and folder under ``path``, before the tree is renamed into place."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)

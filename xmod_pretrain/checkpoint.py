@@ -3,6 +3,7 @@
 Layout::
 
     run_dir/checkpoints/step_00000200/   DeepSpeed engine state (model, optimizer, LR schedule)
+                        ├ model.safetensors    all weights, consolidated (ZeRO-3 too), fp32
                         ├ trainer_state.json   step, tokens seen, sampler position
                         ├ config.yaml          the resolved run config
                         ├ languages.json       module index order
@@ -24,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from xmod_pretrain.atomic import fsync_dir, fsync_tree, write_text
 from xmod_pretrain.distributed import DistInfo, barrier
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
+WEIGHTS = "model.safetensors"
 TMP_PREFIX = ".tmp-"  # DeepSpeed writes a checkpoint under this name before it is renamed
 
 
@@ -46,6 +49,22 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     if not (path / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
     return path
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """Every weight of the model, whole, on the CPU in fp32; each tied tensor once.
+
+    Under ZeRO-3 each rank holds a slice of every parameter: all ranks gather them together
+    (a collective, so every rank must call this), and the result is meant for rank 0.
+    """
+    import deepspeed
+
+    module = engine.module
+    params = list(module.parameters())
+    gather = engine.zero_optimization_partition_weights()
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
+        return {name: p.detach().to("cpu", torch.float32).clone()
+                for name, p in module.named_parameters()}
 
 
 def _safe_globals() -> list:
@@ -96,8 +115,10 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # a save that died earlier
         barrier()
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
+        weights = full_state_dict(engine)
         barrier()
         if self.info.is_main:
+            save_file(weights, str(tmp / WEIGHTS))
             self._write_sidecars(tmp, trainer_state)
             fsync_tree(tmp)
             final = self.root / tag

@@ -32,7 +32,8 @@ def test_single_process_trains_and_checkpoints(tiny_data, tmp_path):
     checkpoints = run / "checkpoints"
     assert (checkpoints / "latest").read_text().strip() == "step_00000040"
     saved = checkpoints / "step_00000040"
-    for sidecar in ("trainer_state.json", "config.yaml", "languages.json", "sentencepiece.bpe.model"):
+    for sidecar in ("model.safetensors", "trainer_state.json", "config.yaml", "languages.json",
+                    "sentencepiece.bpe.model"):
         assert (saved / sidecar).is_file(), sidecar
     assert json.loads((saved / "trainer_state.json").read_text())["step"] == 40
     manifest = json.loads((tiny_data / "manifest.json").read_text())

@@ -108,32 +108,51 @@ class Checkpointer:
         self.sidecars = sidecars
 
     def save(self, engine, step: int, trainer_state: dict[str, Any]) -> Path:
-        tag = step_tag(step)
-        tmp = self.root / f"{TMP_PREFIX}{tag}"
-        if self.info.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # a save that died earlier
+        """Engine state + consolidated weights + sidecars, published atomically. All ranks call."""
+        tmp = self._fresh_tmp(step)
         barrier()
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
         weights = full_state_dict(engine)
         barrier()
         if self.info.is_main:
-            save_file(weights, str(tmp / WEIGHTS))
-            self._write_sidecars(tmp, trainer_state)
-            fsync_tree(tmp)
-            final = self.root / tag
-            if final.exists():  # the same step saved before (a re-run): swap, never half-delete
-                old = self.root / f"{TMP_PREFIX}old-{tag}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, final)
-            fsync_dir(self.root)
-            write_text(self.root / LATEST, tag + "\n")
-            self._prune()
+            self._publish(tmp, step, weights, trainer_state)
         barrier()
-        return self.root / tag
+        return self.root / step_tag(step)
+
+    def save_weights(self, weights: dict[str, torch.Tensor], step: int,
+                     trainer_state: dict[str, Any]) -> Path:
+        """A weights-only checkpoint (no optimizer state), from one process: what tools that
+        rewrite a model without training it (pruning, importing a module) produce. Export,
+        evaluation and add-language read it like any other checkpoint."""
+        tmp = self._fresh_tmp(step)
+        self._publish(tmp, step, weights, trainer_state)
+        return self.root / step_tag(step)
+
+    def _fresh_tmp(self, step: int) -> Path:
+        tmp = self.root / f"{TMP_PREFIX}{step_tag(step)}"
+        if self.info.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a save that died earlier
+            tmp.mkdir()
+        return tmp
+
+    def _publish(self, tmp: Path, step: int, weights: dict[str, torch.Tensor],
+                 trainer_state: dict[str, Any]) -> None:
+        """Complete ``tmp``, flush it, rename it into place, then move ``latest`` to it."""
+        save_file(weights, str(tmp / WEIGHTS))
+        self._write_sidecars(tmp, trainer_state)
+        fsync_tree(tmp)
+        final = self.root / step_tag(step)
+        if final.exists():  # the same step saved before (a re-run): swap, never half-delete
+            old = self.root / f"{TMP_PREFIX}old-{final.name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(self.root)
+        write_text(self.root / LATEST, final.name + "\n")
+        self._prune()
 
     def _write_sidecars(self, path: Path, trainer_state: dict[str, Any]) -> None:
         (path / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")

@@ -29,6 +29,15 @@ from xmod_pretrain.metrics import (
     MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
 )
 from xmod_pretrain.model import XmodForMaskedLM, count_parameters, model_flops_per_token
+from xmod_pretrain.signals import StopRequest, signal_name
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or inf loss: the run stops before it can be saved."""
+
+
+class PeerLost(RuntimeError):
+    """A collective failed with several ranks: a peer died or stopped responding."""
 
 
 def ensure_prepared(cfg: Config, info: DistInfo) -> dict:
@@ -102,6 +111,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, self.info.is_main,
                                      dataclasses.asdict(cfg))
         self.step, self.tokens_seen, self.first_valid = 0, 0, None
+        self.stop_request = StopRequest()
         self._resume()
         self._init_window()
 
@@ -170,7 +180,23 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------
 
-    def train(self) -> dict[str, float]:
+    def train(self) -> dict[str, float] | None:
+        """Train to ``max_steps``; return the final per-language valid loss (None if stopped
+        early by a signal, after saving a checkpoint)."""
+        try:
+            return self._train()
+        except RuntimeError as err:
+            if self.info.world_size > 1 and not isinstance(err, NonFiniteLoss):
+                raise PeerLost(
+                    f"rank {self.info.rank}: a collective failed at step {self.step}, most likely "
+                    f"because a peer process died or stopped responding ({err}). Restart the "
+                    f"same command to resume from {latest_checkpoint(self.run_dir)}."
+                ) from err
+            raise
+        finally:
+            self.metrics.close()
+
+    def _train(self) -> dict[str, float] | None:
         cfg = self.cfg.train
         if self.first_valid is None:
             self.first_valid = self.validate()
@@ -183,18 +209,23 @@ class Trainer:
                 self._log_window()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 self.validate()
-            if cfg.save_every and self.step % cfg.save_every == 0:
+            stop = self.stop_request.agreed(self.info.world_size, self.engine.device)
+            if stop or (cfg.save_every and self.step % cfg.save_every == 0):
                 self.save()
                 last_saved = self.step
+            if stop:
+                self._print(f"stopping on {signal_name(stop)} after step {self.step}; "
+                            "the same command resumes from the checkpoint")
+                return None
         final = self.validate()
         if last_saved != self.step or latest_checkpoint(self.run_dir) is None:
             self.save()
-        self.metrics.close()
         return final
 
     def train_step(self) -> None:
         """One optimizer step: this rank's micro-batches of the global batch, in order."""
         accum, world = self.cfg.train.grad_accum_steps, self.info.world_size
+        losses, langs = [], []
         for micro in range(accum):
             index = micro * world + self.info.rank  # position in the global batch
             batch = self.sampler.micro_batch(self.step, micro, index)
@@ -203,9 +234,23 @@ class Trainer:
             loss = self._forward(batch)
             self.engine.backward(loss)
             self.engine.step()
-            self.window_loss[batch.lang] += loss.detach().float()
+            losses.append(loss.detach().float())
+            langs.append(batch.lang)
+            self.window_loss[batch.lang] += losses[-1]
             self.window_count[batch.lang] += 1
+        self._check_finite(torch.stack(losses), langs)
         self.tokens_seen += accum * world * batch.input_ids.numel()
+
+    def _check_finite(self, losses: torch.Tensor, langs: list[int]) -> None:
+        """Stop before a NaN/inf can reach a checkpoint (one host sync per step)."""
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            bad = self.languages[langs[int((~finite).nonzero()[0])]]
+            raise NonFiniteLoss(
+                f"rank {self.info.rank}: loss is {float(losses[~finite][0])} at step "
+                f"{self.step + 1} on a {bad} micro-batch; stopping without saving. Lower "
+                f"optim.lr or check the data; {latest_checkpoint(self.run_dir)} is intact."
+            )
 
     def _forward(self, batch: MicroBatch) -> torch.Tensor:
         device = self.engine.device

@@ -1,11 +1,14 @@
-"""Command line: ``xmod_pretrain {train,prepare} ...``.
+"""Command line: ``xmod_pretrain {train,prepare,save-language,load-language,remove-language} ...``.
 
 ``xmod_pretrain train +exp=demo`` (or just ``xmod_pretrain +exp=demo``) is the same Hydra app as
-``python -m xmod_pretrain +exp=demo``; ``prepare`` turns raw text into a tokenizer and shards.
+``python -m xmod_pretrain +exp=demo``; ``prepare`` turns raw text into a tokenizer and shards;
+``save-language``, ``load-language`` and ``remove-language`` move one language's modules between
+runs of the same base model.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -15,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from xmod_pretrain.config import register_configs
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# Commands that read a run and write a module file or a derived run (language_modules.py).
+LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
 
 def _train(cfg: DictConfig) -> None:
@@ -30,6 +35,41 @@ def train_main() -> None:
     app()
 
 
+def add_language_overrides(argv: list[str]) -> list[str]:
+    """``add-language`` options as Hydra overrides of ``+exp=add_language``; what argparse does
+    not know (``optim.lr=...``, ``deepspeed=zero3``) passes through as Hydra overrides."""
+    parser = argparse.ArgumentParser(
+        prog="xmod_pretrain add-language",
+        description="Add languages to a trained run: freeze every shared weight and train only "
+                    "the new languages' modules, into a new run directory.")
+    parser.add_argument("--lang", action="append", required=True,
+                        help="language to add, xx_YY (repeat for several)")
+    parser.add_argument("--from", dest="source",
+                        help="run to grow (read only; default: the demo's, runs/demo)")
+    parser.add_argument("--out", help="new run directory (default: SOURCE+LANG...)")
+    parser.add_argument("--text", help="raw text: a file (one language), a folder of <xx_YY>.txt, "
+                                       "or a JSON manifest (default: the bundled UDHR)")
+    parser.add_argument("--init", default="random", help="random | copy:LANG | avg:LANG1+LANG2")
+    parser.add_argument("--steps", type=int, help="training steps (default 200)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="retrain a language the run already has")
+    args, hydra_overrides = parser.parse_known_args(argv)
+    if args.source is None:
+        from xmod_pretrain.runs import default_source_run
+
+        args.source = default_source_run()
+    out = args.out or f"{str(args.source).rstrip('/')}+{'+'.join(args.lang)}"
+    overrides = ["+exp=add_language", f"run_dir={out}", f"add_language.source_run={args.source}",
+                 f"add_language.languages=[{','.join(args.lang)}]", f"add_language.init={args.init}"]
+    if args.text:
+        overrides.append(f"add_language.text={args.text}")
+    if args.steps is not None:
+        overrides.append(f"train.max_steps={args.steps}")
+    if args.overwrite:
+        overrides.append("add_language.overwrite=true")
+    return overrides + hydra_overrides
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith(("+", "-")) and "=" not in argv[0] else "train"
@@ -37,9 +77,25 @@ def main(argv: list[str] | None = None) -> None:
         from data_prep.prepare import main as prepare_main
 
         sys.exit(prepare_main(argv[1:]))
+    if command == "export":
+        from xmod_pretrain.export import main as export_main
+
+        sys.exit(export_main(argv[1:]))
+    if command == "add-language":
+        argv = ["train", *add_language_overrides(argv[1:])]
+        command = "train"
+    if command in LANGUAGE_COMMANDS:
+        from xmod_pretrain.language_modules import main as language_main
+
+        sys.exit(language_main(argv[1:], command))
     if command != "train":
-        sys.exit(f"xmod_pretrain: unknown command {command!r} (commands: train, prepare)")
+        sys.exit(f"xmod_pretrain: unknown command {command!r} (commands: train, prepare, export, "
+                 f"add-language, {', '.join(LANGUAGE_COMMANDS)})")
     if argv and argv[0] == "train":
         argv = argv[1:]
     sys.argv = [f"{sys.argv[0]} train", *argv]
     train_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -144,6 +144,24 @@ class LoggingConfig:
 
 
 @dataclass
+class AddLanguageConfig:
+    """Post-hoc mode (``xmod_pretrain add-language``): grow a trained run by new languages,
+    training only their modules while every other weight stays frozen."""
+
+    source_run: Optional[str] = None
+    """The run to grow (read only); None: ordinary pre-training."""
+    languages: list[str] = field(default_factory=list)
+    """The languages to add; each trains only on its own text."""
+    text: Optional[str] = None
+    """Their raw text: a file (one language), a folder of <xx_YY>.txt, a JSON manifest, or any
+    data_prep source. None: the bundled UDHR text (yo_NG and the demo languages)."""
+    init: str = "random"
+    """New modules start as ``random``, ``copy:LANG`` (a copy of LANG's) or ``avg:L1+L2``."""
+    overwrite: bool = False
+    """Retrain a language the run already has (its modules restart from ``init``)."""
+
+
+@dataclass
 class Config:
     name: str = "default"
     run_dir: str = "runs/${name}"
@@ -155,6 +173,7 @@ class Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    add_language: AddLanguageConfig = field(default_factory=AddLanguageConfig)
 
 
 def register_configs() -> None:

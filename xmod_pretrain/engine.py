@@ -56,3 +56,23 @@ def build_engine(model: nn.Module, cfg: Config, info: DistInfo):
         config=deepspeed_config(cfg, info.world_size),
     )
     return engine
+
+
+def optimizer_parameter_count(engine) -> int:
+    """Elements this rank's optimizer was built over (without ZeRO's padding).
+
+    Under ZeRO 1/2 DeepSpeed keeps the original parameters in ``bit16_groups``, under ZeRO-3 in
+    ``fp16_groups``; without ZeRO the optimizer is ours. Frozen parameters appear in none.
+    """
+    optimizer = engine.optimizer
+    for attr in ("bit16_groups", "fp16_groups"):
+        groups = getattr(optimizer, attr, None)
+        if groups is not None:
+            return sum(_numel(p) for group in groups for p in group)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return sum(_numel(p) for group in inner.param_groups for p in group["params"])
+
+
+def _numel(param) -> int:
+    # ZeRO-3 replaces a partitioned parameter's data with an empty tensor; ds_numel keeps its size.
+    return getattr(param, "ds_numel", param.numel())

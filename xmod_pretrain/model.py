@@ -52,6 +52,11 @@ class MaskedLMOutput(NamedTuple):
     """[M, V] at ``mlm_positions``, or [B, S, V] for every position when none are given."""
 
 
+# State-dict keys that alias other tensors (the decoder is tied to the word embeddings and to
+# lm_head.bias): present in state_dict() as in transformers, absent from model.safetensors.
+TIED_KEYS = frozenset({"lm_head.decoder.weight", "lm_head.decoder.bias"})
+
+
 def language_of_parameter(name: str) -> str | None:
     """The language code owning parameter ``name``, or None for a shared parameter."""
     found = _LANGUAGE_PARAMETER.search(name)

@@ -7,7 +7,6 @@ one language (drawn by the sampler) and activates only that language's modules.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -23,12 +22,16 @@ from xmod_pretrain.data import (
     DataError, LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches,
 )
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
-from xmod_pretrain.engine import build_engine
+from xmod_pretrain.engine import build_engine, optimizer_parameter_count
 from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.metrics import (
     MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
 )
 from xmod_pretrain.model import XmodForMaskedLM, count_parameters, model_flops_per_token
+from xmod_pretrain.posthoc import (
+    build_grown_model, plan_add_language, prepare_new_languages, source_validation,
+)
+from xmod_pretrain.runs import sidecars
 from xmod_pretrain.signals import StopRequest, signal_name
 
 
@@ -99,13 +102,22 @@ class Trainer:
         self.info = init_distributed(cfg.deepspeed.dist_timeout_s)
         self._set_threads()
         self.run_dir = Path(cfg.run_dir)
-        manifest = ensure_prepared(cfg, self.info)
-        model_cfg = resolve_model_config(cfg, manifest)
+        self.plan = plan_add_language(cfg) if cfg.add_language.source_run else None
+        if self.plan:
+            manifest = prepare_new_languages(cfg, self.plan, self.info)
+            model_cfg = self.plan.model_cfg
+        else:
+            manifest = ensure_prepared(cfg, self.info)
+            model_cfg = resolve_model_config(cfg, manifest)
         self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.languages = model_cfg.languages
         self._build_data(manifest)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.engine = build_engine(XmodForMaskedLM(model_cfg), cfg, self.info)
+        model = (build_grown_model(self.plan, cfg.add_language.init) if self.plan
+                 else XmodForMaskedLM(model_cfg))
+        self.engine = build_engine(model, cfg, self.info)
+        self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
+                    f"of {sum(p.numel() for p in model.parameters()):,}")
         self.checkpointer = Checkpointer(self.run_dir, self.info, cfg.train.keep_checkpoints,
                                          self._sidecars())
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, self.info.is_main,
@@ -135,23 +147,24 @@ class Trainer:
         self.data_languages = data_langs
         self.sampler = LanguageSampler(train, data, masker, self.cfg.train.micro_batch_size,
                                        self.cfg.train.seed, lang_ids)
-        valid = ShardSet(data.dir, "valid", data_langs)
-        self.valid = {
-            lang: validation_batches(valid, d, lang_ids[d], masker, self.cfg.train.micro_batch_size,
-                                     data.seq_len, self.cfg.train.eval_batches, self.cfg.train.seed)
-            for d, lang in enumerate(data_langs)
-        }
+        self.valid = self._valid_batches(data.dir, data_langs, masker)
+        source = source_validation(self.plan) if self.plan else None
+        if source:  # the old languages beside the new: their loss must not move
+            self.valid.update(self._valid_batches(*source, masker))
+
+    def _valid_batches(self, data_dir: str, langs: list[str], masker: Masker) -> dict:
+        valid, train = ShardSet(data_dir, "valid", langs), self.cfg.train
+        return {lang: validation_batches(valid, d, language_index(self.languages, lang), masker,
+                                         train.micro_batch_size, self.cfg.data.seq_len,
+                                         train.eval_batches, train.seed)
+                for d, lang in enumerate(langs)}
 
     def _sidecars(self) -> dict:
-        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+        files = sidecars(self.cfg, Path(self.cfg.data.dir) / TOKENIZER_FILE)
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        return {
-            "config.yaml": config_yaml,
-            "languages.json": json.dumps(self.languages, indent=1) + "\n",
-            TOKENIZER_FILE: Path(self.cfg.data.dir) / TOKENIZER_FILE,
-        }
+            (self.run_dir / "config.yaml").write_text(files["config.yaml"], encoding="utf-8")
+        return files
 
     def _resume(self) -> None:
         latest = latest_checkpoint(self.run_dir)
@@ -220,6 +233,8 @@ class Trainer:
         final = self.validate()
         if last_saved != self.step or latest_checkpoint(self.run_dir) is None:
             self.save()
+        if self.plan:
+            self._report_transfer()
         return final
 
     def train_step(self) -> None:
@@ -259,22 +274,42 @@ class Trainer:
                           mlm_targets=batch.mlm_targets.to(device))
         return out.loss
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Token-weighted valid loss per language. Every rank runs the same batches (so ZeRO-3's
-        collective gathers line up and no reduction is needed); rank 0 prints the table."""
-        self.engine.eval()
-        losses = {}
-        for lang, batches in self.valid.items():
-            total, count = 0.0, 0
-            for batch in batches:
-                n = len(batch.mlm_targets)
-                total += float(self._forward(batch)) * n
-                count += n
-            losses[lang] = total / count
-        self.engine.train()
+        """Token-weighted valid loss per language; rank 0 prints the table."""
+        losses = {lang: self.evaluate(batches) for lang, batches in self.valid.items()}
         self._report_valid(losses)
         return losses
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[MicroBatch], through: int | None = None) -> float:
+        """Token-weighted masked-LM loss of ``batches``, through the modules of language index
+        ``through`` if given (zero-shot transfer) or of their own language. Every rank runs the
+        same batches, so ZeRO-3's collective gathers line up and no reduction is needed."""
+        self.engine.eval()
+        total, count = 0.0, 0
+        for batch in batches:
+            if through is not None:
+                batch = dataclasses.replace(batch, lang=through)
+            n = len(batch.mlm_targets)
+            total += float(self._forward(batch)) * n
+            count += n
+        self.engine.train()
+        return total / count
+
+    def _report_transfer(self) -> None:
+        """Each new language's valid perplexity through the best existing language's modules:
+        what the new modules must beat."""
+        old = [lang for lang in self.languages if lang not in self.plan.new_languages]
+        for lang in self.plan.new_languages:
+            via = {other: self.evaluate(self.valid[lang], language_index(self.languages, other))
+                   for other in old}
+            best = min(via, key=via.get)
+            own = self.evaluate(self.valid[lang])
+            record = {"step": self.step, "split": "transfer", "language": lang, "own": own,
+                      "best_existing": best, "via": via}
+            self.metrics.log(record, f"{lang}: ppl {perplexity(own):.2f} with its own modules, "
+                                     f"{perplexity(via[best]):.2f} through {best}'s (the best "
+                                     f"of {len(old)} existing)")
 
     def save(self) -> None:
         state = {"step": self.step, "tokens_seen": self.tokens_seen,

@@ -1,0 +1,156 @@
+"""Post-hoc languages through the real CLI: exactness, frozen optimizer, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.integration.launch import read_metrics, run_training
+from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.posthoc import AddLanguageError, build_grown_model, plan_add_language
+from xmod_pretrain.runs import load_config, open_run
+
+pytestmark = pytest.mark.integration
+
+TRAIN = ["data.seq_len=64", "train.micro_batch_size=8", "train.eval_batches=2",
+         "train.log_every=5", "train.eval_every=0"]
+
+
+@pytest.fixture(scope="module")
+def source_run(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("source") / "run"
+    run_training(run, tiny_data, "train.max_steps=30", "train.eval_every=0")
+    return run
+
+
+def add_language(*args: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    cli = [sys.executable, "-c", "from xmod_pretrain.cli import main; main()", "add-language"]
+    if nproc > 1:
+        cli = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "xmod_pretrain.cli", "add-language"]
+    proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def tree_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def weights_of(run: Path) -> dict[str, torch.Tensor]:
+    return open_run(run).weights()
+
+
+def test_add_yoruba_trains_only_its_modules(source_run, tmp_path):
+    before = tree_hash(source_run)
+    out = tmp_path / "grown"
+    proc = add_language("--lang", "yo_NG", "--from", str(source_run), "--out", str(out),
+                        "--steps", "40", *TRAIN)
+    assert tree_hash(source_run) == before  # the source run is never modified
+    old, new = weights_of(source_run), weights_of(out)
+    yo_keys = {k for k in new if language_of_parameter(k) == "yo_NG"}
+    assert yo_keys and set(new) == set(old) | yo_keys
+    for key, value in old.items():  # every other tensor, bit for bit
+        assert torch.equal(value, new[key]), key
+    # The optimizer held exactly the yo_NG modules.
+    trainable = sum(new[k].numel() for k in yo_keys)
+    assert f"optimizer: {trainable:,} trainable parameters" in proc.stdout
+    # Outputs of every existing language are bit-identical on the same inputs.
+    old_model, new_model = _model(source_run), _model(out)
+    ids = torch.randint(4, old_model.config.vocab_size - 1, (2, 24))
+    for i, lang in enumerate(old_model.languages):
+        assert torch.equal(old_model(ids, i).logits, new_model(ids, i).logits), lang
+    # yo_NG perplexity falls, and beats the best existing language's modules on Yoruba.
+    _, valid = read_metrics(out)
+    assert valid[-1]["lang_loss"]["yo_NG"] < valid[0]["lang_loss"]["yo_NG"] - 0.05
+    transfer = next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                    if r.get("split") == "transfer")
+    assert transfer["own"] < transfer["via"][transfer["best_existing"]]
+    assert "through" in proc.stdout and "yo_NG" in proc.stdout
+
+
+def _model(run: Path) -> XmodForMaskedLM:
+    ckpt = open_run(run)
+    model = XmodForMaskedLM(ckpt.config.model)
+    model.load_state_dict(ckpt.weights(), strict=False)
+    return model.eval()
+
+
+@pytest.mark.parametrize("stage,nproc", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 2), (1, 2), (2, 2), (3, 2)])
+def test_optimizer_holds_only_new_modules(source_run, tmp_path, stage, nproc):
+    out = tmp_path / "grown"
+    extra = ["data.language_per=step"] if stage == 3 else []
+    proc = add_language("--lang", "yo_NG", "--from", str(source_run), "--out", str(out),
+                        "--steps", "2", f"deepspeed=zero{stage}", *TRAIN, *extra, nproc=nproc)
+    new = weights_of(out)
+    trainable = sum(v.numel() for k, v in new.items() if language_of_parameter(k) == "yo_NG")
+    assert f"optimizer: {trainable:,} trainable parameters" in proc.stdout
+    old = weights_of(source_run)
+    assert all(torch.equal(v, new[k]) for k, v in old.items())
+
+
+def test_init_copy_and_average(source_run, tmp_path):
+    cfg = load_config(source_run / "config.yaml")
+    cfg.run_dir = str(tmp_path / "x")
+    cfg.add_language.source_run, cfg.add_language.languages = str(source_run), ["yo_NG"]
+    plan = plan_add_language(cfg)
+    a, b = plan.source.languages[:2]
+    copy = build_grown_model(plan, f"copy:{a}").state_dict()
+    avg = build_grown_model(plan, f"avg:{a}+{b}").state_dict()
+    for key in (k for k in copy if language_of_parameter(k) == "yo_NG"):
+        assert torch.equal(copy[key], copy[key.replace(".yo_NG.", f".{a}.")])
+        mean = (avg[key.replace(".yo_NG.", f".{a}.")] + avg[key.replace(".yo_NG.", f".{b}.")]) / 2
+        assert torch.allclose(avg[key], mean)
+    with pytest.raises(AddLanguageError, match="has no sw_KE"):
+        build_grown_model(plan, "copy:sw_KE")
+    with pytest.raises(ValueError, match="add_language.init"):
+        build_grown_model(plan, "copy:xx")
+
+
+def test_two_languages_each_on_its_own_text(source_run, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    import lzma
+    from xmod_pretrain.posthoc import BUNDLED_TEXT
+    for lang, source in (("yo_NG", "yo_NG"), ("pt_BR", "pt_XX")):
+        with lzma.open(BUNDLED_TEXT / f"{source}.txt.xz", "rt", encoding="utf-8") as f:
+            (texts / f"{lang}.txt").write_text(f.read(), encoding="utf-8")
+    out = tmp_path / "grown"
+    add_language("--lang", "yo_NG", "--lang", "pt_BR", "--from", str(source_run), "--out", str(out),
+                 "--text", str(texts), "--steps", "10", *TRAIN)
+    train, _ = read_metrics(out)
+    assert set().union(*(r["lang_loss"] for r in train)) <= {"yo_NG", "pt_BR"}
+    assert open_run(out).languages[-2:] == ["yo_NG", "pt_BR"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lang", "yoruba"], "not of the form xx_YY"),
+    (["--lang", "en_XX"], "already in"),
+    (["--lang", "yo_NG", "--text", "EMPTY"], "yo_NG"),
+    (["--lang", "yo_NG", "--from", "MISSING"], "does not exist"),
+])
+def test_bad_input_is_refused_and_nothing_changes(source_run, tmp_path, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    args = [str(empty) if a == "EMPTY" else str(tmp_path / "nope") if a == "MISSING" else a
+            for a in args]
+    if "--from" not in args:
+        args += ["--from", str(source_run)]
+    before = tree_hash(source_run)
+    proc = add_language(*args, "--out", str(tmp_path / "out"), *TRAIN, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert tree_hash(source_run) == before

@@ -1,0 +1,184 @@
+"""Reading runs, writing derived runs, base identity and module files, on runs built in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.language_modules import (
+    LanguageModuleError, base_identity, load_language_module, module_tensors, read_module,
+    remove_language, run_key, save_language_module,
+)
+from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.runs import (
+    RunFormatError, RunNotFoundError, default_source_run, open_run, write_run,
+)
+
+TINY = ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=32, max_position_embeddings=40,
+                   languages=["en_XX", "de_DE", "el_GR"])
+
+
+def weights_of(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """What a checkpoint's model.safetensors holds: every parameter once."""
+    torch.manual_seed(seed)
+    return {n: p.detach().clone() for n, p in XmodForMaskedLM(cfg).named_parameters()}
+
+
+def make_run(root: Path, cfg: ModelConfig = TINY, seed: int = 0, step: int = 3) -> Path:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = root.parent / f"{root.name}.spm"
+    tokenizer.write_bytes(b"a tokenizer")
+    write_run(root, Config(model=cfg), tokenizer, weights_of(cfg, seed), step, {"step": step})
+    return root
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    return make_run(tmp_path / "src")
+
+
+def test_open_run_reads_back_what_write_run_wrote(run):
+    ckpt = open_run(run)
+    assert ckpt.path == run / "checkpoints" / "step_00000003" and ckpt.step == 3
+    assert ckpt.languages == TINY.languages and ckpt.config.model == TINY
+    assert ckpt.config.run_dir == str(run)  # a derived run names itself
+    assert (run / "config.yaml").read_text() == (ckpt.path / "config.yaml").read_text()
+    weights = ckpt.weights()
+    for name, tensor in weights_of(TINY).items():
+        assert torch.equal(weights[name], tensor), name
+
+
+def test_open_run_errors_name_the_problem(run, tmp_path):
+    with pytest.raises(RunNotFoundError, match="run directory .*nowhere does not exist"):
+        open_run(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunNotFoundError, match="empty has no checkpoint"):
+        open_run(tmp_path / "empty")
+    with pytest.raises(RunNotFoundError, match="no checkpoint of step 7 .*available steps: 3"):
+        open_run(run, step=7)
+    (run / "checkpoints" / "step_00000003" / "languages.json").write_text('["en_XX"]')
+    with pytest.raises(RunFormatError, match="languages.json lists"):
+        open_run(run)
+    (run / "checkpoints" / "step_00000003" / "sentencepiece.bpe.model").unlink()
+    with pytest.raises(RunNotFoundError, match="missing sentencepiece.bpe.model"):
+        open_run(run, step=3)
+
+
+def test_write_run_refuses_a_non_empty_directory_and_fills_an_empty_one(run, tmp_path):
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_run(run)
+    (tmp_path / "fresh").mkdir()
+    assert open_run(make_run(tmp_path / "fresh")).step == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["fresh", "src"]
+
+
+def test_default_source_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunNotFoundError, match="no run given and runs/demo has no checkpoint"):
+        default_source_run()
+    make_run(tmp_path / "runs" / "demo")
+    assert default_source_run() == Path("runs/demo")
+
+
+def test_base_identity_covers_everything_but_the_language_modules():
+    weights, sha = weights_of(TINY), "0" * 64
+    identity = base_identity(weights, TINY, sha)
+    # The same base: other module values, fewer languages, training-only fields, tied keys present.
+    modules_changed = {n: (t + 1 if language_of_parameter(n) else t) for n, t in weights.items()}
+    fewer = {n: t for n, t in weights.items() if language_of_parameter(n) != "de_DE"}
+    with_tied = {**weights, "lm_head.decoder.weight": weights["lm_head.bias"]}
+    same = [
+        base_identity(modules_changed, TINY, sha),
+        base_identity(fewer, dataclasses.replace(TINY, languages=["en_XX", "el_GR"]), sha),
+        base_identity(weights, dataclasses.replace(TINY, hidden_dropout_prob=0.0), sha),
+        base_identity(with_tied, TINY, sha),
+    ]
+    assert same == [identity] * len(same)
+    # A different base: one shared value, one architecture flag, the tokenizer, a dtype.
+    nudged = dict(weights)
+    nudged["lm_head.bias"] = weights["lm_head.bias"].clone()
+    nudged["lm_head.bias"][7] += 1e-7
+    as_double = {n: t.double() if n == "lm_head.bias" else t for n, t in weights.items()}
+    different = {
+        base_identity(nudged, TINY, sha),
+        base_identity(weights, dataclasses.replace(TINY, pre_norm=True), sha),
+        base_identity(weights, TINY, "1" * 64),
+        base_identity(as_double, TINY, sha),
+    }
+    assert identity not in different and len(different) == 4
+
+
+def test_module_keys_round_trip():
+    weights = weights_of(TINY)
+    tensors = module_tensors(weights, "de_DE")
+    assert sorted(tensors) == [f"layer.{i}.dense{d}.{p}" for i in range(2) for d in (1, 2)
+                               for p in ("bias", "weight")]
+    assert {run_key(k, "de_DE") for k in tensors} == {
+        n for n in weights if language_of_parameter(n) == "de_DE"}
+
+
+def test_save_then_load_under_a_new_code(run, tmp_path):
+    tensors_path, meta_path = save_language_module(run, "de_DE", tmp_path / "mods")
+    meta = json.loads(meta_path.read_text())
+    assert meta["language"] == "de_DE" and meta["step"] == 3
+    assert meta["architecture"]["hidden_size"] == 16
+    out = load_language_module(run, tensors_path, tmp_path / "grown", lang="yo_NG")
+    grown, source = open_run(out).weights(), open_run(run).weights()
+    assert open_run(out).languages == [*TINY.languages, "yo_NG"]
+    for name, tensor in source.items():
+        assert torch.equal(grown[name], tensor), name
+        if language_of_parameter(name) == "de_DE":
+            assert torch.equal(grown[name.replace(".de_DE.", ".yo_NG.")], tensor), name
+    assert len(grown) == len(source) + 8
+
+
+def test_save_refuses_existing_files(run, tmp_path):
+    save_language_module(run, "de_DE", tmp_path / "mods")
+    with pytest.raises(FileExistsError, match="de_DE.safetensors already exists"):
+        save_language_module(run, "de_DE", tmp_path / "mods")
+
+
+def test_a_changed_module_file_is_refused(run, tmp_path):
+    tensors_path, meta_path = save_language_module(run, "de_DE", tmp_path / "mods")
+    tensors_path.write_bytes(tensors_path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(LanguageModuleError, match="does not match the sha256"):
+        read_module(tensors_path)
+    meta_path.unlink()
+    with pytest.raises(FileNotFoundError, match="de_DE.json is missing"):
+        read_module(tensors_path)
+
+
+def test_load_names_the_architecture_that_differs(run, tmp_path):
+    wide = make_run(tmp_path / "wide", dataclasses.replace(TINY, hidden_size=32,
+                                                          adapter_reduction_factor=4))
+    tensors_path, _ = save_language_module(wide, "de_DE", tmp_path / "mods")
+    with pytest.raises(LanguageModuleError) as err:
+        load_language_module(run, tensors_path, tmp_path / "out", lang="yo_NG")
+    message = str(err.value)
+    assert "belongs to another base model" in message
+    assert "hidden_size 32 in the module, 16 in the run" in message
+    assert "adapter_reduction_factor 4 in the module, 2 in the run" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_remove_refuses_the_last_language(tmp_path):
+    single = make_run(tmp_path / "one", dataclasses.replace(TINY, languages=["en_XX"]))
+    with pytest.raises(LanguageModuleError, match="en_XX is the only language"):
+        remove_language(single, "en_XX", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_remove_drops_the_language_from_an_explicit_data_list(tmp_path):
+    tokenizer = tmp_path / "spm"
+    tokenizer.write_bytes(b"t")
+    config = Config(model=TINY)
+    config.data.languages = ["en_XX", "de_DE"]
+    write_run(tmp_path / "src", config, tokenizer, weights_of(TINY), 1, {"step": 1})
+    pruned = open_run(remove_language(tmp_path / "src", "de_DE", tmp_path / "out")).config
+    assert pruned.data.languages == ["en_XX"] and pruned.model.languages == ["en_XX", "el_GR"]

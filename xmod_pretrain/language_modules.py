@@ -1,0 +1,333 @@
+"""One language's modules as a file of its own: save it, load it into a run, or remove a language.
+
+A language's bottleneck modules are all that differs between languages, so they move between runs
+that share a base: every other weight, the architecture and the tokenizer. ``base_identity``
+hashes exactly that; a module file records the identity of the run it was saved from, and loading
+it into a run of another base is refused.
+
+A module file is a pair::
+
+    <lang>.safetensors   the language's tensors, fp32, keyed per layer: ``layer.{i}.dense1.weight``
+                         stands for the run's
+                         ``roberta.encoder.layer.{i}.output.adapter_modules.{lang}.dense1.weight``
+    <lang>.json          format_version, language, base_identity, architecture, source_run, step,
+                         sha256 (of the .safetensors file)
+
+The keys carry no language code, so a module can be installed under another code. Loading and
+removing write a new run (a weights-only checkpoint, ``runs.write_run``); the source is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from xmod_pretrain.atomic import atomic_path, write_text
+from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.languages import check_language_code
+from xmod_pretrain.model import TIED_KEYS, language_of_parameter
+from xmod_pretrain.runs import (
+    RunCheckpoint, check_new_run_dir, default_source_run, open_run, write_run,
+)
+
+FORMAT_VERSION = 1
+# state_dict keys that alias another tensor (the decoder is tied to the word embeddings and to
+# lm_head.bias); model.safetensors leaves them out, a state_dict has them.
+# ModelConfig fields that shape training, not the function the weights compute: runs that differ
+# only in them share a base. Any other field (one added later too) is part of the identity.
+NOT_IDENTITY = frozenset({"languages", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                          "initializer_range"})
+# What a module's own shape and placement depend on; recorded in its .json and named on mismatch.
+MODULE_ARCHITECTURE = ("hidden_size", "num_hidden_layers", "adapter_reduction_factor",
+                       "ln_before_adapter", "adapter_layer_norm", "adapter_reuse_layer_norm")
+_RUN_KEY = re.compile(r"^roberta\.encoder\.layer\.(\d+)\.output\.adapter_modules\.([^.]+)\.(.+)$")
+_MODULE_KEY = re.compile(r"^layer\.(\d+)\.(.+)$")
+
+
+class LanguageModuleError(ValueError):
+    """A module file or a request that cannot be carried out; nothing has been written."""
+
+
+@dataclass
+class ModuleFile:
+    """A module file read back: its .json and its tensors (module-file keys)."""
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def language(self) -> str:
+        return self.meta["language"]
+
+
+# ---- identity ---------------------------------------------------------------------------------
+
+def base_identity(weights: dict[str, torch.Tensor], model_cfg: ModelConfig,
+                  tokenizer_sha256: str) -> str:
+    """sha256 of everything that is not a language module: the shared tensors (names, dtypes,
+    shapes, bytes, in name order), the architecture (ModelConfig less ``NOT_IDENTITY``) and the
+    tokenizer. A run and the same run with languages added or removed have the same identity."""
+    digest = hashlib.sha256(b"xmod-base-identity/1")
+    architecture = {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelConfig)
+                    if f.name not in NOT_IDENTITY}
+    _add(digest, json.dumps(architecture, sort_keys=True).encode())
+    _add(digest, tokenizer_sha256.encode())
+    for name in sorted(weights):
+        if language_of_parameter(name) is not None or name in TIED_KEYS:
+            continue
+        tensor = weights[name].detach().to("cpu").contiguous()
+        _add(digest, f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        _add(digest, tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _add(digest: Any, data: Any) -> None:
+    # Length-prefixed, so no two different sequences of records feed the hash the same bytes.
+    digest.update(memoryview(data).nbytes.to_bytes(8, "little"))
+    digest.update(data)
+
+
+def run_identity(run: RunCheckpoint, weights: dict[str, torch.Tensor]) -> str:
+    """``base_identity`` of a checkpoint whose ``weights`` are already loaded."""
+    return base_identity(weights, run.config.model, run.tokenizer_sha256())
+
+
+# ---- keys -------------------------------------------------------------------------------------
+
+def module_tensors(weights: dict[str, torch.Tensor], lang: str) -> dict[str, torch.Tensor]:
+    """``lang``'s tensors of a run's weights, under module-file keys (``layer.0.dense1.weight``)."""
+    tensors = {}
+    for name, tensor in weights.items():
+        if language_of_parameter(name) != lang:
+            continue
+        found = _RUN_KEY.match(name)
+        if found is None:
+            raise LanguageModuleError(f"{name} belongs to {lang} but is not a layer's module")
+        tensors[f"layer.{found[1]}.{found[3]}"] = tensor
+    return tensors
+
+
+def run_key(key: str, lang: str) -> str:
+    """The name in a run of module-file key ``key`` installed as language ``lang``."""
+    found = _MODULE_KEY.match(key)
+    if found is None:
+        raise LanguageModuleError(f"{key!r} is not a module-file key (layer.<i>.<name>)")
+    return f"roberta.encoder.layer.{found[1]}.output.adapter_modules.{lang}.{found[2]}"
+
+
+# ---- save / load / remove ---------------------------------------------------------------------
+
+def save_language_module(run_dir: str | Path, lang: str, out_dir: str | Path,
+                         step: int | None = None) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<lang>.safetensors`` and ``<out_dir>/<lang>.json`` from ``run_dir``'s
+    latest checkpoint (or that of ``step``); return both paths. Existing files are refused."""
+    run = open_run(run_dir, step)
+    _require_language(run, lang)
+    out_dir = Path(out_dir)
+    tensors_path, meta_path = out_dir / f"{lang}.safetensors", out_dir / f"{lang}.json"
+    for path in (tensors_path, meta_path):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists: pick another --out")
+    weights = run.weights()
+    with atomic_path(tensors_path) as tmp:
+        save_file(module_tensors(weights, lang), str(tmp))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "language": lang,
+        "base_identity": run_identity(run, weights),
+        "architecture": {name: getattr(run.config.model, name) for name in MODULE_ARCHITECTURE},
+        "source_run": str(run.path.resolve()),
+        "step": run.step,
+        "sha256": _file_sha256(tensors_path),
+    }
+    write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # last: the pair is complete
+    return tensors_path, meta_path
+
+
+def read_module(module_file: str | Path) -> ModuleFile:
+    """A module file and the .json beside it, checked against each other."""
+    path = Path(module_file)
+    meta_path = path.with_suffix(".json")
+    if path.suffix != ".safetensors":
+        raise LanguageModuleError(f"{path} is not a module file: give the <lang>.safetensors")
+    if not path.is_file():
+        raise FileNotFoundError(f"module file {path} does not exist")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} is missing: a module file needs the .json that "
+                                "save-language writes beside it")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise LanguageModuleError(f"{meta_path} has format_version {meta.get('format_version')!r}; "
+                                  f"this version reads {FORMAT_VERSION}")
+    if _file_sha256(path) != meta["sha256"]:
+        raise LanguageModuleError(f"{path} does not match the sha256 in {meta_path}: the file was "
+                                  "changed or the two come from different saves")
+    return ModuleFile(path=path, meta=meta, tensors=load_file(str(path)))
+
+
+def load_language_module(run_dir: str | Path, module_file: str | Path, out_dir: str | Path,
+                         overwrite: bool = False, lang: str | None = None) -> Path:
+    """Write a new run at ``out_dir``: ``run_dir``'s latest weights plus the module of
+    ``module_file``, appended as a new language (``lang``, default the language it was saved
+    from), or replacing that language's modules in place with ``overwrite``. Return ``out_dir``.
+
+    Refused when the run's base identity differs from the module's (it belongs to another base
+    model), when the run has the language already and ``overwrite`` is off, or when ``out_dir``
+    exists and is not empty.
+    """
+    check_new_run_dir(out_dir)
+    module = read_module(module_file)
+    lang = check_language_code(lang or module.language, "--lang")
+    run = open_run(run_dir)
+    if lang in run.languages and not overwrite:
+        raise LanguageModuleError(f"{run.run_dir} already has {lang}: pass --overwrite to replace "
+                                  "its modules, or --lang to load the module under another code")
+    weights = run.weights()
+    _check_same_base(module, run, run_identity(run, weights))
+    _check_layout(module, module_tensors(weights, run.languages[0]))
+    grown = {name: t for name, t in weights.items() if language_of_parameter(name) != lang}
+    grown.update({run_key(key, lang): t for key, t in module.tensors.items()})
+    languages = run.languages if lang in run.languages else [*run.languages, lang]
+    config = _with_languages(run.config, languages)
+    state = _derived_state(run, "load-language", lang, module=str(module.path.resolve()))
+    write_run(out_dir, config, run.tokenizer, grown, run.step, state)
+    return Path(out_dir)
+
+
+def remove_language(run_dir: str | Path, lang: str, out_dir: str | Path) -> Path:
+    """Write a new run at ``out_dir``: ``run_dir``'s latest weights without ``lang``'s modules and
+    without ``lang`` in its languages. Languages after it move down one index in the new run (its
+    languages.json says so); names, not indices, key the modules. Return ``out_dir``."""
+    check_new_run_dir(out_dir)
+    run = open_run(run_dir)
+    _require_language(run, lang)
+    if len(run.languages) == 1:
+        raise LanguageModuleError(f"{lang} is the only language of {run.run_dir}; a model keeps "
+                                  "at least one")
+    kept = {name: t for name, t in run.weights().items() if language_of_parameter(name) != lang}
+    config = _with_languages(run.config, [code for code in run.languages if code != lang])
+    write_run(out_dir, config, run.tokenizer, kept, run.step,
+              _derived_state(run, "remove-language", lang))
+    return Path(out_dir)
+
+
+def _require_language(run: RunCheckpoint, lang: str) -> None:
+    if lang not in run.languages:
+        raise LanguageModuleError(f"{run.run_dir} has no language {lang!r}; its "
+                                  f"{len(run.languages)}: {', '.join(run.languages)}")
+
+
+def _check_same_base(module: ModuleFile, run: RunCheckpoint, identity: str) -> None:
+    theirs = module.meta["base_identity"]
+    if theirs == identity:
+        return
+    message = (f"{module.path} belongs to another base model: it was saved from base {theirs} "
+               f"({module.meta['source_run']}), and {run.path} has base {identity}")
+    saved = module.meta["architecture"]
+    differ = [f"{name} {saved.get(name)!r} in the module, {getattr(run.config.model, name)!r} in "
+              "the run" for name in MODULE_ARCHITECTURE
+              if saved.get(name) != getattr(run.config.model, name)]
+    if differ:
+        message += "; architecture differs: " + ", ".join(differ)
+    raise LanguageModuleError(message)
+
+
+def _check_layout(module: ModuleFile, reference: dict[str, torch.Tensor]) -> None:
+    """The module's tensors have the names, shapes and dtypes of the run's own modules."""
+    layout = {key: (tuple(t.shape), t.dtype) for key, t in module.tensors.items()}
+    expected = {key: (tuple(t.shape), t.dtype) for key, t in reference.items()}
+    if layout != expected:
+        wrong = sorted(set(layout.items()) ^ set(expected.items()), key=lambda item: item[0])
+        raise LanguageModuleError(f"{module.path} does not have the run's module layout: "
+                                  f"{', '.join(f'{k} {v}' for k, v in wrong[:6])}")
+
+
+def _with_languages(config: Config, languages: list[str]) -> Config:
+    """``config`` with these model languages; an explicit ``data.languages`` drops the others,
+    so the derived config still resolves every training language to a module."""
+    data = config.data
+    data_langs = [code for code in data.languages if code in languages]
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, languages=list(languages)),
+        data=dataclasses.replace(data, languages=data_langs))
+
+
+def _derived_state(run: RunCheckpoint, operation: str, lang: str, **extra: str) -> dict[str, Any]:
+    """The source's trainer state (step, sampler position) plus where the new run came from."""
+    origin = {"run": str(run.path.resolve()), "step": run.step, "operation": operation,
+              "language": lang, **extra}
+    return {**run.trainer_state, "derived_from": origin}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"xmod_pretrain {command}")
+    source = "the run to read (default: runs/demo)"
+    if command == "save-language":
+        parser.description = "Save one language's modules as <lang>.safetensors + <lang>.json."
+        parser.add_argument("--lang", required=True, help="the language to save, e.g. de_DE")
+        parser.add_argument("--from", dest="source", help=source)
+        parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+        parser.add_argument("--out", required=True, help="folder for the module file")
+    elif command == "load-language":
+        parser.description = "Write a new run: a run plus one saved language module."
+        parser.add_argument("--module", required=True, help="<lang>.safetensors (its .json beside)")
+        parser.add_argument("--from", dest="source", help=source)
+        parser.add_argument("--out", required=True, help="the new run's directory (must not exist)")
+        parser.add_argument("--lang", help="install under this code (default: the saved language)")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace the modules of a language the run already has")
+    else:
+        parser.description = "Write a new run: a run without one language's modules."
+        parser.add_argument("--lang", required=True, help="the language to remove")
+        parser.add_argument("--from", dest="source", help=source)
+        parser.add_argument("--out", required=True, help="the new run's directory (must not exist)")
+    return parser
+
+
+def _run_command(command: str, args: argparse.Namespace) -> str:
+    """Carry out ``command``; return the line that reports what was written."""
+    source = Path(args.source) if args.source else default_source_run()
+    if command == "save-language":
+        tensors, meta = save_language_module(source, args.lang, args.out, args.step)
+        size = tensors.stat().st_size / 1e6
+        return f"saved {args.lang}'s modules of {source}: {tensors} ({size:.2f} MB), {meta}"
+    if command == "load-language":
+        out = load_language_module(source, args.module, args.out, args.overwrite, args.lang)
+        change = f"+ {args.module}"
+    else:
+        out = remove_language(source, args.lang, args.out)
+        change = f"without {args.lang}"
+    return f"wrote {out}: {source} {change} (languages: {', '.join(open_run(out).languages)})"
+
+
+def main(argv: list[str], command: str) -> int:
+    """``xmod_pretrain {save,load,remove}-language ...``; exit status 0, or 1 with the problem on
+    stderr (and nothing written)."""
+    args = _parser(command).parse_args(argv)
+    try:
+        print(_run_command(command, args))
+    except (OSError, ValueError) as err:  # missing or existing paths, unknown languages, bases
+        print(f"xmod_pretrain {command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,153 @@
+"""Post-hoc languages: grow a trained run by new languages whose modules alone are trained.
+
+X-MOD's promise is that a language added after pre-training costs the others nothing. Here that
+is exact: the source run's weights are loaded as they are, every parameter that is not a new
+language's module is frozen (``requires_grad=False``, so it never reaches the optimizer), and the
+new languages train on their own text only, tokenized with the source run's tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data_prep.shards import read_manifest
+from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
+from xmod_pretrain.distributed import DistInfo, barrier
+from xmod_pretrain.languages import check_language_code, check_language_list
+from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.runs import RunCheckpoint, open_run
+from xmod_pretrain.tokenizer import Tokenizer
+
+BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data_prep" / "corpus" / "udhr"
+
+
+class AddLanguageError(ValueError):
+    """A post-hoc request that cannot be carried out; nothing has been written."""
+
+
+@dataclass
+class AddLanguagePlan:
+    source: RunCheckpoint
+    new_languages: list[str]
+    model_cfg: ModelConfig          # the source architecture with the new languages appended
+
+
+def plan_add_language(cfg: Config) -> AddLanguagePlan:
+    """Check the request against the source run before anything is written."""
+    req = cfg.add_language
+    source = open_run(req.source_run)
+    if Path(cfg.run_dir).resolve() == source.run_dir.resolve():
+        raise AddLanguageError(f"run_dir {cfg.run_dir} is the source run: pick a new directory")
+    new = check_language_list(req.languages, "add_language.languages")
+    if not new:
+        raise AddLanguageError("add_language.languages is empty: name at least one (--lang yo_NG)")
+    existing = [lang for lang in new if lang in source.languages]
+    if existing and not req.overwrite:
+        raise AddLanguageError(f"{', '.join(existing)} already in {source.run_dir} (languages: "
+                               f"{', '.join(source.languages)}); pass --overwrite to retrain")
+    check_init(req.init, source.languages)
+    grown = source.languages + [lang for lang in new if lang not in source.languages]
+    model_cfg = dataclasses.replace(source.config.model, languages=grown)
+    return AddLanguagePlan(source=source, new_languages=new, model_cfg=model_cfg)
+
+
+def check_init(init: str, languages: list[str]) -> list[str]:
+    """The languages an ``init`` spec copies from (empty for ``random``)."""
+    kind, _, arg = init.partition(":")
+    if init == "random":
+        return []
+    if kind not in ("copy", "avg") or not arg:
+        raise AddLanguageError(f"add_language.init={init!r}: use random, copy:LANG or avg:L1+L2")
+    donors = arg.split("+")
+    if kind == "copy" and len(donors) != 1:
+        raise AddLanguageError(f"add_language.init={init!r}: copy takes one language")
+    unknown = [lang for lang in donors
+               if check_language_code(lang, "add_language.init") not in languages]
+    if unknown:
+        raise AddLanguageError(f"add_language.init={init!r}: the source run has no "
+                               f"{', '.join(unknown)} (it has {', '.join(languages)})")
+    return donors
+
+
+def text_source(req: AddLanguageConfig, run_dir: Path) -> str:
+    """What data_prep reads for the new languages: the user's text, or the bundled UDHR."""
+    if req.text is None:
+        missing = [lang for lang in req.languages if not (BUNDLED_TEXT / f"{lang}.txt.xz").is_file()]
+        if missing:
+            raise AddLanguageError(f"no bundled text for {', '.join(missing)}: pass --text PATH")
+        return f"bundled:{BUNDLED_TEXT.name}"
+    path = Path(req.text)
+    if not path.exists():
+        raise AddLanguageError(f"--text {path} does not exist")
+    if path.is_file() and path.suffix != ".json":
+        if len(req.languages) != 1:
+            raise AddLanguageError(f"--text {path} is one file: give a folder of <xx_YY>.txt "
+                                   "files (or a JSON manifest) for several languages")
+        manifest = run_dir / "text_sources.json"
+        manifest.write_text(json.dumps({req.languages[0]: str(path.resolve())}), encoding="utf-8")
+        return str(manifest)
+    return str(path)
+
+
+def prepare_new_languages(cfg: Config, plan: AddLanguagePlan, info: DistInfo) -> dict:
+    """Shards of the new languages in ``data.dir``, made with the source run's tokenizer."""
+    out = Path(cfg.data.dir)
+    if info.is_main and not (out / "manifest.json").is_file():
+        from data_prep.prepare import prepare
+
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        source = text_source(cfg.add_language, Path(cfg.run_dir))
+        print(f"preparing {', '.join(plan.new_languages)} from {source} with the tokenizer of "
+              f"{plan.source.run_dir}", flush=True)
+        prepare(source, out, valid_fraction=cfg.data.valid_fraction, languages=plan.new_languages,
+                workers=cfg.data.prepare_workers, tokenizer=plan.source.tokenizer)
+    barrier()
+    return read_manifest(out)
+
+
+def build_grown_model(plan: AddLanguagePlan, init: str) -> XmodForMaskedLM:
+    """The source model with new modules (initialised per ``init``); only they are trainable."""
+    model = XmodForMaskedLM(plan.model_cfg)
+    weights = plan.source.weights()
+    new_keys = {key for key in model.state_dict() if language_of_parameter(key) in plan.new_languages}
+    kept = {key: value for key, value in weights.items() if key not in new_keys}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    expected_missing = new_keys | TIED_KEYS
+    if unexpected or set(missing) - expected_missing:
+        raise AddLanguageError(f"{plan.source.path} does not fit its own config: missing "
+                               f"{sorted(set(missing) - expected_missing)}, unexpected {unexpected}")
+    donors = check_init(init, plan.source.languages)
+    for lang in plan.new_languages:
+        if donors:
+            _init_from_donors(model, weights, lang, donors)
+    for name, param in model.named_parameters():
+        param.requires_grad = language_of_parameter(name) in plan.new_languages
+    return model
+
+
+def _init_from_donors(model: XmodForMaskedLM, weights: dict[str, torch.Tensor], lang: str,
+                      donors: list[str]) -> None:
+    """Set ``lang``'s modules to the mean of the donors' (a copy when there is one donor)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if language_of_parameter(name) == lang:
+                sources = [weights[name.replace(f".adapter_modules.{lang}.",
+                                                f".adapter_modules.{donor}.")] for donor in donors]
+                param.copy_(torch.stack(sources).mean(dim=0))
+
+
+def source_validation(plan: AddLanguagePlan) -> tuple[str, list[str]] | None:
+    """The source run's data folder and languages, to validate the old languages beside the new
+    (when the folder is still there and was made with the same tokenizer)."""
+    data_dir = Path(plan.source.config.data.dir)
+    if not (data_dir / "manifest.json").is_file():
+        return None
+    manifest = read_manifest(data_dir)
+    if manifest["tokenizer"]["sha256"] != Tokenizer.from_file(plan.source.tokenizer).sha256:
+        return None
+    return str(data_dir), [lang for lang in manifest["languages"] if lang in plan.source.languages]

@@ -1,0 +1,169 @@
+"""Reading a finished run, and writing a run derived from one.
+
+Every tool that reads a run (export, add-language, the language-module commands) opens it with
+``open_run``; every tool that writes a run without training it (pruning a language, importing a
+module) writes it with ``write_run``, whose sidecars are the ones the trainer writes (``sidecars``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from data_prep.shards import TOKENIZER_FILE
+from xmod_pretrain.atomic import fsync_dir
+from xmod_pretrain.checkpoint import (
+    LATEST, TMP_PREFIX, TRAINER_STATE, WEIGHTS, Checkpointer, latest_checkpoint, step_tag,
+)
+from xmod_pretrain.config import Config
+from xmod_pretrain.distributed import DistInfo
+
+CONFIG_FILE = "config.yaml"
+LANGUAGES_FILE = "languages.json"
+DEFAULT_RUN = Path("runs/demo")  # the demo's run_dir (conf/exp/demo.yaml: name demo)
+CHECKPOINT_FILES = (WEIGHTS, CONFIG_FILE, LANGUAGES_FILE, TOKENIZER_FILE, TRAINER_STATE)
+
+
+class RunNotFoundError(FileNotFoundError):
+    """The run, its checkpoint, the requested step or a file of the checkpoint is missing."""
+
+
+class RunFormatError(ValueError):
+    """A checkpoint whose files disagree with each other."""
+
+
+@dataclass
+class RunCheckpoint:
+    """One checkpoint of a run, with what is needed to rebuild and describe its model."""
+
+    run_dir: Path
+    path: Path
+    """The checkpoint folder, ``run_dir/checkpoints/step_XXXXXXXX``."""
+    config: Config
+    """The resolved config the run was trained (or derived) with."""
+    languages: list[str]
+    """Module index order; equal to ``config.model.languages``."""
+    tokenizer: Path
+    trainer_state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer_state["step"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Every weight (fp32, each tied tensor once), read with safetensors: no unpickling."""
+        return load_file(str(self.path / WEIGHTS))
+
+    def tokenizer_sha256(self) -> str:
+        return hashlib.sha256(self.tokenizer.read_bytes()).hexdigest()
+
+
+def load_config(path: str | Path) -> Config:
+    """A saved ``config.yaml`` as the typed Config (defaults fill keys added since it was saved)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)))
+
+
+def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
+    """The checkpoint ``latest`` names in ``run_dir``, or the one of ``step``.
+
+    Raises RunNotFoundError naming the path when the run, a checkpoint, the step or one of the
+    checkpoint's files is missing, and RunFormatError when its files disagree.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunNotFoundError(f"run directory {run_dir} does not exist")
+    path = _checkpoint_dir(run_dir, step)
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise RunNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}")
+    config = load_config(path / CONFIG_FILE)
+    languages = json.loads((path / LANGUAGES_FILE).read_text(encoding="utf-8"))
+    if languages != config.model.languages:
+        raise RunFormatError(f"{path / LANGUAGES_FILE} lists {languages} but {CONFIG_FILE} has "
+                             f"model.languages {config.model.languages}")
+    state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+    return RunCheckpoint(run_dir=run_dir, path=path, config=config, languages=languages,
+                         tokenizer=path / TOKENIZER_FILE, trainer_state=state)
+
+
+def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
+    if step is None:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            pointer = run_dir / "checkpoints" / LATEST
+            raise RunNotFoundError(f"{run_dir} has no checkpoint ({pointer} is missing)")
+        return path
+    path = run_dir / "checkpoints" / step_tag(step)
+    if not path.is_dir():
+        steps = available_steps(run_dir)
+        listed = ", ".join(map(str, steps)) if steps else "none"
+        raise RunNotFoundError(f"{run_dir} has no checkpoint of step {step} ({path}); "
+                               f"available steps: {listed}")
+    return path
+
+
+def available_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints in ``run_dir``, ascending."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(int(p.name.removeprefix("step_")) for p in root.glob("step_*")
+                  if p.name.removeprefix("step_").isdigit() and (p / TRAINER_STATE).is_file())
+
+
+def default_source_run() -> Path:
+    """``runs/demo`` when it holds a checkpoint: the run tools read when none is named."""
+    if latest_checkpoint(DEFAULT_RUN) is None:
+        raise RunNotFoundError(f"no run given and {DEFAULT_RUN} has no checkpoint; run the demo "
+                               "(python -m xmod_pretrain +exp=demo) or pass --from")
+    return DEFAULT_RUN
+
+
+def sidecars(config: Config, tokenizer: Path) -> dict[str, str | Path]:
+    """The files every checkpoint carries beside its weights, as ``Checkpointer`` takes them."""
+    return {
+        CONFIG_FILE: OmegaConf.to_yaml(OmegaConf.structured(config)),
+        LANGUAGES_FILE: json.dumps(config.model.languages, indent=1) + "\n",
+        TOKENIZER_FILE: tokenizer,
+    }
+
+
+def check_new_run_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` if a new run may be written there (absent or empty); FileExistsError if not."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} already exists and is not empty: pick a new directory")
+    return out_dir
+
+
+def write_run(out_dir: str | Path, config: Config, tokenizer: Path,
+              weights: dict[str, torch.Tensor], step: int, trainer_state: dict[str, Any]) -> Path:
+    """Write a new run holding one weights-only checkpoint; return the checkpoint folder.
+
+    ``config.run_dir`` becomes ``out_dir``, so the run describes where it lives. The run is built
+    beside ``out_dir`` under a temporary name and renamed into place, so ``out_dir`` appears
+    complete or not at all; an existing non-empty ``out_dir`` is refused.
+    """
+    out_dir = check_new_run_dir(out_dir)
+    config = dataclasses.replace(config, run_dir=str(out_dir))
+    tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        files = sidecars(config, tokenizer)
+        Checkpointer(tmp, DistInfo(0, 1, 0, 1), keep=0, sidecars=files).save_weights(
+            weights, step, trainer_state)
+        # The trainer keeps the resolved config at the top of a run as well.
+        (tmp / CONFIG_FILE).write_text(files[CONFIG_FILE], encoding="utf-8")
+        os.replace(tmp, out_dir)  # replaces an empty out_dir too (rename(2) allows that)
+        fsync_dir(out_dir.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / "checkpoints" / step_tag(step)

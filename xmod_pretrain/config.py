@@ -167,6 +167,9 @@ class Config:
     run_dir: str = "runs/${name}"
     """Checkpoints, metrics.jsonl, the resolved config. Named, never timestamped, so every rank
     and every requeue of a job agree on it."""
+    init_from: Optional[str] = None
+    """A transformers X-MOD folder (config.json, weights, sentencepiece.bpe.model) to start from:
+    its architecture, language order, every weight and its tokenizer replace ``model``."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

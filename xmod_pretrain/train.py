@@ -23,6 +23,7 @@ from xmod_pretrain.data import (
 )
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
 from xmod_pretrain.engine import build_engine, optimizer_parameter_count
+from xmod_pretrain.export import hf_tokenizer_file, load_hf_weights, model_config_from_hf
 from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.metrics import (
     MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
@@ -43,8 +44,9 @@ class PeerLost(RuntimeError):
     """A collective failed with several ranks: a peer died or stopped responding."""
 
 
-def ensure_prepared(cfg: Config, info: DistInfo) -> dict:
-    """Read the data manifest; on first use, prepare it from ``data.source`` (rank 0 only)."""
+def ensure_prepared(cfg: Config, info: DistInfo, tokenizer: Path | None = None) -> dict:
+    """Read the data manifest; on first use, prepare it from ``data.source`` (rank 0 only),
+    with ``tokenizer`` if given, else training one."""
     data = cfg.data
     if not (Path(data.dir) / MANIFEST).is_file():
         if data.source is None:
@@ -53,7 +55,7 @@ def ensure_prepared(cfg: Config, info: DistInfo) -> dict:
             from data_prep.prepare import prepare
 
             print(f"preparing {data.dir} from {data.source} (first use)", flush=True)
-            prepare(data.source, data.dir, vocab_size=data.vocab_size,
+            prepare(data.source, data.dir, vocab_size=data.vocab_size, tokenizer=tokenizer,
                     valid_fraction=data.valid_fraction, workers=data.prepare_workers)
         barrier()
     return read_manifest(data.dir)
@@ -106,6 +108,10 @@ class Trainer:
         if self.plan:
             manifest = prepare_new_languages(cfg, self.plan, self.info)
             model_cfg = self.plan.model_cfg
+        elif cfg.init_from:
+            manifest = ensure_prepared(cfg, self.info, hf_tokenizer_file(cfg.init_from))
+            model_cfg = resolve_model_config(
+                dataclasses.replace(cfg, model=model_config_from_hf(cfg.init_from)), manifest)
         else:
             manifest = ensure_prepared(cfg, self.info)
             model_cfg = resolve_model_config(cfg, manifest)
@@ -113,8 +119,7 @@ class Trainer:
         self.languages = model_cfg.languages
         self._build_data(manifest)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = (build_grown_model(self.plan, cfg.add_language.init) if self.plan
-                 else XmodForMaskedLM(model_cfg))
+        model = self._build_model()
         self.engine = build_engine(model, cfg, self.info)
         self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
                     f"of {sum(p.numel() for p in model.parameters()):,}")
@@ -128,6 +133,16 @@ class Trainer:
         self._init_window()
 
     # ---- construction -------------------------------------------------------------------
+
+    def _build_model(self) -> XmodForMaskedLM:
+        """A fresh model, a transformers checkpoint's (init_from), or a grown one (add-language)."""
+        if self.plan:
+            return build_grown_model(self.plan, self.cfg.add_language.init)
+        model = XmodForMaskedLM(self.cfg.model)
+        if self.cfg.init_from:
+            load_hf_weights(model, self.cfg.init_from)
+            self._print(f"initialised every weight from {self.cfg.init_from}")
+        return model
 
     def _set_threads(self) -> None:
         threads = self.cfg.train.threads or max(1, (os.cpu_count() or 1) // self.info.local_world_size)

@@ -17,6 +17,7 @@ A checkpoint is written under a temporary name, fsynced, renamed into place, and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -67,6 +68,27 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
                 for name, p in module.named_parameters()}
 
 
+def check_replicas_agree(weights: dict[str, torch.Tensor], info: DistInfo) -> None:
+    """Refuse to save if data-parallel ranks hold different weights (a silent divergence).
+
+    Each rank hashes its full weights; the hashes are gathered and compared. All ranks call it.
+    """
+    if info.world_size == 1:
+        return
+    import torch.distributed as dist
+
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(weights[name].numpy().tobytes())
+    hashes: list[str] = [""] * info.world_size
+    dist.all_gather_object(hashes, digest.hexdigest())
+    if len(set(hashes)) != 1:
+        raise RuntimeError(f"ranks hold different weights (sha256 per rank: {hashes}); not saving")
+    if info.is_main:
+        print(f"weights identical on all {info.world_size} ranks (sha256 {hashes[0][:12]})",
+              flush=True)
+
+
 def _safe_globals() -> list:
     """The non-tensor types DeepSpeed puts in its checkpoint files, allowed for unpickling."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
@@ -113,6 +135,7 @@ class Checkpointer:
         barrier()
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
         weights = full_state_dict(engine)
+        check_replicas_agree(weights, self.info)
         barrier()
         if self.info.is_main:
             self._publish(tmp, step, weights, trainer_state)

@@ -38,6 +38,9 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "bf16": {"enabled": cfg.train.precision == "bf16"},
         # torch.optim.AdamW with foreach is what we pass in; DeepSpeed has not vetted it for ZeRO.
         "zero_allow_untested_optimizer": True,
+        # Offload keeps the optimizer state in host memory; our AdamW (foreach) steps it there.
+        # DeepSpeedCPUAdam would need a C++ build at start; allow the client optimizer instead.
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # we log ourselves; 0 would divide by zero in DeepSpeed
         "wall_clock_breakdown": False,
     }

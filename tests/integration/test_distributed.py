@@ -1,0 +1,132 @@
+"""Data parallelism: 2 ranks equal 1 rank with accumulation, under every ZeRO stage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.integration.launch import TINY_MODEL, read_metrics, run_training
+from xmod_pretrain.checkpoint import latest_checkpoint
+from xmod_pretrain.config import DataConfig
+from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
+from data_prep.shards import read_manifest
+
+pytestmark = pytest.mark.integration
+
+# NOTE: Adam's first updates are g / (|g| + eps): with the default eps a gradient that is zero but
+# for rounding (summed in another order on another rank layout) moves its weight by a full ±lr.
+# A larger eps keeps such noise at noise level, so fp32 tolerance can be asserted.
+STEPS = ["train.max_steps=8", "train.log_every=1", "train.eval_every=0", "train.save_every=8",
+         "optim.warmup_steps=2", "optim.eps=1e-3"]
+
+
+def final_weights(run) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+
+
+def assert_same_training(a, b, tol=2e-4) -> None:
+    """Losses and final weights agree to fp32 tolerance. ZeRO-0 agrees to the last digit printed;
+    ZeRO-1/2 reduce-scatter gradients in buckets, in another summation order, which moves the
+    loss by about 4e-5 relative after a few steps."""
+    (ta, _), (tb, _) = read_metrics(a), read_metrics(b)
+    assert [r["step"] for r in ta] == [r["step"] for r in tb]
+    for x, y in zip(ta, tb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=tol), x["step"]
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=tol, atol=tol), key
+
+
+def test_ranks_draw_different_languages_in_one_step(tiny_data):
+    """The premise of the next test: with language_per=rank, ranks differ within a step."""
+    manifest = read_manifest(tiny_data)
+    langs = list(manifest["languages"])
+    cfg = DataConfig(dir=str(tiny_data), seq_len=64)
+    sampler = LanguageSampler(ShardSet(tiny_data, "train", langs), cfg,
+                              Masker(cfg.masking, manifest["tokenizer"]["vocab_size"]), 8, 1,
+                              list(range(len(langs))))
+    assert any(sampler.language(s, 0, 0) != sampler.language(s, 0, 1) for s in range(8))
+
+
+# NOTE: without ZeRO the optimizer is torch's AdamW, which skips a language's modules when they
+# had no gradient in the step; ZeRO 1-3 flatten the parameters and step them all (a zero gradient
+# still moves them by momentum), and the 2-rank runs diverge from the 1-rank ones on exactly those
+# modules. Parity there needs the absent-language policy of the optimizer, not yet built.
+ABSENT_LANGUAGES = pytest.mark.xfail(strict=True, reason="ZeRO 1-3 step absent languages' modules")
+
+
+@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=ABSENT_LANGUAGES),
+                                   pytest.param(2, marks=ABSENT_LANGUAGES)])
+def test_two_ranks_equal_one_rank_with_accumulation(tiny_data, tmp_path, stage):
+    """Same global batch (2 micro-batches a step), same data: the same losses step for step
+    and the same final weights, every language's modules included."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_training(one, tiny_data, *STEPS, f"deepspeed=zero{stage}", "train.grad_accum_steps=2")
+    proc = run_training(two, tiny_data, *STEPS, f"deepspeed=zero{stage}", nproc=2)
+    assert "weights identical on all 2 ranks" in proc.stdout
+    assert_same_training(one, two)
+
+
+@ABSENT_LANGUAGES
+def test_zero3_equals_plain_data_parallel(tiny_data, tmp_path):
+    """ZeRO-3 (ranks share each micro-step's language) trains exactly like ZeRO-0."""
+    shared = ["data.language_per=step", *STEPS]
+    zero0, zero3 = tmp_path / "zero0", tmp_path / "zero3"
+    run_training(zero0, tiny_data, *shared, "deepspeed=zero0", nproc=2)
+    proc = run_training(zero3, tiny_data, *shared, "deepspeed=zero3", nproc=2)
+    assert "weights identical on all 2 ranks" in proc.stdout
+    assert_same_training(zero0, zero3)
+
+
+def test_zero3_refuses_per_rank_languages(tiny_data, tmp_path):
+    proc = run_training(tmp_path / "r", tiny_data, *STEPS, "deepspeed=zero3", nproc=2, check=False)
+    assert proc.returncode != 0
+    assert "data.language_per=step" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("group", ["zero2_offload", "zero3_offload"])
+def test_cpu_offload_runs(tiny_data, tmp_path, group):
+    run = tmp_path / "run"
+    run_training(run, tiny_data, "train.max_steps=3", "train.eval_every=0", f"deepspeed={group}")
+    assert latest_checkpoint(run).name == "step_00000003"
+
+
+def test_kill_one_rank_others_exit_and_restart_resumes_exactly(tiny_data, tmp_path):
+    """kill -9 one of two ranks mid-run: the other exits within the collective timeout with a
+    message, and the same command resumes to the losses of an uninterrupted run."""
+    args = ["train.max_steps=14", "train.log_every=1", "train.eval_every=0",
+            "train.save_every=4", "optim.warmup_steps=2", "deepspeed.dist_timeout_s=30"]
+    straight = tmp_path / "straight"
+    run_training(straight, tiny_data, *args, nproc=2)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "xmod_pretrain", "+exp=demo", f"run_dir={run}", f"data.dir={tiny_data}",
+           "data.source=null", *TINY_MODEL, *args]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 180
+    while latest_checkpoint(run) is None or latest_checkpoint(run).name < "step_00000004":
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True)
+    victim = int(workers.stdout.split()[-1])
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=120)
+    assert time.monotonic() - killed_at < 90
+    assert launcher.returncode != 0
+    resumed = run_training(run, tiny_data, *args, nproc=2)
+    assert "resumed from" in resumed.stdout
+    ref, got = read_metrics(straight)[0], read_metrics(run)[0]
+    last = {r["step"]: r["loss"] for r in got}  # the resumed run's value of each step wins
+    for r in ref:
+        assert last[r["step"]] == pytest.approx(r["loss"], rel=1e-5), r["step"]

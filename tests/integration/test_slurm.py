@@ -1,0 +1,161 @@
+"""``sbatch slurm/train.sh`` on a real two-node Slurm cluster started on this machine.
+
+The cluster (tests/support/slurm_cluster.sh) is slurmctld plus two slurmd, node1 and node2, on
+127.0.1.1 and 127.0.1.2; it needs root, and installs Slurm with apt-get where it is missing. Jobs
+run in a pytest tmp dir, so their logs/ and runs/ never land in the repository.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.launch import TINY_MODEL, read_metrics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SH = REPO / "tests" / "support" / "slurm_cluster.sh"
+TRAIN_SH = REPO / "slurm" / "train.sh"
+LSC_BASE = Path("/tmp/xmod-slurm")  # the support script's default: daemons' state, logs, config
+SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "munged")
+DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+               "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+class Cluster:
+    """Client side of the local cluster: submit slurm/train.sh, follow a job, read its log."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def command(self, *args: str) -> str:
+        return subprocess.run(args, env=self.env, check=True, capture_output=True, text=True,
+                              timeout=60).stdout
+
+    def submit(self, workdir: Path, *overrides: str) -> str:
+        """sbatch the script as a user would, from ``workdir``; the nodes have no GPU and the
+        fake nodes share this machine's cores, hence the options over the script's defaults."""
+        (workdir / "logs").mkdir(exist_ok=True)
+        return self.command("sbatch", "--parsable", f"--chdir={workdir}", "--nodes=2",
+                            "--gpus-per-node=0", "--cpus-per-task=1", str(TRAIN_SH),
+                            *overrides).strip()
+
+    def job(self, job_id: str) -> dict[str, str]:
+        text = self.command("scontrol", "-o", "show", "job", job_id)
+        return dict(re.findall(r"\b(JobState|ExitCode|Restarts)=(\S+)", text))
+
+    def wait(self, job_id: str, workdir: Path, timeout: float) -> dict[str, str]:
+        """Poll until the job ends (sbatch --wait checks far less often); fail with its log."""
+        deadline = time.monotonic() + timeout
+        while (info := self.job(job_id))["JobState"] not in DONE_STATES:
+            if time.monotonic() > deadline:
+                self.command("scancel", job_id)
+                pytest.fail(f"job {job_id} still {info['JobState']} after {timeout} s\n"
+                            f"{job_log(workdir, job_id)[-6000:]}")
+            time.sleep(0.5)
+        return info
+
+
+def job_log(workdir: Path, job_id: str) -> str:
+    """slurm/train.sh's log: logs/<job name>-<job id>.out, all nodes and restarts together."""
+    path = workdir / "logs" / f"xmod-{job_id}.out"
+    return path.read_text() if path.exists() else f"({path} not written)"
+
+
+def assert_completed(info: dict[str, str], workdir: Path, job_id: str) -> str:
+    log = job_log(workdir, job_id)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), f"{info}\n{log[-8000:]}"
+    return log
+
+
+def tiny_run(data_dir: Path, *overrides: str) -> list[str]:
+    return ["+exp=demo", f"data.dir={data_dir}", "data.source=null", *TINY_MODEL,
+            "deepspeed=zero2", "train.threads=1", "train.eval_every=0", *overrides]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """The two-node cluster, started for this module and stopped after it whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster starts slurmctld, slurmd and munged: needs root")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}  # e.g. an outer job's
+    env.update(LSC_BASE=str(LSC_BASE), LSC_NODES="2", SLURM_CONF=str(LSC_BASE / "slurm.conf"),
+               # what the jobs inherit: this interpreter and this checkout, no wandb, 1 thread each
+               PYTHON=sys.executable, PYTHONPATH=str(REPO), WANDB_MODE="disabled",
+               OMP_NUM_THREADS="1")
+    # One cluster per machine (fixed ports): a second test session waits here for the first.
+    with open("/tmp/xmod-slurm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            up = subprocess.run(["bash", str(CLUSTER_SH), "up"], env=env, capture_output=True,
+                                text=True, timeout=900)
+            if up.returncode != 0:
+                if not all(shutil.which(tool) for tool in SLURM_TOOLS):
+                    pytest.skip(f"Slurm is not installed and apt-get could not install it:\n"
+                                f"{up.stderr[-3000:]}")
+                pytest.fail(f"the local Slurm cluster did not start:\n{up.stdout}{up.stderr}")
+            yield Cluster(env)
+        finally:
+            subprocess.run(["bash", str(CLUSTER_SH), "stop"], env=env, capture_output=True,
+                           timeout=300)
+
+
+def test_two_node_job_trains_and_checkpoints(slurm, tiny_data, tmp_path):
+    job = slurm.submit(tmp_path, *tiny_run(tiny_data, "train.max_steps=20", "train.log_every=5",
+                                           "train.save_every=10"))
+    log = assert_completed(slurm.wait(job, tmp_path, timeout=300), tmp_path, job)
+
+    # One srun task, hence one torchrun, on each node of the two (one process each: no GPU)...
+    assert "2 nodes (node[1-2]) x 1 processes" in log, log[-8000:]
+    tasks = dict(re.findall(r"^node \S+: task (\d) of 2, node index (\d)$", log, re.M))
+    assert tasks == {"0": "0", "1": "1"}, log[-8000:]
+    run = tmp_path / "runs" / f"xmod-{job}"  # the script's default run_dir
+    saved = run / "checkpoints" / "step_00000020"
+    # ...and the two trained as one world: ZeRO-2 saved one optimizer shard per rank.
+    assert len(list(saved.glob("zero_pp_rank_*_optim_states.pt"))) == 2, log[-8000:]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000020"
+    assert (saved / "model.safetensors").is_file()
+    train, valid = read_metrics(run)
+    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    assert [r["step"] for r in valid] == [0, 20]
+    assert log.count("valid @ step 20") == 1  # rank 0 alone reports
+
+
+def test_usr1_checkpoints_requeues_and_resumes(slurm, tiny_data, tmp_path):
+    """What Slurm does near the time limit (--signal=B:USR1@...), sent by hand after the first
+    checkpoint: the trainer saves and stops, the job requeues itself and resumes to the end."""
+    max_steps = 100
+    job = slurm.submit(tmp_path, *tiny_run(tiny_data, f"train.max_steps={max_steps}",
+                                           "train.log_every=10", "train.save_every=10"))
+    run = tmp_path / "runs" / f"xmod-{job}"
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "latest").exists():
+        state = slurm.job(job)["JobState"]
+        assert state in {"PENDING", "CONFIGURING", "RUNNING"}, f"{state}\n{job_log(tmp_path, job)}"
+        assert time.monotonic() < deadline, job_log(tmp_path, job)
+        time.sleep(0.2)
+    slurm.command("scancel", "--signal=USR1", "--batch", job)
+    info = slurm.wait(job, tmp_path, timeout=300)
+    log = assert_completed(info, tmp_path, job)
+
+    assert info["Restarts"] == "1", log[-8000:]
+    assert "USR1, checkpointing and requeueing" in log
+    stopped = re.search(r"stopping on SIGTERM after step (\d+)", log)
+    assert stopped and int(stopped[1]) < max_steps, log[-8000:]
+    step = int(stopped[1])
+    assert f"resumed from runs/xmod-{job}/checkpoints/step_{step:08d} at step {step}" in log
+    assert re.findall(rf"^job {job} \(restart (\d)\)", log, re.M) == ["0", "1"]
+    # Training went on from the checkpoint: every log window once, to the end.
+    train, _ = read_metrics(run)
+    assert [r["step"] for r in train] == list(range(10, max_steps + 1, 10))
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{max_steps:08d}"

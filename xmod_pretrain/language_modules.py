@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from xmod_pretrain.atomic import atomic_path, write_text
+from xmod_pretrain.atomic import atomic_path, file_sha256, write_text
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.languages import check_language_code
 from xmod_pretrain.model import TIED_KEYS, language_of_parameter
@@ -149,7 +149,7 @@ def save_language_module(run_dir: str | Path, lang: str, out_dir: str | Path,
         "architecture": {name: getattr(run.config.model, name) for name in MODULE_ARCHITECTURE},
         "source_run": str(run.path.resolve()),
         "step": run.step,
-        "sha256": _file_sha256(tensors_path),
+        "sha256": file_sha256(tensors_path),
     }
     write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # last: the pair is complete
     return tensors_path, meta_path
@@ -170,7 +170,7 @@ def read_module(module_file: str | Path) -> ModuleFile:
     if meta.get("format_version") != FORMAT_VERSION:
         raise LanguageModuleError(f"{meta_path} has format_version {meta.get('format_version')!r}; "
                                   f"this version reads {FORMAT_VERSION}")
-    if _file_sha256(path) != meta["sha256"]:
+    if file_sha256(path) != meta["sha256"]:
         raise LanguageModuleError(f"{path} does not match the sha256 in {meta_path}: the file was "
                                   "changed or the two come from different saves")
     return ModuleFile(path=path, meta=meta, tensors=load_file(str(path)))
@@ -268,14 +268,6 @@ def _derived_state(run: RunCheckpoint, operation: str, lang: str, **extra: str) 
     origin = {"run": str(run.path.resolve()), "step": run.step, "operation": operation,
               "language": lang, **extra}
     return {**run.trainer_state, "derived_from": origin}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- command line -----------------------------------------------------------------------------

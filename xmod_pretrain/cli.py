@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> None:
         from xmod_pretrain.export import main as export_main
 
         sys.exit(export_main(argv[1:]))
+    if command == "evaluate":
+        from xmod_pretrain.evaluation import main as evaluate_main
+
+        sys.exit(evaluate_main(argv[1:]))
+    if command == "report":
+        from xmod_pretrain.report import main as report_main
+
+        sys.exit(report_main(argv[1:]))
     if command == "add-language":
         argv = ["train", *add_language_overrides(argv[1:])]
         command = "train"
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(language_main(argv[1:], command))
     if command != "train":
         sys.exit(f"xmod_pretrain: unknown command {command!r} (commands: train, prepare, export, "
-                 f"add-language, {', '.join(LANGUAGE_COMMANDS)})")
+                 f"add-language, evaluate, report, {', '.join(LANGUAGE_COMMANDS)})")
     if argv and argv[0] == "train":
         argv = argv[1:]
     sys.argv = [f"{sys.argv[0]} train", *argv]

@@ -23,6 +23,7 @@ from xmod_pretrain.data import (
 )
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
 from xmod_pretrain.engine import build_engine, optimizer_parameter_count
+from xmod_pretrain.evaluation import masked_lm_loss
 from xmod_pretrain.export import hf_tokenizer_file, load_hf_weights, model_config_from_hf
 from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.metrics import (
@@ -104,7 +105,7 @@ class Trainer:
         self.info = init_distributed(cfg.deepspeed.dist_timeout_s)
         self._set_threads()
         self.run_dir = Path(cfg.run_dir)
-        self.plan = plan_add_language(cfg) if cfg.add_language.source_run else None
+        self.plan = plan_add_language(cfg) if cfg.add_language.languages else None
         if self.plan:
             manifest = prepare_new_languages(cfg, self.plan, self.info)
             model_cfg = self.plan.model_cfg
@@ -301,15 +302,9 @@ class Trainer:
         ``through`` if given (zero-shot transfer) or of their own language. Every rank runs the
         same batches, so ZeRO-3's collective gathers line up and no reduction is needed."""
         self.engine.eval()
-        total, count = 0.0, 0
-        for batch in batches:
-            if through is not None:
-                batch = dataclasses.replace(batch, lang=through)
-            n = len(batch.mlm_targets)
-            total += float(self._forward(batch)) * n
-            count += n
+        loss = masked_lm_loss(self._forward, batches, through)
         self.engine.train()
-        return total / count
+        return loss
 
     def _report_transfer(self) -> None:
         """Each new language's valid perplexity through the best existing language's modules:

@@ -1,0 +1,132 @@
+"""``xmod_pretrain evaluate`` and ``report`` on a real tiny run (one run for the module)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import lzma
+import shutil
+
+import pytest
+from PIL import Image
+
+from tests.conftest import BUNDLE, TINY_LANGUAGES
+from tests.integration.launch import read_metrics, run_training
+from xmod_pretrain.cli import main
+
+pytestmark = pytest.mark.integration
+
+FIGURES = ("loss.png", "lang_loss.png", "lr.png", "tokens_per_s.png", "valid_loss.png")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("evaluate") / "run"
+    run_training(run_dir, tiny_data, "train.max_steps=4", "train.log_every=1",
+                 "train.eval_every=2", "train.save_every=4")
+    return run_dir
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``xmod_pretrain ARGV`` run in this process."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def image_size(path) -> tuple[int, int]:
+    assert path.stat().st_size > 5_000, path
+    return Image.open(path).size
+
+
+def test_evaluate_prints_and_writes_table(run, capsys):
+    code, out, _ = cli(capsys, "evaluate", "--from", str(run), "--draws", "2")
+    assert code == 0
+    for lang in TINY_LANGUAGES:
+        assert f"  {lang} " in out
+    assert "mean" in out and "2 mask draw(s)" in out
+    saved = json.loads((run / "evaluation.json").read_text())
+    assert saved["step"] == 4 and saved["draws"] == 2
+    with open(run / "evaluation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [r["name"] for r in saved["rows"]]
+    for a, b in zip(rows, saved["rows"]):
+        assert float(a["loss"]) == pytest.approx(b["loss"], rel=1e-12)
+        assert float(a["ppl"]) == pytest.approx(b["ppl"], rel=1e-12)
+        assert int(a["targets"]) == b["targets"]
+    width, height = image_size(run / "evaluation.png")
+    assert width >= 600 and height >= 300
+
+
+def test_one_draw_reproduces_the_trainers_validation(run, capsys, tmp_path):
+    """Same batches, same loss function: plain model == the DeepSpeed engine's last validation."""
+    code = cli(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out", str(tmp_path))[0]
+    assert code == 0
+    rows = json.loads((tmp_path / "evaluation.json").read_text())["rows"]
+    last = read_metrics(run)[1][-1]
+    assert last["step"] == 4
+    assert {r["name"]: r["loss"] for r in rows} == pytest.approx(last["lang_loss"], abs=1e-5)
+
+
+def test_text_and_adapter_of(run, capsys, tmp_path, tiny_corpus):
+    german = tmp_path / "de.txt"
+    german.write_text("".join((tiny_corpus / "de_DE.txt").read_text().splitlines(True)[-40:]))
+    yoruba = tmp_path / "yo.txt"
+    with lzma.open(BUNDLE.parent / "udhr" / "yo_NG.txt.xz", "rt", encoding="utf-8") as f:
+        yoruba.write_text(f.read())
+    code, out, _ = cli(capsys, "evaluate", "--from", str(run), "--langs", "de_DE", "--draws", "1",
+                       "--text", f"de_DE={german}", "--text", f"yo_NG={yoruba}",
+                       "--adapter-of", "yo_NG=en_XX", "--adapter-of", "de_DE=ru_RU",
+                       "--out", str(tmp_path / "out"))
+    assert code == 0, out
+    rows = json.loads((tmp_path / "out" / "evaluation.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["de_DE", "yo_NG via en_XX", "de_DE via ru_RU"]
+    assert rows[0]["data"] == str(german) and rows[1]["data"] == str(yoruba)
+    assert "yo_NG via en_XX" in out
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--langs", "fr_XX"], "fr_XX"),
+    (["--adapter-of", "en_XX=yo_NG"], "yo_NG"),
+    (["--text", "yo_NG=EMPTY"], "is empty"),
+    (["--text", "yo_NG=EMPTY", "--adapter-of", "yo_NG=en_XX"], "is empty"),
+])
+def test_evaluate_refuses_bad_input(run, capsys, tmp_path, args, named):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    args = [a.replace("EMPTY", str(empty)) for a in args]
+    code, _, err = cli(capsys, "evaluate", "--from", str(run), "--out", str(tmp_path), *args)
+    assert code != 0 and named in err, err
+
+
+def test_evaluate_missing_run(capsys, tmp_path):
+    code, _, err = cli(capsys, "evaluate", "--from", str(tmp_path / "nope"))
+    assert code != 0 and str(tmp_path / "nope") in err
+
+
+def test_report_draws_curves_and_page(run, capsys, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluation.*"))
+    assert cli(capsys, "report", "--from", str(copy))[0] == 0
+    page = (copy / "report" / "index.html").read_text()
+    for name in FIGURES:
+        width, height = image_size(copy / "report" / name)
+        assert width >= 600 and height >= 300
+        assert f'src="{name}"' in page
+    for lang in TINY_LANGUAGES:
+        assert lang in page
+    assert "validation at step 4" in page  # no evaluation.json: the last valid record
+
+
+def test_report_shows_the_latest_evaluation(run, capsys):
+    if not (run / "evaluation.json").is_file():
+        assert cli(capsys, "evaluate", "--from", str(run), "--draws", "1")[0] == 0
+    assert cli(capsys, "report", "--from", str(run))[0] == 0
+    page = (run / "report" / "index.html").read_text()
+    assert 'src="evaluation.png"' in page and "xmod_pretrain evaluate" in page
+
+
+def test_report_without_metrics(capsys, tmp_path):
+    code, _, err = cli(capsys, "report", "--from", str(tmp_path))
+    assert code != 0 and "metrics.jsonl" in err

@@ -1,14 +1,16 @@
-"""Command line: ``xmod_pretrain {train,prepare,save-language,load-language,remove-language} ...``.
+"""Command line: ``xmod_pretrain COMMAND ...``.
 
-``xmod_pretrain train +exp=demo`` (or just ``xmod_pretrain +exp=demo``) is the same Hydra app as
-``python -m xmod_pretrain +exp=demo``; ``prepare`` turns raw text into a tokenizer and shards;
-``save-language``, ``load-language`` and ``remove-language`` move one language's modules between
-runs of the same base model.
+``train`` (the default: ``xmod_pretrain +exp=demo``) is the same Hydra app as
+``python -m xmod_pretrain +exp=demo``, and ``add-language`` is that app with ``+exp=add_language``;
+``prepare`` turns raw text into a tokenizer and shards; ``export`` writes a transformers folder;
+``evaluate`` and ``report`` show a run; ``save-language``, ``load-language`` and
+``remove-language`` move one language's modules between runs of the same base model.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -70,35 +72,29 @@ def add_language_overrides(argv: list[str]) -> list[str]:
     return overrides + hydra_overrides
 
 
+# Subcommands with an argparse ``main(argv) -> int`` of their own, imported only when used.
+TOOLS = {
+    "prepare": "data_prep.prepare",
+    "export": "xmod_pretrain.export",
+    "evaluate": "xmod_pretrain.evaluation",
+    "report": "xmod_pretrain.report",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith(("+", "-")) and "=" not in argv[0] else "train"
-    if command == "prepare":
-        from data_prep.prepare import main as prepare_main
-
-        sys.exit(prepare_main(argv[1:]))
-    if command == "export":
-        from xmod_pretrain.export import main as export_main
-
-        sys.exit(export_main(argv[1:]))
-    if command == "evaluate":
-        from xmod_pretrain.evaluation import main as evaluate_main
-
-        sys.exit(evaluate_main(argv[1:]))
-    if command == "report":
-        from xmod_pretrain.report import main as report_main
-
-        sys.exit(report_main(argv[1:]))
-    if command == "add-language":
-        argv = ["train", *add_language_overrides(argv[1:])]
-        command = "train"
+    if command in TOOLS:
+        sys.exit(importlib.import_module(TOOLS[command]).main(argv[1:]))
     if command in LANGUAGE_COMMANDS:
         from xmod_pretrain.language_modules import main as language_main
 
         sys.exit(language_main(argv[1:], command))
-    if command != "train":
-        sys.exit(f"xmod_pretrain: unknown command {command!r} (commands: train, prepare, export, "
-                 f"add-language, evaluate, report, {', '.join(LANGUAGE_COMMANDS)})")
+    if command == "add-language":
+        argv = ["train", *add_language_overrides(argv[1:])]
+    elif command != "train":
+        sys.exit(f"xmod_pretrain: unknown command {command!r} (commands: train, add-language, "
+                 f"{', '.join(TOOLS)}, {', '.join(LANGUAGE_COMMANDS)})")
     if argv and argv[0] == "train":
         argv = argv[1:]
     sys.argv = [f"{sys.argv[0]} train", *argv]

@@ -17,7 +17,8 @@ TINY_MODEL = [
 
 
 def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
-                 timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+                 timeout: int = 300, check: bool = True,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     args = ["+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}", "data.source=null",
             *TINY_MODEL, *overrides]
     if nproc == 1:
@@ -25,7 +26,7 @@ def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "xmod_pretrain", *args]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"

@@ -79,3 +79,11 @@ def test_refuses_bad_config_naming_the_key(tiny_data, tmp_path):
     proc = run_training(tmp_path / "r", tiny_data, "train.max_step=3", check=False)
     assert proc.returncode != 0
     assert "max_step" in proc.stderr + proc.stdout
+
+
+def test_wandb_offline_needs_no_network(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    run_training(run, tiny_data, "train.max_steps=2", "train.log_every=1", "train.eval_every=0",
+                 "logging.wandb=true", env={"WANDB_MODE": "offline"})
+    offline = list((run / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0

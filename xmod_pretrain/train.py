@@ -106,16 +106,7 @@ class Trainer:
         self._set_threads()
         self.run_dir = Path(cfg.run_dir)
         self.plan = plan_add_language(cfg) if cfg.add_language.languages else None
-        if self.plan:
-            manifest = prepare_new_languages(cfg, self.plan, self.info)
-            model_cfg = self.plan.model_cfg
-        elif cfg.init_from:
-            manifest = ensure_prepared(cfg, self.info, hf_tokenizer_file(cfg.init_from))
-            model_cfg = resolve_model_config(
-                dataclasses.replace(cfg, model=model_config_from_hf(cfg.init_from)), manifest)
-        else:
-            manifest = ensure_prepared(cfg, self.info)
-            model_cfg = resolve_model_config(cfg, manifest)
+        manifest, model_cfg = self._data_and_model_config()
         self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.languages = model_cfg.languages
         self._build_data(manifest)
@@ -134,6 +125,19 @@ class Trainer:
         self._init_window()
 
     # ---- construction -------------------------------------------------------------------
+
+    def _data_and_model_config(self) -> tuple[dict, ModelConfig]:
+        """The data manifest (prepared on first use) and the model's full config: grown from the
+        source run (add-language), a transformers folder's (init_from), or the config's."""
+        cfg = self.cfg
+        if self.plan:
+            return prepare_new_languages(cfg, self.plan, self.info), self.plan.model_cfg
+        if cfg.init_from:
+            manifest = ensure_prepared(cfg, self.info, hf_tokenizer_file(cfg.init_from))
+            cfg = dataclasses.replace(cfg, model=model_config_from_hf(cfg.init_from))
+        else:
+            manifest = ensure_prepared(cfg, self.info)
+        return manifest, resolve_model_config(cfg, manifest)
 
     def _build_model(self) -> XmodForMaskedLM:
         """A fresh model, a transformers checkpoint's (init_from), or a grown one (add-language)."""
@@ -160,7 +164,6 @@ class Trainer:
         lang_ids = [language_index(self.languages, lang) for lang in data_langs]
         masker = Masker(data.masking, self.cfg.model.vocab_size)
         train = ShardSet(data.dir, "train", data_langs)
-        self.data_languages = data_langs
         self.sampler = LanguageSampler(train, data, masker, self.cfg.train.micro_batch_size,
                                        self.cfg.train.seed, lang_ids)
         self.valid = self._valid_batches(data.dir, data_langs, masker)

@@ -113,6 +113,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = self._build_model()
         self.engine = build_engine(model, cfg, self.info)
+        # Every module gets a (zero) gradient on every rank: see XmodForMaskedLM.language_anchor.
+        # ZeRO-3 runs share the language across ranks instead (and its partitioned parameters
+        # cannot be read outside the forward).
+        self.anchor = cfg.deepspeed.zero_stage < 3
         self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
                     f"of {sum(p.numel() for p in model.parameters()):,}")
         self.checkpointer = Checkpointer(self.run_dir, self.info, cfg.train.keep_checkpoints,
@@ -266,7 +270,7 @@ class Trainer:
             # Dropout noise is a function of (seed, step, index) too: resumable, world-size free.
             torch.manual_seed(hash((self.cfg.train.seed, self.step, index)) & 0x7FFF_FFFF)
             loss = self._forward(batch)
-            self.engine.backward(loss)
+            self.engine.backward(loss + self.engine.module.language_anchor() if self.anchor else loss)
             self.engine.step()
             losses.append(loss.detach().float())
             langs.append(batch.lang)

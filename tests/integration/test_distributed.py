@@ -57,15 +57,17 @@ def test_ranks_draw_different_languages_in_one_step(tiny_data):
     assert any(sampler.language(s, 0, 0) != sampler.language(s, 0, 1) for s in range(8))
 
 
-# NOTE: without ZeRO the optimizer is torch's AdamW, which skips a language's modules when they
-# had no gradient in the step; ZeRO 1-3 flatten the parameters and step them all (a zero gradient
-# still moves them by momentum), and the 2-rank runs diverge from the 1-rank ones on exactly those
-# modules. Parity there needs the absent-language policy of the optimizer, not yet built.
-ABSENT_LANGUAGES = pytest.mark.xfail(strict=True, reason="ZeRO 1-3 step absent languages' modules")
+# NOTE: ZeRO-3 steps every parameter, so weight decay shrinks the modules of a language absent
+# from every step so far, while plain data parallelism (torch's AdamW, the language anchor being
+# off under ZeRO-3 only) leaves them alone: the two differ on exactly those modules until the
+# optimizer's absent-language policy is one for all stages.
+ABSENT_LANGUAGES = pytest.mark.xfail(strict=True, reason="ZeRO-3 decays never-seen modules")
+# NOTE: under ZeRO-2 the 2-rank run still drifts from the 1-rank one on the modules of a language
+# that only one rank ran (the anchor fixed ZeRO-1, not ZeRO-2's reduce-scatter); open.
+ZERO2_PER_RANK = pytest.mark.xfail(strict=True, reason="ZeRO-2 drifts on per-rank languages")
 
 
-@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=ABSENT_LANGUAGES),
-                                   pytest.param(2, marks=ABSENT_LANGUAGES)])
+@pytest.mark.parametrize("stage", [0, 1, pytest.param(2, marks=ZERO2_PER_RANK)])
 def test_two_ranks_equal_one_rank_with_accumulation(tiny_data, tmp_path, stage):
     """Same global batch (2 micro-batches a step), same data: the same losses step for step
     and the same final weights, every language's modules included."""

@@ -13,7 +13,6 @@ is split over ranks and accumulation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import torch
 from data_prep.shards import MANIFEST, read_manifest
 from xmod_pretrain.config import DataConfig, MaskingConfig
 from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, UNK_ID
-from xmod_pretrain.languages import check_language_list
 
 
 

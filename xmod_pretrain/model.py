@@ -393,18 +393,22 @@ class XmodForMaskedLM(nn.Module):
         language_index(self.languages, code)  # unknown code: KeyError listing the known ones
         return [(n, p) for n, p in self.named_parameters() if language_of_parameter(n) == code]
 
-    def language_anchor(self) -> torch.Tensor:
-        """A zero that depends on every trainable language-module parameter.
+    def trainable_language_parameters(self) -> list[nn.Parameter]:
+        """Every language module's parameters that train (all, or the new ones post hoc)."""
+        return [p for n, p in self.named_parameters() if p.requires_grad and language_of_parameter(n)]
 
-        Added to the loss, it gives each module a gradient (of zeros) whatever language the
-        micro-batch was, so data-parallel ranks that ran different languages hand the optimizer
-        the same set of gradients.
-        NOTE: DeepSpeed ZeRO-1/2 mis-reduces a parameter that has a gradient on one rank and none
-        on another (tested: 2 ranks then drift from 1 rank with accumulation on exactly those
-        modules); with the anchor they match.
-        """
-        params = [p for n, p in self.named_parameters() if p.requires_grad and language_of_parameter(n)]
-        return torch.stack([p.sum() for p in params]).sum() * 0.0
+
+def language_anchor(params: list[nn.Parameter]) -> torch.Tensor:
+    """A zero that depends on every parameter of ``params`` (language modules).
+
+    Added to the loss, it gives each module a gradient (of zeros) whatever language the
+    micro-batch was, so data-parallel ranks that ran different languages hand the optimizer the
+    same set of gradients.
+    NOTE: DeepSpeed ZeRO-1/2 mis-reduces a parameter that has a gradient on one rank and none on
+    another (tested: 2 ranks then drift from 1 rank with accumulation on exactly those modules);
+    with the anchor ZeRO-1 matches.
+    """
+    return torch.stack([p.sum() for p in params]).sum() * 0.0
 
 
 def _check_config(cfg: ModelConfig) -> None:

@@ -29,7 +29,9 @@ from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.metrics import (
     MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
 )
-from xmod_pretrain.model import XmodForMaskedLM, count_parameters, model_flops_per_token
+from xmod_pretrain.model import (
+    XmodForMaskedLM, count_parameters, language_anchor, model_flops_per_token,
+)
 from xmod_pretrain.posthoc import (
     build_grown_model, plan_add_language, prepare_new_languages, source_validation,
 )
@@ -113,10 +115,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = self._build_model()
         self.engine = build_engine(model, cfg, self.info)
-        # Every module gets a (zero) gradient on every rank: see XmodForMaskedLM.language_anchor.
+        # Every module gets a (zero) gradient on every rank: see model.language_anchor.
         # One rank needs none (about 9% of the demo's step time); ZeRO-3 runs share the language
         # across ranks instead (and its partitioned parameters cannot be read outside the forward).
-        self.anchor = self.info.world_size > 1 and cfg.deepspeed.zero_stage < 3
+        anchor = self.info.world_size > 1 and cfg.deepspeed.zero_stage < 3
+        self.anchor_params = model.trainable_language_parameters() if anchor else []
         self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
                     f"of {sum(p.numel() for p in model.parameters()):,}")
         self.checkpointer = Checkpointer(self.run_dir, self.info, cfg.train.keep_checkpoints,
@@ -270,7 +273,8 @@ class Trainer:
             # Dropout noise is a function of (seed, step, index) too: resumable, world-size free.
             torch.manual_seed(hash((self.cfg.train.seed, self.step, index)) & 0x7FFF_FFFF)
             loss = self._forward(batch)
-            self.engine.backward(loss + self.engine.module.language_anchor() if self.anchor else loss)
+            self.engine.backward(loss + language_anchor(self.anchor_params) if self.anchor_params
+                                 else loss)
             self.engine.step()
             losses.append(loss.detach().float())
             langs.append(batch.lang)

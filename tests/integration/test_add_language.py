@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests.integration.launch import read_metrics, run_training
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
-from xmod_pretrain.posthoc import AddLanguageError, build_grown_model, plan_add_language
+from xmod_pretrain.posthoc import (
+    BUNDLED_TEXT, AddLanguageError, build_grown_model, plan_add_language,
+)
 from xmod_pretrain.runs import load_config, open_run
 
 pytestmark = pytest.mark.integration
@@ -123,8 +125,6 @@ def test_init_copy_and_average(source_run, tmp_path):
 def test_two_languages_each_on_its_own_text(source_run, tmp_path):
     texts = tmp_path / "texts"
     texts.mkdir()
-    import lzma
-    from xmod_pretrain.posthoc import BUNDLED_TEXT
     for lang, source in (("yo_NG", "yo_NG"), ("pt_BR", "pt_XX")):
         with lzma.open(BUNDLED_TEXT / f"{source}.txt.xz", "rt", encoding="utf-8") as f:
             (texts / f"{lang}.txt").write_text(f.read(), encoding="utf-8")

@@ -77,6 +77,11 @@ class DataConfig:
     language_per: str = "rank"
     """``rank``: each data-parallel rank draws its own micro-batch language. ``step``: all ranks
     share one language per micro-step (required by ZeRO-3, which gathers weights collectively)."""
+    shared_module: Optional[str] = None
+    """A language code (``mul_XX``, say) naming ONE module set that every data language runs
+    through: the shared baseline of X-MOD's comparison, with the same active parameters per
+    language as X-MOD but nothing of its own. Validation still reports each data language.
+    None: each language its own modules (X-MOD)."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     prepare_workers: int = 2
     """Processes that encode text into shards."""
@@ -97,6 +102,11 @@ class OptimConfig:
     below it) and continue later on the same schedule, as fairseq's --total-num-update."""
     clip_grad_norm: float = 1.0
     """Global gradient norm clip; 0 disables."""
+    update_absent_languages: bool = False
+    """False: a step updates the shared weights and the modules of the languages present in it
+    (on any rank) only; absent modules keep their weights and Adam state exactly, and the step
+    costs the same with 4 or 200 languages. True: fairseq's and DeepSpeed's behaviour, every
+    module stepped every step (a zero gradient when absent, so momentum and weight decay move it)."""
 
 
 @dataclass

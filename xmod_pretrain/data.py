@@ -149,6 +149,12 @@ class LanguageSampler:
         rng = np.random.default_rng([self.seed, step, key, 0])
         return int(rng.choice(len(self.probabilities), p=self.probabilities))
 
+    def step_languages(self, step: int, micro_steps: int, world_size: int) -> set[int]:
+        """Model indices of the languages of every micro-batch of ``step``, on all ranks: what
+        each rank can tell without asking the others."""
+        return {self.lang_ids[self.language(step, micro, micro * world_size + rank)]
+                for micro in range(micro_steps) for rank in range(world_size)}
+
     def micro_batch(self, step: int, micro_step: int, index: int) -> MicroBatch:
         lang = self.language(step, micro_step, index)
         rng = np.random.default_rng([self.seed, step, index, 1])

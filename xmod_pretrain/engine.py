@@ -9,7 +9,7 @@ from torch import nn
 
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo
-from xmod_pretrain.optim import build_optimizer, build_scheduler
+from xmod_pretrain.optim import LanguageAdamW, build_optimizer, build_scheduler
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
@@ -46,8 +46,9 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     }
 
 
-def build_engine(model: nn.Module, cfg: Config, info: DistInfo):
-    """``deepspeed.initialize`` with our AdamW groups and linear schedule."""
+def build_engine(model: nn.Module, cfg: Config, info: DistInfo) -> tuple[Any, LanguageAdamW]:
+    """``deepspeed.initialize`` with our AdamW groups and linear schedule. Returns the engine and
+    our optimizer inside it (the trainer tells it which languages each step holds)."""
     import deepspeed
 
     optimizer = build_optimizer(model, cfg.optim)
@@ -58,7 +59,7 @@ def build_engine(model: nn.Module, cfg: Config, info: DistInfo):
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, info.world_size),
     )
-    return engine
+    return engine, optimizer
 
 
 def optimizer_parameter_count(engine) -> int:

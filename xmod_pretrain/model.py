@@ -393,22 +393,14 @@ class XmodForMaskedLM(nn.Module):
         language_index(self.languages, code)  # unknown code: KeyError listing the known ones
         return [(n, p) for n, p in self.named_parameters() if language_of_parameter(n) == code]
 
-    def trainable_language_parameters(self) -> list[nn.Parameter]:
-        """Every language module's parameters that train (all, or the new ones post hoc)."""
-        return [p for n, p in self.named_parameters() if p.requires_grad and language_of_parameter(n)]
-
-
-def language_anchor(params: list[nn.Parameter]) -> torch.Tensor:
-    """A zero that depends on every parameter of ``params`` (language modules).
-
-    Added to the loss, it gives each module a gradient (of zeros) whatever language the
-    micro-batch was, so data-parallel ranks that ran different languages hand the optimizer the
-    same set of gradients.
-    NOTE: DeepSpeed ZeRO-1/2 mis-reduces a parameter that has a gradient on one rank and none on
-    another (tested: 2 ranks then drift from 1 rank with accumulation on exactly those modules);
-    with the anchor ZeRO-1 matches.
-    """
-    return torch.stack([p.sum() for p in params]).sum() * 0.0
+    def trainable_language_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Each language's module parameters that train (all, or the new ones post hoc)."""
+        modules: dict[str, list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            language = language_of_parameter(name)
+            if param.requires_grad and language:
+                modules.setdefault(language, []).append(param)
+        return modules
 
 
 def _check_config(cfg: ModelConfig) -> None:

@@ -1,11 +1,14 @@
-"""Optimizer parameter groups and the learning-rate schedule."""
+"""The optimizer (AdamW that can leave absent languages alone), its groups and the LR schedule."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from xmod_pretrain.config import OptimConfig
+from xmod_pretrain.model import language_of_parameter
 
 
 def no_decay(name: str, param: nn.Parameter) -> bool:
@@ -14,22 +17,71 @@ def no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: with and without weight decay."""
-    decay, plain = [], []
+    """AdamW groups over the trainable parameters: with and without weight decay, for the shared
+    weights (``language`` None) and for each language's modules apart (``language`` its code).
+
+    One group per language is what lets the optimizer skip a language, also under ZeRO, where
+    DeepSpeed flattens each group into one tensor and steps the groups one by one.
+    """
+    buckets: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (plain if no_decay(name, param) else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
+            key = (language_of_parameter(name), no_decay(name, param))
+            buckets.setdefault(key, []).append(param)
+    return [{"params": params, "language": language,
+             "weight_decay": 0.0 if plain else cfg.weight_decay}
+            for (language, plain), params in buckets.items()]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+class LanguageAdamW(torch.optim.AdamW):
+    """AdamW whose step leaves the modules of absent languages untouched.
+
+    Before each optimizer step the trainer sets ``present``: the languages of every micro-batch
+    of the global step, on any rank (each rank computes the same set from the deterministic
+    sampler, so no communication is needed). Groups of other languages are skipped: no weight
+    decay, no momentum drift, and no cost, so the step does not grow with the number of
+    languages registered. Their Adam step counts stay behind with them, so a language that
+    returns resumes its own bias correction.
+
+    ``update_absent=True`` is fairseq's and DeepSpeed's behaviour instead: every module is
+    stepped every step, with a zero gradient when its language was absent.
+    NOTE: under ZeRO 1-3 DeepSpeed hands a missing gradient to the optimizer as zeros, and
+    without ZeRO DeepSpeed fills them in on several ranks only; both policies are explicit here
+    so that every stage and world size trains the same way.
+    """
+
+    def __init__(self, groups: list[dict], *, update_absent: bool, **defaults):
+        super().__init__(groups, **defaults)
+        self.update_absent = update_absent
+        self.present: frozenset[str] = frozenset()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        if self.update_absent:
+            _zero_missing_gradients(p for g in self.param_groups for p in g["params"])
+            return super().step(closure)
+        skipped = [g for g in self.param_groups
+                   if g.get("language") is not None and g["language"] not in self.present]
+        kept = [g["params"] for g in skipped]
+        for group in skipped:
+            group["params"] = []
+        try:
+            return super().step(closure)
+        finally:
+            for group, params in zip(skipped, kept):
+                group["params"] = params
+
+
+def _zero_missing_gradients(params: Iterable[nn.Parameter]) -> None:
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> LanguageAdamW:
     # foreach: one fused kernel launch per group instead of one per tensor.
-    return torch.optim.AdamW(
-        parameter_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True
-    )
+    return LanguageAdamW(parameter_groups(model, cfg), update_absent=cfg.update_absent_languages,
+                         lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
 
 
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:

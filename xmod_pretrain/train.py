@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from xmod_pretrain.anchor import LanguageAnchor
 from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
 from xmod_pretrain.config import Config, ModelConfig
 from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
@@ -25,13 +26,14 @@ from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
 from xmod_pretrain.engine import build_engine, optimizer_parameter_count
 from xmod_pretrain.evaluation import masked_lm_loss
 from xmod_pretrain.export import hf_tokenizer_file, load_hf_weights, model_config_from_hf
-from xmod_pretrain.languages import check_language_list, language_index
+from xmod_pretrain.languages import check_language_code, check_language_list, language_index
 from xmod_pretrain.metrics import (
     MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
 )
 from xmod_pretrain.model import (
-    XmodForMaskedLM, count_parameters, language_anchor, model_flops_per_token,
+    XmodForMaskedLM, count_parameters, model_flops_per_token,
 )
+from xmod_pretrain.optim import LanguageAdamW
 from xmod_pretrain.posthoc import (
     build_grown_model, plan_add_language, prepare_new_languages, source_validation,
 )
@@ -72,6 +74,13 @@ def resolve_model_config(cfg: Config, manifest: dict) -> ModelConfig:
         raise DataError(f"model.vocab_size={model.vocab_size} but the tokenizer in {cfg.data.dir} "
                         f"has {vocab} ids")
     languages = model.languages or list(manifest["languages"])
+    shared = cfg.data.shared_module
+    if shared is not None:  # the shared baseline: one module set, named by a language code
+        check_language_code(shared, "data.shared_module")
+        if model.languages not in ([], [shared]):
+            raise ValueError(f"data.shared_module={shared} runs every language through one "
+                             f"module set, but model.languages lists {model.languages}")
+        languages = [shared]
     return dataclasses.replace(model, vocab_size=vocab,
                                languages=check_language_list(languages, "model.languages"))
 
@@ -98,6 +107,7 @@ class Trainer:
     sampler: LanguageSampler      # train micro-batches, deterministic from (seed, step, index)
     valid: dict[str, list[MicroBatch]]
     engine: object                # deepspeed.DeepSpeedEngine around XmodForMaskedLM
+    optimizer: LanguageAdamW      # inside the engine; told each step's languages
     checkpointer: Checkpointer
     metrics: MetricsLogger
     step: int                     # optimizer steps done
@@ -114,12 +124,12 @@ class Trainer:
         self._build_data(manifest)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = self._build_model()
-        self.engine = build_engine(model, cfg, self.info)
-        # Every module gets a (zero) gradient on every rank: see model.language_anchor.
-        # One rank needs none (about 9% of the demo's step time); ZeRO-3 runs share the language
+        self.engine, self.optimizer = build_engine(model, cfg, self.info)
+        # Ranks on different languages must hand DeepSpeed the same gradients: see anchor.py.
+        # One rank needs no anchor (it cost 9% of the demo's step); ZeRO-3 runs share the language
         # across ranks instead (and its partitioned parameters cannot be read outside the forward).
-        anchor = self.info.world_size > 1 and cfg.deepspeed.zero_stage < 3
-        self.anchor_params = model.trainable_language_parameters() if anchor else []
+        anchored = self.info.world_size > 1 and cfg.deepspeed.zero_stage < 3
+        self.anchor = LanguageAnchor(model) if anchored else None
         self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
                     f"of {sum(p.numel() for p in model.parameters()):,}")
         self.checkpointer = Checkpointer(self.run_dir, self.info, cfg.train.keep_checkpoints,
@@ -167,8 +177,11 @@ class Trainer:
                 "deepspeed.zero_stage=3 gathers each module's weights with all ranks together, so "
                 "ranks cannot run different languages in one micro-step: set data.language_per=step"
             )
+        if data.shared_module is not None and self.plan:
+            raise ValueError("data.shared_module is for pre-training: add-language gives each new "
+                             "language modules of its own")
         data_langs = check_language_list(data.languages or list(manifest["languages"]), "data.languages")
-        lang_ids = [language_index(self.languages, lang) for lang in data_langs]
+        lang_ids = [language_index(self.languages, data.shared_module or lang) for lang in data_langs]
         masker = Masker(data.masking, self.cfg.model.vocab_size)
         train = ShardSet(data.dir, "train", data_langs)
         self.sampler = LanguageSampler(train, data, masker, self.cfg.train.micro_batch_size,
@@ -180,8 +193,9 @@ class Trainer:
 
     def _valid_batches(self, data_dir: str, langs: list[str], masker: Masker) -> dict:
         valid, train = ShardSet(data_dir, "valid", langs), self.cfg.train
-        return {lang: validation_batches(valid, d, language_index(self.languages, lang), masker,
-                                         train.micro_batch_size, self.cfg.data.seq_len,
+        modules = self.cfg.data.shared_module  # None: each language through its own
+        return {lang: validation_batches(valid, d, language_index(self.languages, modules or lang),
+                                         masker, train.micro_batch_size, self.cfg.data.seq_len,
                                          train.eval_batches, train.seed)
                 for d, lang in enumerate(langs)}
 
@@ -266,6 +280,10 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step: this rank's micro-batches of the global batch, in order."""
         accum, world = self.cfg.train.grad_accum_steps, self.info.world_size
+        present = [self.languages[i] for i in self.sampler.step_languages(self.step, accum, world)]
+        self.optimizer.present = frozenset(present)
+        if self.anchor:
+            self.anchor.set_languages(present)
         losses, langs = [], []
         for micro in range(accum):
             index = micro * world + self.info.rank  # position in the global batch
@@ -273,8 +291,7 @@ class Trainer:
             # Dropout noise is a function of (seed, step, index) too: resumable, world-size free.
             torch.manual_seed(hash((self.cfg.train.seed, self.step, index)) & 0x7FFF_FFFF)
             loss = self._forward(batch)
-            self.engine.backward(loss + language_anchor(self.anchor_params) if self.anchor_params
-                                 else loss)
+            self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach().float())
             langs.append(batch.lang)

@@ -16,6 +16,7 @@ from tests.integration.launch import TINY_MODEL, read_metrics, run_training
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.config import DataConfig
 from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
+from xmod_pretrain.model import language_of_parameter
 from data_prep.shards import read_manifest
 
 pytestmark = pytest.mark.integration
@@ -45,28 +46,25 @@ def assert_same_training(a, b, tol=2e-4) -> None:
         assert torch.allclose(wa[key], wb[key], rtol=tol, atol=tol), key
 
 
-def test_ranks_draw_different_languages_in_one_step(tiny_data):
-    """The premise of the next test: with language_per=rank, ranks differ within a step."""
+def tiny_sampler(tiny_data, language_per: str = "rank") -> tuple[LanguageSampler, list[str]]:
+    """The sampler the tiny runs use (seed 1, batch 8), and its languages."""
     manifest = read_manifest(tiny_data)
     langs = list(manifest["languages"])
-    cfg = DataConfig(dir=str(tiny_data), seq_len=64)
+    cfg = DataConfig(dir=str(tiny_data), seq_len=64, language_per=language_per)
     sampler = LanguageSampler(ShardSet(tiny_data, "train", langs), cfg,
                               Masker(cfg.masking, manifest["tokenizer"]["vocab_size"]), 8, 1,
                               list(range(len(langs))))
+    return sampler, langs
+
+
+def test_ranks_draw_different_languages_in_one_step(tiny_data):
+    """The premise of the next test: with language_per=rank, ranks differ within a step."""
+    sampler, _ = tiny_sampler(tiny_data)
     assert any(sampler.language(s, 0, 0) != sampler.language(s, 0, 1) for s in range(8))
 
 
-# NOTE: ZeRO-3 steps every parameter, so weight decay shrinks the modules of a language absent
-# from every step so far, while plain data parallelism (torch's AdamW, the language anchor being
-# off under ZeRO-3 only) leaves them alone: the two differ on exactly those modules until the
-# optimizer's absent-language policy is one for all stages.
-ABSENT_LANGUAGES = pytest.mark.xfail(strict=True, reason="ZeRO-3 decays never-seen modules")
-# NOTE: under ZeRO-2 the 2-rank run still drifts from the 1-rank one on the modules of a language
-# that only one rank ran (the anchor fixed ZeRO-1, not ZeRO-2's reduce-scatter); open.
-ZERO2_PER_RANK = pytest.mark.xfail(strict=True, reason="ZeRO-2 drifts on per-rank languages")
 
-
-@pytest.mark.parametrize("stage", [0, 1, pytest.param(2, marks=ZERO2_PER_RANK)])
+@pytest.mark.parametrize("stage", [0, 1, 2])
 def test_two_ranks_equal_one_rank_with_accumulation(tiny_data, tmp_path, stage):
     """Same global batch (2 micro-batches a step), same data: the same losses step for step
     and the same final weights, every language's modules included."""
@@ -77,7 +75,6 @@ def test_two_ranks_equal_one_rank_with_accumulation(tiny_data, tmp_path, stage):
     assert_same_training(one, two)
 
 
-@ABSENT_LANGUAGES
 def test_zero3_equals_plain_data_parallel(tiny_data, tmp_path):
     """ZeRO-3 (ranks share each micro-step's language) trains exactly like ZeRO-0."""
     shared = ["data.language_per=step", *STEPS]
@@ -86,6 +83,43 @@ def test_zero3_equals_plain_data_parallel(tiny_data, tmp_path):
     proc = run_training(zero3, tiny_data, *shared, "deepspeed=zero3", nproc=2)
     assert "weights identical on all 2 ranks" in proc.stdout
     assert_same_training(zero0, zero3)
+
+
+# yo_NG has modules but no data: it is absent from every step.
+WITH_ABSENT = ["model.languages=[de_DE,el_GR,en_XX,ru_RU,yo_NG]", *STEPS]
+STAGE_LAYOUTS = {0: [], 1: [], 2: [], 3: ["data.language_per=step"]}
+
+
+@pytest.fixture(scope="module")
+def initial_weights(tiny_data, tmp_path_factory) -> dict[str, torch.Tensor]:
+    run = tmp_path_factory.mktemp("initial")
+    run_training(run, tiny_data, *WITH_ABSENT, "train.max_steps=0")
+    return final_weights(run)
+
+
+def moved_languages(initial: dict, final: dict) -> set[str]:
+    return {language_of_parameter(k) for k in initial
+            if language_of_parameter(k) and not torch.equal(initial[k], final[k])}
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_absent_languages_are_left_alone_under_every_stage(tiny_data, tmp_path, stage,
+                                                           initial_weights):
+    run = tmp_path / "run"
+    run_training(run, tiny_data, *WITH_ABSENT, *STAGE_LAYOUTS[stage], f"deepspeed=zero{stage}",
+                 nproc=2)
+    sampler, langs = tiny_sampler(tiny_data, "step" if stage == 3 else "rank")
+    present = {langs[i] for step in range(8) for i in sampler.step_languages(step, 1, 2)}
+    assert "yo_NG" not in present
+    assert moved_languages(initial_weights, final_weights(run)) == present
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_update_absent_languages_moves_every_module(tiny_data, tmp_path, stage, initial_weights):
+    run = tmp_path / "run"
+    run_training(run, tiny_data, *WITH_ABSENT, *STAGE_LAYOUTS[stage], f"deepspeed=zero{stage}",
+                 "optim.update_absent_languages=true", nproc=2)
+    assert "yo_NG" in moved_languages(initial_weights, final_weights(run))
 
 
 def test_zero3_refuses_per_rank_languages(tiny_data, tmp_path):

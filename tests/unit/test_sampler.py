@@ -132,3 +132,14 @@ def test_validation_batches_are_fixed(tiny_data):
 def test_unknown_language_is_named(tiny_data):
     with pytest.raises(ValueError, match="yo_NG"):
         ShardSet(tiny_data, "train", ["en_XX", "yo_NG"])
+
+
+@pytest.mark.parametrize("language_per", ["rank", "step"])
+def test_step_languages_are_those_of_every_rank(tiny_data, language_per):
+    """What each rank computes alone is the union of all ranks' micro-batch languages."""
+    sampler = make_sampler(tiny_data, language_per=language_per, lang_ids=[10, 11, 12, 13])
+    world, accum = 3, 2
+    for step in range(20):
+        drawn = {sampler.micro_batch(step, micro, micro * world + rank).lang
+                 for micro in range(accum) for rank in range(world)}
+        assert sampler.step_languages(step, accum, world) == drawn

@@ -1,0 +1,99 @@
+"""The optimizer: one group per language, absent languages left alone unless asked."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from tests.unit.test_model import LANGUAGES, TINY, batch
+from xmod_pretrain.config import OptimConfig
+from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.optim import build_optimizer, parameter_groups
+
+CFG = OptimConfig(lr=1e-2, weight_decay=0.1)
+
+
+def train_steps(model: XmodForMaskedLM, optimizer, langs: list[str]) -> None:
+    """One optimizer step per language in ``langs``, each on a batch of that language only."""
+    ids, _ = batch(padded=False)
+    for lang in langs:
+        torch.manual_seed(0)
+        optimizer.present = frozenset({lang})
+        model(ids, LANGUAGES.index(lang), torch.tensor([1, 4, 20]), torch.tensor([5, 6, 7])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def snapshot(model: XmodForMaskedLM) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed_languages(before: dict, model: XmodForMaskedLM) -> set[str | None]:
+    """The languages (None: shared) that own a parameter that moved."""
+    return {language_of_parameter(n) for n, p in model.named_parameters()
+            if not torch.equal(before[n], p)}
+
+
+def test_groups_hold_each_trainable_parameter_once_by_language() -> None:
+    model = XmodForMaskedLM(TINY)
+    for _, p in model.language_parameters("yo_NG"):
+        p.requires_grad_(False)
+    groups = parameter_groups(model, CFG)
+    grouped = [p for g in groups for p in g["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) == len({id(p) for p in grouped})
+    owner = {id(p): language_of_parameter(n) for n, p in model.named_parameters()}
+    for group in groups:
+        assert {owner[id(p)] for p in group["params"]} == {group["language"]}
+        assert group["weight_decay"] == (0.0 if group["params"][0].ndim < 2 else CFG.weight_decay)
+    assert {g["language"] for g in groups} == {None, "en_XX", "de_DE"}  # frozen yo_NG has none
+
+
+def test_absent_languages_keep_weights_and_state_by_default() -> None:
+    model = XmodForMaskedLM(TINY)
+    optimizer = build_optimizer(model, CFG)
+    before = snapshot(model)
+    train_steps(model, optimizer, ["de_DE", "de_DE"])
+    assert changed_languages(before, model) == {None, "de_DE"}
+    for _, p in model.language_parameters("en_XX") + model.language_parameters("yo_NG"):
+        assert p not in optimizer.state  # no moments, no step count: nothing to drift
+
+
+def test_update_absent_languages_steps_every_module() -> None:
+    """fairseq's and DeepSpeed's behaviour: a zero gradient, so weight decay still moves them."""
+    model = XmodForMaskedLM(TINY)
+    optimizer = build_optimizer(model, OptimConfig(**{**vars(CFG), "update_absent_languages": True}))
+    before = snapshot(model)
+    train_steps(model, optimizer, ["de_DE"])
+    assert changed_languages(before, model) == {None, *LANGUAGES}
+
+
+def test_skipping_equals_adamw_over_the_present_parameters() -> None:
+    """A step with languages absent is exactly torch's AdamW over the others; a language that
+    returns continues from its own step count (its bias correction is not skipped ahead)."""
+    model = XmodForMaskedLM(TINY)
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer(model, CFG)
+    train_steps(model, optimizer, ["de_DE", "de_DE", "en_XX"])
+
+    def plain(langs: set) -> torch.optim.AdamW:
+        groups = [dict(g, params=list(g["params"])) for g in parameter_groups(reference, CFG)
+                  if g["language"] in langs]
+        return torch.optim.AdamW(groups, lr=CFG.lr, betas=tuple(CFG.betas), eps=CFG.eps)
+
+    shared = plain({None})
+    de, en = plain({"de_DE"}), plain({"en_XX"})
+    ids, _ = batch(padded=False)
+    for lang, module in [("de_DE", de), ("de_DE", de), ("en_XX", en)]:
+        torch.manual_seed(0)
+        reference(ids, LANGUAGES.index(lang), torch.tensor([1, 4, 20]),
+                  torch.tensor([5, 6, 7])).loss.backward()
+        shared.step()
+        module.step()
+        reference.zero_grad()
+    got, want = snapshot(model), snapshot(reference)
+    for name in got:
+        assert torch.equal(got[name], want[name]), name
+    en_weight = model.language_parameters("en_XX")[0][1]
+    assert optimizer.state[en_weight]["step"] == 1

@@ -36,9 +36,9 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "gradient_clipping": cfg.optim.clip_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.train.precision == "bf16"},
-        # torch.optim.AdamW with foreach is what we pass in; DeepSpeed has not vetted it for ZeRO.
+        # Our AdamW (torch's, fused) is what we pass in; DeepSpeed has not vetted it for ZeRO.
         "zero_allow_untested_optimizer": True,
-        # Offload keeps the optimizer state in host memory; our AdamW (foreach) steps it there.
+        # Offload keeps the optimizer state in host memory; our AdamW steps it there.
         # DeepSpeedCPUAdam would need a C++ build at start; allow the client optimizer instead.
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # we log ourselves; 0 would divide by zero in DeepSpeed
@@ -59,7 +59,28 @@ def build_engine(model: nn.Module, cfg: Config, info: DistInfo) -> tuple[Any, La
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, info.world_size),
     )
+    if reduces_gradients_itself(cfg):
+        engine.enable_backward_allreduce = False
     return engine, optimizer
+
+
+def reduces_gradients_itself(cfg: Config) -> bool:
+    """Whether the trainer, not DeepSpeed, averages the gradients over ranks: ZeRO-0 in fp32.
+
+    NOTE: DeepSpeed's ZeRO-0 reduction first gives every parameter without a gradient a zero one
+    (so ranks reduce equal buffers), then flattens, reduces and copies them all back, even on one
+    rank: a cost that grows with the number of languages registered, not present. Our ranks
+    already agree on which gradients exist (see anchor.py). ZeRO 1-3 reduce inside their
+    optimizer, and bf16 ZeRO-0 reduces DeepSpeed's own fp32 accumulation buffers.
+    """
+    return cfg.deepspeed.zero_stage == 0 and cfg.train.precision == "fp32"
+
+
+def all_reduce_gradients(engine) -> None:
+    """Average over ranks the gradients that exist: the shared weights' and the step's
+    languages' modules' (the same set, in the same order, on every rank)."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    engine.buffered_allreduce_fallback(grads=grads)
 
 
 def optimizer_parameter_count(engine) -> int:

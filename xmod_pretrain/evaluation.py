@@ -127,6 +127,7 @@ def run_sources(run: RunCheckpoint) -> dict[str, Source]:
     post-hoc, the data of the run it grew from (and so on), where made with the same tokenizer."""
     found: dict[str, Source] = {}
     sha = run.tokenizer_sha256()
+    shared = run.config.data.shared_module  # every data language has text, through that module
     for data_dir, chosen in _data_dirs(run.config):
         if not (data_dir / MANIFEST).is_file():
             continue
@@ -134,7 +135,7 @@ def run_sources(run: RunCheckpoint) -> dict[str, Source]:
         if manifest["tokenizer"]["sha256"] != sha:
             continue
         order = chosen or list(manifest["languages"])
-        source = Source(data_dir, [lang for lang in order if lang in run.languages])
+        source = Source(data_dir, [lang for lang in order if shared or lang in run.languages])
         found.update({lang: source for lang in source.order if lang not in found})
     return found
 
@@ -189,9 +190,10 @@ class Request:
 
 def plan_rows(run: RunCheckpoint, request: Request,
               data: dict[str, Source]) -> list[tuple[str, str]]:
-    """(text language, modules language) of each row, own modules first, in run order."""
-    known = run.languages
-    for lang in [*request.langs, *request.adapter_of.values()]:
+    """(text language, modules language) of each row, own modules first, in run order. A run
+    with ``data.shared_module`` has no language's own modules: its rows run through that one."""
+    known, shared = run.languages, run.config.data.shared_module
+    for lang in [*([] if shared else request.langs), *request.adapter_of.values()]:
         if lang not in known:
             raise EvaluationError(f"run {run.run_dir} has no language {lang}; it has: "
                                   f"{', '.join(known)}")
@@ -204,7 +206,10 @@ def plan_rows(run: RunCheckpoint, request: Request,
             raise EvaluationError(f"run {run.run_dir} has no {lang} modules: add --adapter-of "
                                   f"{lang}=OTHER to evaluate {lang}'s text through another's")
     own = set(request.langs or data) | {lang for lang in request.texts if lang in known}
-    rows = [(lang, lang) for lang in known if lang in own]
+    if shared:
+        rows = [(lang, shared) for lang in data if lang in own]
+    else:
+        rows = [(lang, lang) for lang in known if lang in own]
     return rows + list(request.adapter_of.items())
 
 

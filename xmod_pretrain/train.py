@@ -23,7 +23,9 @@ from xmod_pretrain.data import (
     DataError, LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches,
 )
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
-from xmod_pretrain.engine import build_engine, optimizer_parameter_count
+from xmod_pretrain.engine import (
+    all_reduce_gradients, build_engine, optimizer_parameter_count, reduces_gradients_itself,
+)
 from xmod_pretrain.evaluation import masked_lm_loss
 from xmod_pretrain.export import hf_tokenizer_file, load_hf_weights, model_config_from_hf
 from xmod_pretrain.languages import check_language_code, check_language_list, language_index
@@ -125,6 +127,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = self._build_model()
         self.engine, self.optimizer = build_engine(model, cfg, self.info)
+        self.reduce_gradients = self.info.world_size > 1 and reduces_gradients_itself(cfg)
         # Ranks on different languages must hand DeepSpeed the same gradients: see anchor.py.
         # One rank needs no anchor (it cost 9% of the demo's step); ZeRO-3 runs share the language
         # across ranks instead (and its partitioned parameters cannot be read outside the forward).
@@ -292,6 +295,8 @@ class Trainer:
             torch.manual_seed(hash((self.cfg.train.seed, self.step, index)) & 0x7FFF_FFFF)
             loss = self._forward(batch)
             self.engine.backward(loss)
+            if self.reduce_gradients and micro == accum - 1:  # ZeRO-0: see engine.py
+                all_reduce_gradients(self.engine)
             self.engine.step()
             losses.append(loss.detach().float())
             langs.append(batch.lang)

@@ -80,7 +80,7 @@ def test_skipping_equals_adamw_over_the_present_parameters() -> None:
     def plain(langs: set) -> torch.optim.AdamW:
         groups = [dict(g, params=list(g["params"])) for g in parameter_groups(reference, CFG)
                   if g["language"] in langs]
-        return torch.optim.AdamW(groups, lr=CFG.lr, betas=tuple(CFG.betas), eps=CFG.eps)
+        return torch.optim.AdamW(groups, lr=CFG.lr, betas=tuple(CFG.betas), eps=CFG.eps, fused=True)
 
     shared = plain({None})
     de, en = plain({"de_DE"}), plain({"en_XX"})

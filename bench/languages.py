@@ -1,0 +1,106 @@
+"""Step time against the number of languages registered: 4, 81 and 200, everything else equal.
+
+The micro-batches cycle over the same 4 languages whatever the number registered, so the other
+languages are absent from every step. With the default optimizer policy
+(``optim.update_absent_languages=false``) their modules are neither stepped nor moved, so the step
+should cost the same; ``update_absent_languages=true`` (fairseq's and DeepSpeed's behaviour) steps
+them all, and shows what that costs. Timed through the DeepSpeed engine the trainer uses, one
+process, under ZeRO-0 and ZeRO-2, at the throughput benchmark's small config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import statistics
+from pathlib import Path
+
+from bench.common import (
+    QUICK,
+    SMALL,
+    Size,
+    engine_config,
+    engine_step,
+    machine,
+    masked_batch,
+    single_process_group,
+    time_steps,
+)
+from xmod_pretrain.engine import build_engine
+from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
+from xmod_pretrain.model import XmodForMaskedLM
+
+COUNTS = (4, 81, 200)
+PRESENT = 4  # the languages the micro-batches cycle over
+STAGES = (0, 2)
+GOAL = 1.05  # 200 languages may cost at most 5% more than 4
+
+
+def language_codes(count: int) -> list[str]:
+    """The xmod-base languages, then made-up codes (xaa_XX, xab_XX, ...) beyond 81."""
+    made_up = (f"x{a}{b}_XX" for a, b in itertools.product("abcdefghijklmnopqrstuvwxyz", repeat=2))
+    return list(itertools.islice(itertools.chain(XMOD_BASE_LANGUAGES, made_up), count))
+
+
+def median_step(size: Size, count: int, stage: int, update_absent: bool, warmup: int,
+                timed: int) -> float:
+    cfg = dataclasses.replace(size.model_config(), languages=language_codes(count))
+    config = engine_config(cfg, size.batch, stage)
+    config.optim.update_absent_languages = update_absent
+    with single_process_group() as info:
+        engine, optimizer = build_engine(XmodForMaskedLM(cfg), config, info)
+        steps = itertools.cycle([engine_step(engine, optimizer, masked_batch(size, seed, lang))
+                                 for seed, lang in enumerate(range(PRESENT))])
+        return statistics.median(time_steps(lambda: next(steps)(), warmup, timed))
+
+
+def run(quick: bool) -> dict:
+    size = QUICK if quick else SMALL
+    warmup, timed = (PRESENT, PRESENT) if quick else (2 * PRESENT, 3 * PRESENT)
+    rows = []
+    for stage, update_absent in itertools.product(STAGES, (False, True)):
+        times = {n: median_step(size, n, stage, update_absent, warmup, timed) for n in COUNTS}
+        rows += [{"zero_stage": stage, "update_absent_languages": update_absent, "languages": n,
+                  "step_s": t, "vs_4_languages": t / times[COUNTS[0]]} for n, t in times.items()]
+    worst = max(r["vs_4_languages"] for r in rows if not r["update_absent_languages"])
+    return {"machine": machine(), "size": dataclasses.asdict(size), "present_languages": PRESENT,
+            "warmup_steps": warmup, "timed_steps": timed, "rows": rows,
+            "worst_ratio_default_policy": worst, "goal": GOAL, "met": worst <= GOAL}
+
+
+def report(result: dict) -> str:
+    lines = ["| ZeRO | update_absent_languages | " + " | ".join(f"{n} languages" for n in COUNTS)
+             + " |", "|---|---|" + "---|" * len(COUNTS)]
+    for stage, update_absent in itertools.product(STAGES, (False, True)):
+        cells = [f"{r['step_s'] * 1e3:.0f} ms ({r['vs_4_languages']:.3f}x)" for r in result["rows"]
+                 if r["zero_stage"] == stage and r["update_absent_languages"] == update_absent]
+        lines.append(f"| {stage} | {str(update_absent).lower()} | " + " | ".join(cells) + " |")
+    verdict = "met" if result["met"] else "NOT met"
+    lines.append(f"default policy, worst 200-vs-4 ratio {result['worst_ratio_default_policy']:.3f} "
+                 f"(goal <= {result['goal']}): {verdict}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for stage, update_absent in itertools.product(STAGES, (False, True)):
+        rows = [r for r in result["rows"] if r["zero_stage"] == stage
+                and r["update_absent_languages"] == update_absent]
+        policy = "every module stepped" if update_absent else "absent languages skipped (default)"
+        ax.plot([r["languages"] for r in rows], [r["step_s"] * 1e3 for r in rows], marker="o",
+                linestyle="--" if update_absent else "-", label=f"ZeRO-{stage}, {policy}")
+    ax.set(title=f"Step time vs languages registered ({PRESENT} present per step)",
+           xlabel="languages registered", ylabel="median step time (ms)", xticks=list(COUNTS))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "languages.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]

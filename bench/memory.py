@@ -1,0 +1,155 @@
+"""Memory per rank of xmod-base's training state under ZeRO 0-3, from the sharding, checked
+against the tensors our DeepSpeed engine really holds for a tiny model.
+
+Per element: fp32 training keeps params 4 B, grads 4 B and Adam's m and v 8 B; ZeRO-1 shards the
+optimizer state, ZeRO-2 the grads too, ZeRO-3 the params too. DeepSpeed's ZeRO optimizers also
+keep an fp32 copy of each rank's partition (the "master" weights) even when training in fp32;
+the measurement below shows it, so the formula counts it (4 B / ranks from ZeRO-1 on). bf16
+keeps bf16 params and grads beside an fp32 master copy and fp32 m and v. Activations and
+DeepSpeed's communication buckets are not counted: they do not scale with the parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from bench.common import (
+    REPO,
+    Size,
+    bar_chart,
+    engine_config,
+    machine,
+    masked_batch,
+    single_process_group,
+)
+from xmod_pretrain.config import ModelConfig, OptimConfig
+from xmod_pretrain.engine import build_engine
+from xmod_pretrain.model import XmodForMaskedLM, count_parameters
+
+STAGES = (0, 1, 2, 3)
+RANKS = (1, 2, 4, 8)
+BYTES = {"fp32": {"params": 4, "grads": 4, "master": 4, "adam": 8},
+         "bf16": {"params": 2, "grads": 2, "master": 4, "adam": 8}}
+PERSISTENT = ("params", "master", "adam")  # what outlives a step; grads are freed by it
+TINY = Size("tiny", hidden=64, layers=2, heads=4, intermediate=128, vocab=1002, languages=3,
+            batch=2, seq=16)
+TOLERANCE = 0.02  # measured vs formula (flat buffers are padded for alignment)
+GIB = 2**30
+
+
+def per_rank(numel: int, stage: int, ranks: int, precision: str) -> dict[str, float]:
+    """Bytes per rank of each part of the training state."""
+    size = BYTES[precision]
+
+    def part(name: str, sharded: bool) -> float:
+        return numel * size[name] / (ranks if sharded else 1)
+
+    # fp32 without ZeRO steps the model's own params: no separate master copy.
+    master = 0.0 if precision == "fp32" and stage == 0 else part("master", stage >= 1)
+    return {"params": part("params", stage >= 3), "grads": part("grads", stage >= 2),
+            "master": master, "adam": part("adam", stage >= 1)}
+
+
+def base_config() -> ModelConfig:
+    """conf/model/base.yaml, typed (81 languages, XLM-R's vocabulary)."""
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                             OmegaConf.load(REPO / "conf" / "model" / "base.yaml"))
+    return OmegaConf.to_object(merged)
+
+
+def table(numel: int, precision: str) -> dict[str, dict[str, float]]:
+    """GiB per rank: {"ZeRO-s": {"n ranks": GiB}}."""
+    return {f"ZeRO-{s}": {f"{n} ranks": sum(per_rank(numel, s, n, precision).values()) / GIB
+                          for n in RANKS} for s in STAGES}
+
+
+def measure_tiny(stage: int) -> dict:
+    """Bytes of the engine's params, fp32 partitions and optimizer state after one step of a
+    tiny model at world size 1, beside the formula's. Every module is stepped (as after a run
+    long enough for every language to appear), so Adam has state for every parameter."""
+    cfg = TINY.model_config()
+    numel = count_parameters(cfg)[0]
+    batch = masked_batch(TINY)
+    torch.manual_seed(0)
+    model = XmodForMaskedLM(cfg)
+    config = engine_config(cfg, TINY.batch, stage)
+    config.optim = OptimConfig(update_absent_languages=True)
+    with single_process_group() as info:
+        engine, _ = build_engine(model, config, info)
+        loss = engine(batch.input_ids, batch.lang, mlm_positions=batch.positions,
+                      mlm_targets=batch.targets).loss
+        engine.backward(loss)
+        engine.step()
+        measured = sum(_storage_bytes(_state_tensors(model, engine.optimizer)).values())
+        del engine
+    parts = per_rank(numel, stage, 1, "fp32")
+    formula = sum(v for k, v in parts.items() if k in PERSISTENT)
+    # The ZeRO paper's fp32 accounting (params + m + v, no master copy), for comparison.
+    textbook = parts["params"] + parts["adam"]
+    return {"zero_stage": stage, "numel": numel, "measured_bytes": measured,
+            "formula_bytes": formula, "relative_difference": (measured - formula) / formula,
+            "without_master_relative_difference": (measured - textbook) / textbook}
+
+
+def _state_tensors(model: torch.nn.Module, optimizer) -> list[torch.Tensor]:
+    """Params (ZeRO-3: their partitions too), DeepSpeed's fp32 partitions, Adam's m and v."""
+    tensors = [t for p in model.parameters() for t in (p.data, getattr(p, "ds_tensor", None))]
+    for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        tensors += list(getattr(optimizer, attr, []))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    tensors += [v for state in inner.state.values() for k, v in state.items() if k != "step"]
+    return tensors
+
+
+def _storage_bytes(tensors: list[torch.Tensor | None]) -> dict[int, int]:
+    """Bytes of each distinct storage: views (params inside DeepSpeed's flat buffers, tied
+    weights) count once."""
+    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in tensors if t is not None and t.numel() > 0}
+
+
+def run(quick: bool) -> dict:
+    base = base_config()
+    numel, active = count_parameters(base)
+    measured = [measure_tiny(stage) for stage in STAGES]
+    worst = max(abs(m["relative_difference"]) for m in measured)
+    return {"machine": machine(), "base": {"parameters": numel, "active_per_language": active,
+                                           "languages": len(base.languages)},
+            "gib_per_rank": {p: table(numel, p) for p in BYTES},
+            "parts_per_rank_1": {p: {f"ZeRO-{s}": per_rank(numel, s, 1, p) for s in STAGES}
+                                 for p in BYTES},
+            "measured_tiny": measured, "worst_relative_difference": worst,
+            "tolerance": TOLERANCE, "formula_matches": worst <= TOLERANCE}
+
+
+def markdown(gib: dict[str, dict[str, float]]) -> str:
+    ranks = list(next(iter(gib.values())))
+    rows = ["| stage | " + " | ".join(ranks) + " |", "|---|" + "---:|" * len(ranks)]
+    rows += [f"| {stage} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |"
+             for stage, row in gib.items()]
+    return "\n".join(rows)
+
+
+def report(result: dict) -> str:
+    base = result["base"]
+    lines = [(f"xmod-base: {base['parameters']:,} parameters ({base['languages']} languages); "
+             "GiB per rank for params + grads + optimizer state")]
+    for precision, gib in result["gib_per_rank"].items():
+        lines += [f"\n{precision}:", markdown(gib)]
+    lines.append("\nmeasured, tiny model, 1 rank (params + fp32 partitions + Adam state):")
+    lines += [f"  ZeRO-{m['zero_stage']}: {m['measured_bytes']:,} B measured, "
+              f"{m['formula_bytes']:,.0f} B formula ({m['relative_difference']:+.2%}; "
+              f"{m['without_master_relative_difference']:+.1%} against the formula without "
+              "DeepSpeed's fp32 master copy)"
+              for m in result["measured_tiny"]]
+    lines.append(f"formula within {result['tolerance']:.0%}: {result['formula_matches']}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, out_dir: Path) -> list[Path]:
+    gib = result["gib_per_rank"]["fp32"]
+    return [bar_chart(out_dir / "memory.png", "xmod-base training state per rank, fp32",
+                      "GiB per rank", gib)]

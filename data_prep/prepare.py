@@ -17,17 +17,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from itertools import islice
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import groupby, islice
 from pathlib import Path
 
 from tqdm import tqdm
 
-from xmod_pretrain.atomic import write_bytes
-from data_prep.encode import ParallelEncoder
+from data_prep.encode import Chunk, ParallelEncoder
 from data_prep.errors import DataPrepError
 from data_prep.shards import MANIFEST, TOKENIZER_FILE, write_language, write_manifest
 from data_prep.sources import LanguageSource, open_source
+from data_prep.textio import LineTally, TextBlock
+from xmod_pretrain.atomic import write_bytes
 from xmod_pretrain.tokenizer import Tokenizer, train_tokenizer
 
 __all__ = ["DataPrepError", "prepare", "main"]
@@ -115,14 +116,26 @@ def _encode_all(
 ) -> dict[str, dict]:
     entries = {}
     start = time.perf_counter()
+    blocks = (block for src in sources.values() for block in src.blocks())
     with ParallelEncoder(tok.path, workers) as encoder:
-        for lang, src in sources.items():
-            with tqdm(total=src.total_bytes, desc=lang, unit="B", unit_scale=True) as bar:
-                chunks = encoder.encode(src.lines(bar.update))
-                entries[lang] = write_language(out, lang, chunks, valid_fraction)
+        # One stream for all languages: the workers go on with the next language while this
+        # process completes the last one's shards.
+        encoded = groupby(encoder.encode(blocks), key=lambda pair: pair[0].language)
+        for lang, pairs in encoded:
+            with tqdm(total=sources[lang].total_bytes, desc=lang, unit="B", unit_scale=True) as bar:
+                entries[lang] = write_language(out, lang, _chunks(pairs, bar), valid_fraction)
             log.info("%s: %s", lang, _counts(entries[lang]))
     log.info("encoded %d language(s) in %.1f s", len(entries), time.perf_counter() - start)
     return entries
+
+
+def _chunks(pairs: Iterable[tuple[TextBlock, Chunk]], bar: tqdm) -> Iterator[Chunk]:
+    """One language's chunks, refusing a text (file, stream) of it without a usable line."""
+    tally = LineTally()
+    for block, chunk in pairs:
+        bar.update(block.size)
+        tally.add(block, len(chunk[1]))
+        yield chunk
 
 
 def _counts(entry: dict) -> str:

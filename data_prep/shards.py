@@ -20,9 +20,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from xmod_pretrain.atomic import atomic_path, write_text
 from data_prep.encode import TOKEN_DTYPE, Chunk
 from data_prep.errors import DataPrepError
+from xmod_pretrain.atomic import atomic_path, write_text
 from xmod_pretrain.tokenizer import EOS_ID, Tokenizer
 
 FORMAT, VERSION = "xmod-shards", 1
@@ -65,8 +65,9 @@ def _write_stream(stream: Path, counts: BinaryIO, chunks: Iterable[Chunk]) -> in
     n_lines = 0
     with open(stream, "wb") as tokens_out:
         for tokens, per_line in chunks:
-            tokens_out.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-            counts.write(per_line.astype(np.uint32, copy=False).tobytes())
+            # Arrays are written through their buffers: no copy into bytes objects.
+            tokens_out.write(np.ascontiguousarray(tokens, TOKEN_DTYPE))
+            counts.write(np.ascontiguousarray(per_line, np.uint32))
             n_lines += len(per_line)
     counts.flush()
     return n_lines

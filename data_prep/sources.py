@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.errors import DataPrepError
-from data_prep.textio import Progress, is_text_file, normalize_line, read_lines, text_file_stem
+from data_prep.textio import (
+    Progress,
+    TextBlock,
+    file_blocks,
+    is_text_file,
+    packed_blocks,
+    read_lines,
+    text_file_stem,
+)
 from xmod_pretrain.languages import check_language_code, check_language_list
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
@@ -40,10 +48,14 @@ class FileSource:
             return None
         return sum(f.stat().st_size for f in self.files)
 
+    def blocks(self) -> Iterator[TextBlock]:
+        """The language's text in blocks of whole lines, in file order."""
+        for path in self.files:
+            yield from file_blocks(path, self.language)
+
     def lines(self, progress: Progress | None = None) -> Iterator[str]:
         """The language's non-empty lines, NFC and whitespace-normalised, in file order."""
-        for path in self.files:
-            yield from read_lines(path, self.language, progress)
+        return read_lines(self.blocks(), progress)
 
 
 @dataclass(frozen=True)
@@ -63,23 +75,21 @@ class HFSource:
         """Unknown for a stream."""
         return None
 
+    def blocks(self) -> Iterator[TextBlock]:
+        """The stream's rows in blocks of whole lines (each row ends a line)."""
+        return packed_blocks(self.language, str(self), self._texts())
+
     def lines(self, progress: Progress | None = None) -> Iterator[str]:
         """The language's non-empty lines, NFC and whitespace-normalised, in stream order."""
-        found = 0
+        return read_lines(self.blocks(), progress)
+
+    def _texts(self) -> Iterator[bytes]:
         for row in self._rows():
             text = row.get(HF_TEXT_COLUMN)
             if not isinstance(text, str):
                 columns = ", ".join(row)
                 raise DataPrepError(f"{self}: no {HF_TEXT_COLUMN!r} text column (has {columns})")
-            if progress is not None:
-                progress(len(text.encode("utf-8")))
-            for line in text.split("\n"):
-                line = normalize_line(line)
-                if line:
-                    found += 1
-                    yield line
-        if not found:
-            raise DataPrepError(f"language {self.language}: {self} has no usable line")
+            yield f"{text}\n".encode("utf-8")
 
     def _rows(self) -> Iterator[dict]:
         try:

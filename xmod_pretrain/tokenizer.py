@@ -17,9 +17,11 @@ import io
 import os
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import sentencepiece as spm
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -38,6 +40,9 @@ class Tokenizer:
         self._path = path
         self._sha256 = sha256
         self._pieces = sp.get_piece_size()
+        # Id of each piece, for mapping whole arrays at once (``_to_ids`` maps one list).
+        self._ids = np.arange(PIECE_OFFSET, self._pieces + PIECE_OFFSET, dtype=np.uint32)
+        self._ids[[SP_UNK_ID, SP_BOS_ID, SP_EOS_ID]] = UNK_ID, BOS_ID, EOS_ID
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Tokenizer:
@@ -106,6 +111,20 @@ class Tokenizer:
         """``encode`` of every text, in SentencePiece's thread pool (-1: all cores)."""
         normal = [unicodedata.normalize("NFC", t) for t in texts]
         return [self._to_ids(p) for p in self._sp.encode(normal, num_threads=num_threads)]
+
+    def encode_flat(
+        self, lines: Sequence[str], num_threads: int = -1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of every line, each line's followed by </s>, as one uint32 array; and each
+        line's number of ids (its </s> included), as uint32.
+
+        For text that is NFC already (``data_prep``'s lines): it is not normalised again, so
+        other text gets other ids than from ``encode``.
+        """
+        pieces = self._sp.encode(list(lines), add_eos=True, num_threads=num_threads)
+        counts = np.fromiter(map(len, pieces), np.uint32, len(pieces))
+        flat = np.fromiter(chain.from_iterable(pieces), np.int32, int(counts.sum(dtype=np.int64)))
+        return self._ids[flat], counts
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; <s> <pad> </s> <mask> are dropped, <unk> reads as SentencePiece's ⁇."""

@@ -103,3 +103,12 @@ def test_writer_killed_mid_save_leaves_latest_on_a_complete_checkpoint(tmp_path,
     saver.save_weights({"w": torch.zeros(4)}, 2, {"step": 2})
     assert latest_checkpoint(tmp_path).name == "step_00000002"
     assert not list(tmp_path.glob("checkpoints/.tmp-*"))
+
+
+def test_keep_checkpoints_bounds_how_many_stay(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    run_training(run, tiny_data, "train.max_steps=6", "train.save_every=2", "train.eval_every=0",
+                 "train.keep_checkpoints=2")
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert kept == ["step_00000004", "step_00000006"]
+    assert latest_checkpoint(run).name == "step_00000006"

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_prep import textio
 from data_prep.build_bundle import IG_LANGUAGES, UDHR_FILES, fetch_archive
 from data_prep.html_text import clean_lines, html_paragraphs
-from data_prep.untranslated import UntranslatedFilter
 from data_prep.prepare import DataPrepError, prepare
 from data_prep.shards import decode_lines, read_manifest, read_tokens, valid_lines
+from data_prep.textio import normalize_lines
+from data_prep.untranslated import UntranslatedFilter
 from xmod_pretrain.languages import LANGUAGE_CODE, XMOD_BASE_LANGUAGES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +122,43 @@ def test_workers_and_reused_tokenizer_give_identical_shards(raw, prepared, tmp_p
         assert shard_bytes(tmp_path, lang) == shard_bytes(prepared, lang)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shards_do_not_depend_on_blocks_or_workers(raw, prepared, tmp_path, monkeypatch, workers):
+    # Blocks are cut in this process, so tiny ones reach the workers too: many blocks per file
+    # (.txt ranges and .xz bytes), spread over the workers, must give the one-block shards.
+    monkeypatch.setattr(textio, "BLOCK_BYTES", 300)
+    prepare(
+        raw[0], tmp_path, valid_fraction=VALID_FRACTION, workers=workers,
+        tokenizer=tokenizer_of(prepared),
+    )  # fmt: skip
+    for lang in raw[1]:
+        assert shard_bytes(tmp_path, lang) == shard_bytes(prepared, lang)
+
+
+def test_block_normalisation_is_line_by_line_normalisation():
+    whitespace = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+    odd = [
+        "a line that ends in an e",  # which must not compose with the next line's accent
+        "\u0301a line that starts with a combining accent",
+        f"every{whitespace.replace(chr(10), '')}whitespace character",
+        "no\u00a0break, soft\u00adhyphen, zero\u200bwidth",
+        "",
+        "a\u2028line separator",
+    ]
+    single_spaced = [line for line in expected(odd + AWKWARD) if line]
+    for lines in (odd + AWKWARD, odd, single_spaced, [line + "\r" for line in single_spaced]):
+        text = "\n".join(lines)
+        assert normalize_lines(text, text.encode()) == expected(lines)
+
+
+def test_byte_order_mark_is_dropped(raw, prepared, tmp_path):
+    text = (raw[0] / "ru_RU.txt").read_bytes()
+    folder = folder_with(tmp_path, {"ru_RU.txt": b"\xef\xbb\xbf" + text})
+    prepare(folder, tmp_path / "out", languages=["ru_RU"], valid_fraction=VALID_FRACTION,
+            tokenizer=tokenizer_of(prepared))
+    assert shard_bytes(tmp_path / "out", "ru_RU") == shard_bytes(prepared, "ru_RU")
+
+
 def test_languages_select_and_order(raw, prepared, tmp_path):
     manifest = prepare(
         raw[0], tmp_path, languages=["ru_RU", "en_XX"], valid_fraction=VALID_FRACTION,
@@ -192,13 +231,19 @@ def folder_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
          r"'english' in .*english\.txt is not of the form xx_YY"),
         ("en_XX.txt.xz", lzma.compress(b"again\n"),
          r"language en_XX twice in .*en_XX\.txt and en_XX\.txt\.xz"),
+        ("fr_XX.txt", b"\xef\xbb\xbfok\n" + b"good line\n" * 100 + b"\xc3\x28\n",
+         r"fr_XX\.txt is not UTF-8: invalid byte 0xc3 at byte offset 1006 "),
+        ("fr_XX.txt.xz", lzma.compress(b"good line\n" * 100 + b"end \xe2\x82"),
+         r"fr_XX\.txt\.xz is not UTF-8: .* offset 1004 of the decompressed text \(unexpected end"),
     ],
-    ids=["utf8", "utf8-xz", "empty", "one-line", "bad-code", "twice"],
+    ids=["utf8", "utf8-xz", "empty", "one-line", "bad-code", "twice", "late", "late-xz"],
 )  # fmt: skip
-def test_bad_files_are_refused(tmp_path, prepared, name, data, message):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_files_are_refused(tmp_path, prepared, monkeypatch, name, data, message, workers):
+    monkeypatch.setattr(textio, "BLOCK_BYTES", 64)  # errors in later blocks give file offsets
     folder = folder_with(tmp_path, {name: data})
     with pytest.raises(DataPrepError, match=message):
-        prepare(folder, tmp_path / "out", tokenizer=tokenizer_of(prepared))
+        prepare(folder, tmp_path / "out", tokenizer=tokenizer_of(prepared), workers=workers)
 
 
 def test_bad_bytes_found_while_training_the_tokenizer(tmp_path):

@@ -35,6 +35,7 @@ from xmod_pretrain.config import (
 from xmod_pretrain.data import Masker
 from xmod_pretrain.distributed import DistInfo, init_distributed
 from xmod_pretrain.engine import build_engine
+from xmod_pretrain.export import hf_config
 from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.optim import build_optimizer
@@ -172,12 +173,6 @@ def masked_batch(size: Size, seed: int = 0, lang: int = 1) -> Batch:
 
 # ---- the paired models ------------------------------------------------------------------------
 
-def reference_config(cfg: ModelConfig) -> transformers.XmodConfig:
-    """transformers' XmodConfig for ``cfg`` (its field names, XLM-R's single token type)."""
-    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    return transformers.XmodConfig(**fields, type_vocab_size=1, hidden_act="gelu")
-
-
 def ours_step(model: XmodForMaskedLM, optimizer: torch.optim.Optimizer, batch: Batch) -> Step:
     # The trainer tells our AdamW which languages the step holds; the others are not stepped.
     optimizer.present = frozenset({model.languages[batch.lang]})
@@ -259,7 +254,8 @@ def measure_pair(size: Size, warmup: int, timed: int) -> dict:
         engine, optimizer = build_engine(model, engine_config(cfg, size.batch), info)
         timings["ours_engine"] = time_steps(engine_step(engine, optimizer, batch), warmup, timed)
         del engine, optimizer, model
-    theirs = transformers.XmodForMaskedLM(reference_config(cfg)).train()
+    # The config.json our export writes: the same mapping users load models with.
+    theirs = transformers.XmodForMaskedLM(transformers.XmodConfig(**hf_config(cfg))).train()
     theirs.load_state_dict(weights, strict=True)
     timings["transformers"] = time_steps(
         theirs_step(theirs, theirs_optimizer(theirs, optim), batch), warmup, timed)

@@ -152,8 +152,9 @@ class LanguageSampler:
     def step_languages(self, step: int, micro_steps: int, world_size: int) -> set[int]:
         """Model indices of the languages of every micro-batch of ``step``, on all ranks: what
         each rank can tell without asking the others."""
+        ranks = 1 if self.cfg.language_per == "step" else world_size  # "step": all ranks alike
         return {self.lang_ids[self.language(step, micro, micro * world_size + rank)]
-                for micro in range(micro_steps) for rank in range(world_size)}
+                for micro in range(micro_steps) for rank in range(ranks)}
 
     def micro_batch(self, step: int, micro_step: int, index: int) -> MicroBatch:
         lang = self.language(step, micro_step, index)

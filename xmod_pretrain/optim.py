@@ -45,9 +45,9 @@ class LanguageAdamW(torch.optim.AdamW):
 
     ``update_absent=True`` is fairseq's and DeepSpeed's behaviour instead: every module is
     stepped every step, with a zero gradient when its language was absent.
-    NOTE: under ZeRO 1-3 DeepSpeed hands a missing gradient to the optimizer as zeros, and
-    without ZeRO DeepSpeed fills them in on several ranks only; both policies are explicit here
-    so that every stage and world size trains the same way.
+    NOTE: under ZeRO 1-3 DeepSpeed hands a missing gradient to the optimizer as zeros (one flat
+    partition per group), while without ZeRO a missing gradient stays None (engine.py reduces only
+    those that exist); both policies are explicit here so every stage and world size trains alike.
     """
 
     def __init__(self, groups: list[dict], *, update_absent: bool, **defaults):

@@ -1,5 +1,7 @@
 """The one error type of data preparation."""
 
+from xmod_pretrain.errors import UserError
 
-class DataPrepError(ValueError):
+
+class DataPrepError(UserError, ValueError):
     """Input that cannot be prepared: the message names the file, byte offset or language."""

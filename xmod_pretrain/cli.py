@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xmod_pretrain.config import register_configs
+from xmod_pretrain.errors import UserError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # Commands that read a run and write a module file or a derived run (language_modules.py).
@@ -25,9 +28,20 @@ LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
 
 def _train(cfg: DictConfig) -> None:
-    from xmod_pretrain.train import run
+    with user_errors_exit():
+        from xmod_pretrain.train import run
 
-    run(OmegaConf.to_object(cfg))
+        run(OmegaConf.to_object(cfg))
+
+
+@contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """The CLI boundary: a UserError becomes one line on stderr and exit status 1, no traceback."""
+    try:
+        yield
+    except UserError as err:
+        print(f"xmod_pretrain: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def train_main() -> None:
@@ -82,7 +96,11 @@ TOOLS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with user_errors_exit():
+        _dispatch(list(sys.argv[1:] if argv is None else argv))
+
+
+def _dispatch(argv: list[str]) -> None:
     command = argv[0] if argv and not argv[0].startswith(("+", "-")) and "=" not in argv[0] else "train"
     if command in TOOLS:
         sys.exit(importlib.import_module(TOOLS[command]).main(argv[1:]))

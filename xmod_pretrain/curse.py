@@ -37,6 +37,7 @@ from data_prep.shards import MANIFEST, read_manifest
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.cli import CONF_DIR
 from xmod_pretrain.config import Config, register_configs
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_list
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.model import count_parameters
@@ -55,7 +56,7 @@ SHARED_MODULE = "mul_XX"  # ISO 639-2 "mul": multiple languages
 DRIVER_KEYS = ("run_dir", "data.languages", "data.shared_module", "model.languages")
 
 
-class CurseError(ValueError):
+class CurseError(UserError, ValueError):
     """An experiment that cannot run as asked."""
 
 

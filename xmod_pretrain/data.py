@@ -21,11 +21,12 @@ import torch
 
 from data_prep.shards import MANIFEST, read_manifest
 from xmod_pretrain.config import DataConfig, MaskingConfig
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Prepared data that cannot be used as asked (inconsistent, unknown language)."""
 
 

@@ -28,6 +28,7 @@ from data_prep.errors import DataPrepError
 from data_prep.shards import MANIFEST, read_manifest
 from xmod_pretrain.config import Config
 from xmod_pretrain.data import DataError, Masker, MicroBatch, ShardSet, validation_batches
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.runs import (
     RunCheckpoint, RunFormatError, RunNotFoundError, load_config, open_run,
@@ -42,7 +43,7 @@ TEXT_VALID_FRACTION = 0.999
 OUTPUT_NAMES = ("evaluation.json", "evaluation.csv", "evaluation.png")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """An evaluation that cannot run as asked (unknown language, no data, unusable text)."""
 
 

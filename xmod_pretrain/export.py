@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from xmod_pretrain.atomic import atomic_path, write_text
 from xmod_pretrain.checkpoint import WEIGHTS
 from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.hf_tokenizer import SENTENCEPIECE_FILE, write_tokenizer_files
 from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.model import XmodForMaskedLM
@@ -61,7 +62,7 @@ FIXED_SETTINGS = {
 }
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(UserError, ValueError):
     """Weights and model disagree: names missing, unexpected, or of the wrong shape."""
 
 

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from xmod_pretrain.atomic import atomic_path, file_sha256, write_text
 from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_code
 from xmod_pretrain.model import TIED_KEYS, language_of_parameter
 from xmod_pretrain.runs import (
@@ -54,7 +55,7 @@ _RUN_KEY = re.compile(r"^roberta\.encoder\.layer\.(\d+)\.output\.adapter_modules
 _MODULE_KEY = re.compile(r"^layer\.(\d+)\.(.+)$")
 
 
-class LanguageModuleError(ValueError):
+class LanguageModuleError(UserError, ValueError):
     """A module file or a request that cannot be carried out; nothing has been written."""
 
 

@@ -18,6 +18,7 @@ import torch
 from data_prep.shards import read_manifest
 from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo, barrier
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_code, check_language_list
 from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.export import is_hf_folder, open_hf_folder
@@ -27,7 +28,7 @@ from xmod_pretrain.tokenizer import Tokenizer
 BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data_prep" / "corpus" / "udhr"
 
 
-class AddLanguageError(ValueError):
+class AddLanguageError(UserError, ValueError):
     """A post-hoc request that cannot be carried out; nothing has been written."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.metrics import perplexity
 
 REPORT_DIR = "report"
@@ -30,7 +31,7 @@ DPI = 110
 LOG_RANGE = 20.0
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A run without the metrics a report needs."""
 
 

@@ -27,6 +27,7 @@ from xmod_pretrain.checkpoint import (
 )
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo
+from xmod_pretrain.errors import UserError
 
 CONFIG_FILE = "config.yaml"
 LANGUAGES_FILE = "languages.json"
@@ -34,11 +35,11 @@ DEFAULT_RUN = Path("runs/demo")  # the demo's run_dir (conf/exp/demo.yaml: name 
 CHECKPOINT_FILES = (WEIGHTS, CONFIG_FILE, LANGUAGES_FILE, TOKENIZER_FILE, TRAINER_STATE)
 
 
-class RunNotFoundError(FileNotFoundError):
+class RunNotFoundError(UserError, FileNotFoundError):
     """The run, its checkpoint, the requested step or a file of the checkpoint is missing."""
 
 
-class RunFormatError(ValueError):
+class RunFormatError(UserError, ValueError):
     """A checkpoint whose files disagree with each other."""
 
 
@@ -136,12 +137,42 @@ def sidecars(config: Config, tokenizer: Path) -> dict[str, str | Path]:
     }
 
 
-def check_new_run_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` if a new run may be written there (absent or empty); FileExistsError if not."""
+class OutputDirError(UserError, FileExistsError):
+    """An output folder a command must not write to; nothing has been written."""
+
+
+def inside_checkpoints(path: str | Path) -> Path | None:
+    """The ``checkpoints/`` folder of a run that ``path`` is, or lies inside; None if none."""
+    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
+        if folder.name == "checkpoints" and ((folder / LATEST).exists()
+                                             or (folder.parent / CONFIG_FILE).is_file()
+                                             or any(folder.glob("step_*"))):
+            return folder
+    return None
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
+    """``out_dir`` if a command may write its output there: never inside a run's ``checkpoints/``
+    (the trainer alone writes there, and its cleanup would delete what it does not recognise), never
+    a run directory itself, and new or empty unless ``overwrite``. OutputDirError otherwise."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not empty: pick a new directory")
+    checkpoints = inside_checkpoints(out_dir)
+    if checkpoints is not None:
+        raise OutputDirError(f"{option} {out_dir} is inside the checkpoints folder of a run "
+                             f"({checkpoints}): write outputs somewhere else")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"{option} {out_dir} is a file: name a directory")
+    if (out_dir / "checkpoints").is_dir():
+        raise OutputDirError(f"{option} {out_dir} is a run directory: write outputs somewhere else")
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputDirError(f"{option} {out_dir} already exists and is not empty: pick a new "
+                             "directory, or pass --overwrite")
     return out_dir
+
+
+def check_new_run_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` if a new run may be written there (absent or empty); OutputDirError if not."""
+    return check_output_dir(out_dir)
 
 
 def write_run(out_dir: str | Path, config: Config, tokenizer: Path,

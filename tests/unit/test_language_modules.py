@@ -71,11 +71,15 @@ def test_open_run_errors_name_the_problem(run, tmp_path):
 
 
 def test_write_run_refuses_a_non_empty_directory_and_fills_an_empty_one(run, tmp_path):
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="is a run directory"):
         make_run(run)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_run(tmp_path / "other")
     (tmp_path / "fresh").mkdir()
     assert open_run(make_run(tmp_path / "fresh")).step == 3
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["fresh", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["fresh", "other", "src"]
 
 
 def test_default_source_run(tmp_path, monkeypatch):

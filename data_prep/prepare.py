@@ -29,6 +29,7 @@ from data_prep.shards import MANIFEST, TOKENIZER_FILE, write_language, write_man
 from data_prep.sources import LanguageSource, open_source
 from data_prep.textio import LineTally, TextBlock
 from xmod_pretrain.atomic import write_bytes
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.tokenizer import Tokenizer, train_tokenizer
 
 __all__ = ["DataPrepError", "prepare", "main"]
@@ -157,14 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--languages", nargs="+", default=None, help="languages, in this order")
     parser.add_argument("--workers", type=int, default=2, help="encoding processes")
     parser.add_argument("--tokenizer", default=None, help="reuse this SentencePiece model")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="prepare into a non-empty --out, replacing its shards")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from xmod_pretrain.runs import new_output_dir  # the rule every --out of the CLI follows
+
     try:
-        manifest = prepare(
-            args.source, args.out, args.vocab_size, args.valid_fraction,
-            args.languages, args.workers, args.tokenizer,
-        )  # fmt: skip
-    except DataPrepError as e:
+        with new_output_dir(args.out, args.overwrite) as out:
+            manifest = prepare(
+                args.source, out, args.vocab_size, args.valid_fraction,
+                args.languages, args.workers, args.tokenizer,
+            )  # fmt: skip
+    except UserError as e:  # unusable input, or an --out that must not be written
         print(f"prepare: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {manifest}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xmod_pretrain.config import register_configs
+from xmod_pretrain.config import check_config, register_configs
 from xmod_pretrain.errors import UserError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -29,9 +29,11 @@ LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
 def _train(cfg: DictConfig) -> None:
     with user_errors_exit():
+        config = OmegaConf.to_object(cfg)
+        check_config(config)  # before the heavy imports: a bad value fails in about a second
         from xmod_pretrain.train import run
 
-        run(OmegaConf.to_object(cfg))
+        run(config)
 
 
 @contextmanager

@@ -7,10 +7,15 @@ fails at start with a message that names it. The YAML is converted once, with
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from operator import attrgetter
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from xmod_pretrain.errors import UserError
 
 
 @dataclass
@@ -127,6 +132,7 @@ class TrainConfig:
     """Sequences per micro-batch; one micro-batch holds one language."""
     grad_accum_steps: int = 1
     max_steps: int = 1000
+    """Optimizer steps to train to; 0 validates and saves the initial weights (an init_from import)."""
     precision: str = "fp32"
     """fp32 or bf16 (bf16 needs an accelerator that has it)."""
     log_every: int = 10
@@ -193,3 +199,113 @@ def register_configs() -> None:
     """Register the schema; conf/config.yaml names ``schema`` first in its defaults list, so every
     group file merges into a typed node."""
     ConfigStore.instance().store(name="schema", node=Config)
+
+
+# ---- value checks ---------------------------------------------------------------------------
+# The schema types every key; these rules bound the values, so that a zero batch or a negative
+# alpha stops the run within a second of starting, naming the key, rather than minutes later in
+# DeepSpeed or at step 1 (or never: max_steps=-5 used to "finish" with rc 0).
+
+
+class ConfigError(UserError, ValueError):
+    """A config value out of its range; the message names the key, the value and what is allowed."""
+
+
+def _positive(v: Any) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low and math.isfinite(v)
+
+
+def _fraction(v: float) -> bool:  # an open unit interval
+    return 0 < v < 1
+
+
+def _share(v: float) -> bool:  # a closed unit interval
+    return 0 <= v <= 1
+
+
+def _one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.vocab_size", lambda v: v is None or v >= 6, "null (from the tokenizer) or >= 6"),
+    ("model.hidden_size", _positive, "> 0"),
+    ("model.num_hidden_layers", _positive, "> 0"),
+    ("model.num_attention_heads", _positive, "> 0"),
+    ("model.intermediate_size", _positive, "> 0"),
+    ("model.max_position_embeddings", _at_least(5), ">= 5"),
+    ("model.hidden_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.attention_probs_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.layer_norm_eps", _positive, "> 0"),
+    ("model.initializer_range", _at_least(0), ">= 0"),
+    ("model.adapter_reduction_factor", _positive, "> 0"),
+    ("data.vocab_size", _at_least(4), ">= 4"),
+    ("data.valid_fraction", _fraction, "in (0, 1)"),
+    ("data.seq_len", _at_least(3), ">= 3 (<s>, one token, </s>)"),
+    ("data.alpha", _at_least(0), ">= 0 (0 uniform, 1 proportional to the data)"),
+    ("data.language_per", _one_of("rank", "step"), "rank or step"),
+    ("data.masking.prob", _fraction, "in (0, 1)"),
+    ("data.masking.mask_frac", _share, "in [0, 1]"),
+    ("data.masking.random_frac", _share, "in [0, 1]"),
+    ("data.prepare_workers", _positive, ">= 1"),
+    ("optim.lr", _positive, "> 0"),
+    ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    ("optim.eps", _positive, "> 0"),
+    ("optim.weight_decay", _at_least(0), ">= 0"),
+    ("optim.warmup_steps", _at_least(0), ">= 0"),
+    ("optim.min_lr_ratio", _share, "in [0, 1]"),
+    ("optim.total_steps", lambda v: v is None or v >= 1, "null (train.max_steps) or >= 1"),
+    ("optim.clip_grad_norm", _at_least(0), ">= 0 (0 disables)"),
+    ("deepspeed.zero_stage", _one_of(0, 1, 2, 3), "0, 1, 2 or 3"),
+    ("deepspeed.dist_timeout_s", _positive, "> 0"),
+    ("train.seed", _at_least(0), ">= 0"),
+    ("train.micro_batch_size", _positive, ">= 1"),
+    ("train.grad_accum_steps", _positive, ">= 1"),
+    ("train.max_steps", _at_least(0), ">= 0 (0: validate and save the initial weights only)"),
+    ("train.precision", _one_of("fp32", "bf16"), "fp32 or bf16"),
+    ("train.log_every", _positive, ">= 1"),
+    ("train.eval_every", _at_least(0), ">= 0 (0: at the start and the end only)"),
+    ("train.eval_batches", _positive, ">= 1"),
+    ("train.save_every", _at_least(0), ">= 0 (0: at the end only)"),
+    ("train.keep_checkpoints", _at_least(0), ">= 0 (0 keeps all)"),
+    ("train.threads", _at_least(0), ">= 0 (0: cores / local processes)"),
+    ("logging.wandb_mode", _one_of("offline", "online", "disabled"), "offline, online or disabled"),
+)
+
+
+def check_config(cfg: Config) -> None:
+    """Raise ConfigError for the first value out of range, then for combinations that cannot
+    work together. Cheap: it runs before any data, model or process-group work."""
+    for key, ok, allowed in RULES:
+        value = attrgetter(key)(cfg)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+    _check_combinations(cfg)
+
+
+def _check_combinations(cfg: Config) -> None:
+    model, data, ds = cfg.model, cfg.data, cfg.deepspeed
+    masking = data.masking
+    if masking.mask_frac + masking.random_frac > 1:
+        raise ConfigError(f"data.masking.mask_frac + data.masking.random_frac = "
+                          f"{masking.mask_frac + masking.random_frac} is not allowed: <= 1")
+    if model.hidden_size % model.num_attention_heads:
+        raise ConfigError(f"model.hidden_size={model.hidden_size} is not a multiple of "
+                          f"model.num_attention_heads={model.num_attention_heads}")
+    if model.hidden_size % model.adapter_reduction_factor:
+        raise ConfigError(f"model.hidden_size={model.hidden_size} is not a multiple of "
+                          f"model.adapter_reduction_factor={model.adapter_reduction_factor}")
+    # Real tokens take positions pad+1 .. pad+seq_len (RoBERTa's layout; model.position_ids).
+    longest = model.max_position_embeddings - model.pad_token_id - 1
+    if data.seq_len > longest:
+        raise ConfigError(f"data.seq_len={data.seq_len} is not allowed: model.max_position_embeddings="
+                          f"{model.max_position_embeddings} gives at most {longest} positions")
+    if ds.offload_param and ds.zero_stage != 3:
+        raise ConfigError("deepspeed.offload_param=true needs deepspeed.zero_stage=3 "
+                          f"(it is {ds.zero_stage})")
+    if ds.offload_optimizer and ds.zero_stage == 0:
+        raise ConfigError("deepspeed.offload_optimizer=true needs deepspeed.zero_stage >= 1")

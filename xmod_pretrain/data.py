@@ -92,8 +92,6 @@ class Masker:
     """BERT masking: choose ``prob`` of non-special tokens; 80% <mask>, 10% random, 10% kept."""
 
     def __init__(self, cfg: MaskingConfig, vocab_size: int):
-        if not 0 < cfg.prob < 1 or cfg.mask_frac + cfg.random_frac > 1:
-            raise ValueError(f"bad masking config {cfg}: need 0 < prob < 1, mask+random <= 1")
         self.cfg = cfg
         self.mask_id = vocab_size - 1
         self.first_normal_id = UNK_ID + 1
@@ -134,8 +132,6 @@ class LanguageSampler:
     def __init__(self, shards: ShardSet, cfg: DataConfig, masker: Masker, micro_batch_size: int,
                  seed: int, lang_ids: list[int]):
         """``lang_ids[d]`` is the model's index of the shards' d-th language."""
-        if cfg.language_per not in ("rank", "step"):
-            raise ValueError(f"data.language_per must be 'rank' or 'step', not {cfg.language_per!r}")
         self.shards = shards
         self.cfg = cfg
         self.masker = masker

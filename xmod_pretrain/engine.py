@@ -15,15 +15,7 @@ from xmod_pretrain.optim import LanguageAdamW, build_optimizer, build_scheduler
 def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """DeepSpeed's JSON config. Batch sizes and clipping come from train/optim, so they cannot
     disagree: global batch = micro x accumulation x world."""
-    ds = cfg.deepspeed
-    if ds.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, not {ds.zero_stage}")
-    if ds.offload_param and ds.zero_stage != 3:
-        raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage=3")
-    if ds.offload_optimizer and ds.zero_stage == 0:
-        raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
-    if cfg.train.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be fp32 or bf16, not {cfg.train.precision!r}")
+    ds = cfg.deepspeed  # values checked at start (config.check_config)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}

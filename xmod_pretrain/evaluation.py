@@ -31,7 +31,7 @@ from xmod_pretrain.data import DataError, Masker, MicroBatch, ShardSet, validati
 from xmod_pretrain.errors import UserError
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.runs import (
-    RunCheckpoint, RunFormatError, RunNotFoundError, load_config, open_run,
+    RunCheckpoint, RunFormatError, RunNotFoundError, inside_checkpoints, load_config, open_run,
 )
 
 Forward = Callable[[MicroBatch], torch.Tensor]
@@ -317,6 +317,10 @@ def main(argv: Sequence[str]) -> int:
     """``xmod_pretrain evaluate``; returns the exit status (1 on unusable input)."""
     args = parse_args(argv)
     try:
+        out = Path(args.out or args.run)
+        if inside_checkpoints(out) is not None:
+            raise EvaluationError(f"--out {out} is inside the checkpoints folder of a run: "
+                                  "write the tables somewhere else")
         texts = {lang: Path(p) for lang, p in _pairs(args.text, "--text").items()}
         request = Request(args.langs, texts, _pairs(args.adapter_of, "--adapter-of"),
                           args.draws, args.batches)
@@ -325,6 +329,6 @@ def main(argv: Sequence[str]) -> int:
         print(f"xmod_pretrain evaluate: error: {err}", file=sys.stderr, flush=True)
         return 1
     print(format_rows(evaluation), flush=True)
-    paths = write_outputs(evaluation, Path(args.out or args.run))
+    paths = write_outputs(evaluation, out)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

@@ -33,7 +33,7 @@ from xmod_pretrain.errors import UserError
 from xmod_pretrain.hf_tokenizer import SENTENCEPIECE_FILE, write_tokenizer_files
 from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.model import XmodForMaskedLM
-from xmod_pretrain.runs import RunCheckpoint, open_run
+from xmod_pretrain.runs import RunCheckpoint, new_output_dir, open_run
 from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 HF_CONFIG = "config.json"
@@ -148,15 +148,17 @@ def run_weights(run: RunCheckpoint) -> dict[str, torch.Tensor]:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None,
-               default_language: str | None = None) -> RunCheckpoint:
+               default_language: str | None = None, overwrite: bool = False) -> RunCheckpoint:
     """Export a run's latest checkpoint (or that of ``step``) as a transformers X-MOD folder;
-    return the checkpoint exported.
+    return the checkpoint exported. ``out_dir`` must be new or empty unless ``overwrite``, and
+    never a run or inside one's checkpoints.
 
     Reads only the checkpoint's consolidated ``model.safetensors``, so a ZeRO-3 run exports the
     same way, and nothing pickled is ever loaded.
     """
-    run = open_run(run_dir, step)
-    _write_folder(run_weights(run), run.config.model, run.tokenizer, out_dir, default_language)
+    with new_output_dir(out_dir, overwrite) as out:
+        run = open_run(run_dir, step)
+        _write_folder(run_weights(run), run.config.model, run.tokenizer, out, default_language)
     return run
 
 
@@ -282,11 +284,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the run directory")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--step", type=int, metavar="N", help="checkpoint step (default: latest)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out (never a run or its checkpoints)")
     parser.add_argument("--default-language", metavar="CODE",
                         help="language transformers uses without lang_ids (default: the first)")
     args = parser.parse_args(argv)
     try:
-        run = export_run(args.run_dir, args.out, args.step, args.default_language)
+        run = export_run(args.run_dir, args.out, args.step, args.default_language, args.overwrite)
     except (OSError, ValueError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) else err  # KeyError quotes its text
         print(f"xmod_pretrain export: error: {message}", file=sys.stderr)

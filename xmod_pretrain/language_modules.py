@@ -38,7 +38,7 @@ from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_code
 from xmod_pretrain.model import TIED_KEYS, language_of_parameter
 from xmod_pretrain.runs import (
-    RunCheckpoint, check_new_run_dir, default_source_run, open_run, write_run,
+    RunCheckpoint, check_new_run_dir, default_source_run, inside_checkpoints, open_run, write_run,
 )
 
 FORMAT_VERSION = 1
@@ -133,9 +133,12 @@ def save_language_module(run_dir: str | Path, lang: str, out_dir: str | Path,
                          step: int | None = None) -> tuple[Path, Path]:
     """Write ``<out_dir>/<lang>.safetensors`` and ``<out_dir>/<lang>.json`` from ``run_dir``'s
     latest checkpoint (or that of ``step``); return both paths. Existing files are refused."""
+    out_dir = Path(out_dir)
+    if inside_checkpoints(out_dir) is not None:
+        raise LanguageModuleError(f"--out {out_dir} is inside the checkpoints folder of a run: "
+                                  "write module files somewhere else")
     run = open_run(run_dir, step)
     _require_language(run, lang)
-    out_dir = Path(out_dir)
     tensors_path, meta_path = out_dir / f"{lang}.safetensors", out_dir / f"{lang}.json"
     for path in (tensors_path, meta_path):
         if path.exists():

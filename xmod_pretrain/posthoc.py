@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from data_prep.shards import read_manifest
+from xmod_pretrain.atomic import write_text
 from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo, barrier
 from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_code, check_language_list
 from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.export import is_hf_folder, open_hf_folder
-from xmod_pretrain.runs import RunCheckpoint, open_run
+from xmod_pretrain.runs import RunCheckpoint, inside_checkpoints, load_config, open_run
 from xmod_pretrain.tokenizer import Tokenizer
 
 BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data_prep" / "corpus" / "udhr"
@@ -48,6 +49,8 @@ def plan_add_language(cfg: Config) -> AddLanguagePlan:
     new = check_language_list(req.languages, "add_language.languages")
     if not new:
         raise AddLanguageError("add_language.languages is empty: name at least one (--lang yo_NG)")
+    check_run_dir(cfg, source)
+    check_text(req)
     existing = [lang for lang in new if lang in source.languages]
     if existing and not req.overwrite:
         raise AddLanguageError(f"{', '.join(existing)} already in {source.run_dir} (languages: "
@@ -56,6 +59,28 @@ def plan_add_language(cfg: Config) -> AddLanguagePlan:
     grown = source.languages + [lang for lang in new if lang not in source.languages]
     model_cfg = dataclasses.replace(source.config.model, languages=grown)
     return AddLanguagePlan(source=source, new_languages=new, model_cfg=model_cfg)
+
+
+def check_run_dir(cfg: Config, source: RunCheckpoint) -> None:
+    """The new run's directory must be new, empty, or this same request started before (its
+    ``config.yaml`` names the same source and languages: the command resumes it)."""
+    run_dir = Path(cfg.run_dir)
+    checkpoints = inside_checkpoints(run_dir)
+    if checkpoints is not None:
+        raise AddLanguageError(f"--out {run_dir} is inside the checkpoints folder of a run "
+                               f"({checkpoints}): pick a new directory")
+    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != ".lock"]:
+        return
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        before = load_config(saved)
+        before_source = before.add_language.source_run or before.init_from
+        if (before.add_language.languages == cfg.add_language.languages and before_source
+                and Path(before_source).resolve() == source.run_dir.resolve()):
+            return
+    raise AddLanguageError(f"--out {run_dir} already holds something else (not an add-language "
+                           f"run of {', '.join(cfg.add_language.languages)} from "
+                           f"{source.run_dir}): pick a new directory")
 
 
 def open_source(path: str | None) -> RunCheckpoint:
@@ -84,22 +109,30 @@ def check_init(init: str, languages: list[str]) -> list[str]:
     return donors
 
 
-def text_source(req: AddLanguageConfig, run_dir: Path) -> str:
-    """What data_prep reads for the new languages: the user's text, or the bundled UDHR."""
+def check_text(req: AddLanguageConfig) -> None:
+    """The new languages' text exists and fits the request (checked before anything is written)."""
     if req.text is None:
         missing = [lang for lang in req.languages if not (BUNDLED_TEXT / f"{lang}.txt.xz").is_file()]
         if missing:
             raise AddLanguageError(f"no bundled text for {', '.join(missing)}: pass --text PATH")
-        return f"bundled:{BUNDLED_TEXT.name}"
+        return
     path = Path(req.text)
     if not path.exists():
         raise AddLanguageError(f"--text {path} does not exist")
+    if path.is_file() and path.suffix != ".json" and len(req.languages) != 1:
+        raise AddLanguageError(f"--text {path} is one file: give a folder of <xx_YY>.txt "
+                               "files (or a JSON manifest) for several languages")
+
+
+def text_source(req: AddLanguageConfig, data_dir: Path) -> str:
+    """What data_prep reads for the new languages (``check_text`` has passed): the user's text,
+    or the bundled UDHR. One file becomes a one-language JSON manifest in ``data_dir``."""
+    if req.text is None:
+        return f"bundled:{BUNDLED_TEXT.name}"
+    path = Path(req.text)
     if path.is_file() and path.suffix != ".json":
-        if len(req.languages) != 1:
-            raise AddLanguageError(f"--text {path} is one file: give a folder of <xx_YY>.txt "
-                                   "files (or a JSON manifest) for several languages")
-        manifest = run_dir / "text_sources.json"
-        manifest.write_text(json.dumps({req.languages[0]: str(path.resolve())}), encoding="utf-8")
+        manifest = data_dir / "text_sources.json"
+        write_text(manifest, json.dumps({req.languages[0]: str(path.resolve())}))
         return str(manifest)
     return str(path)
 
@@ -110,8 +143,7 @@ def prepare_new_languages(cfg: Config, plan: AddLanguagePlan, info: DistInfo) ->
     if info.is_main and not (out / "manifest.json").is_file():
         from data_prep.prepare import prepare
 
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        source = text_source(cfg.add_language, Path(cfg.run_dir))
+        source = text_source(cfg.add_language, out)
         print(f"preparing {', '.join(plan.new_languages)} from {source} with the tokenizer of "
               f"{plan.source.run_dir}", flush=True)
         prepare(source, out, valid_fraction=cfg.data.valid_fraction, languages=plan.new_languages,

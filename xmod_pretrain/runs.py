@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,21 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str =
         raise OutputDirError(f"{option} {out_dir} already exists and is not empty: pick a new "
                              "directory, or pass --overwrite")
     return out_dir
+
+
+@contextmanager
+def new_output_dir(out_dir: str | Path, overwrite: bool = False,
+                   option: str = "--out") -> Iterator[Path]:
+    """``check_output_dir``, then the block writes; if it fails and ``out_dir`` did not exist
+    before, ``out_dir`` is removed again: a failed command leaves no half-made output."""
+    out_dir = check_output_dir(out_dir, overwrite, option)
+    made_here = not out_dir.exists()
+    try:
+        yield out_dir
+    except BaseException:
+        if made_here:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def check_new_run_dir(out_dir: str | Path) -> Path:

@@ -7,7 +7,9 @@ one language (drawn by the sampler) and activates only that language's modules.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,13 +18,14 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from xmod_pretrain.anchor import LanguageAnchor
-from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
-from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.checkpoint import TRAINER_STATE, Checkpointer, latest_checkpoint
+from xmod_pretrain.config import Config, ConfigError, ModelConfig
 from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
 from xmod_pretrain.data import (
     DataError, LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches,
 )
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
+from xmod_pretrain.errors import UserError
 from xmod_pretrain.engine import (
     all_reduce_gradients, build_engine, optimizer_parameter_count, reduces_gradients_itself,
 )
@@ -39,7 +42,7 @@ from xmod_pretrain.optim import LanguageAdamW
 from xmod_pretrain.posthoc import (
     build_grown_model, plan_add_language, prepare_new_languages, source_validation,
 )
-from xmod_pretrain.runs import sidecars
+from xmod_pretrain.runs import load_config, sidecars
 from xmod_pretrain.signals import StopRequest, signal_name
 
 
@@ -49,6 +52,15 @@ class NonFiniteLoss(RuntimeError):
 
 class PeerLost(RuntimeError):
     """A collective failed with several ranks: a peer died or stopped responding."""
+
+
+class RunStateError(UserError):
+    """The run directory cannot be started as asked (resume flags, another model); nothing was
+    written to it."""
+
+
+class NothingToTrain(Exception):
+    """The run's latest checkpoint is at or past ``train.max_steps``: the start ends at once."""
 
 
 def ensure_prepared(cfg: Config, info: DistInfo, tokenizer: Path | None = None) -> dict:
@@ -73,15 +85,15 @@ def resolve_model_config(cfg: Config, manifest: dict) -> ModelConfig:
     vocab = manifest["tokenizer"]["vocab_size"]
     model = cfg.model
     if model.vocab_size is not None and model.vocab_size != vocab:
-        raise DataError(f"model.vocab_size={model.vocab_size} but the tokenizer in {cfg.data.dir} "
-                        f"has {vocab} ids")
+        raise ConfigError(f"model.vocab_size={model.vocab_size} but the tokenizer in "
+                          f"{cfg.data.dir} has {vocab} ids")
     languages = model.languages or list(manifest["languages"])
     shared = cfg.data.shared_module
     if shared is not None:  # the shared baseline: one module set, named by a language code
         check_language_code(shared, "data.shared_module")
         if model.languages not in ([], [shared]):
-            raise ValueError(f"data.shared_module={shared} runs every language through one "
-                             f"module set, but model.languages lists {model.languages}")
+            raise ConfigError(f"data.shared_module={shared} runs every language through one "
+                              f"module set, but model.languages lists {model.languages}")
         languages = [shared]
     return dataclasses.replace(model, vocab_size=vocab,
                                languages=check_language_list(languages, "model.languages"))
@@ -120,9 +132,15 @@ class Trainer:
         self._set_threads()
         self.run_dir = Path(cfg.run_dir)
         self.plan = plan_add_language(cfg) if cfg.add_language.languages else None
+        barrier()  # every rank has checked the run directory before rank 0 writes to it
         manifest, model_cfg = self._data_and_model_config()
         self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.languages = model_cfg.languages
+        self.resume_from, resume_state = self._resume_point()
+        if resume_state and resume_state["step"] >= cfg.train.max_steps:
+            raise NothingToTrain(f"{self.resume_from} is at step {resume_state['step']} and "
+                                 f"train.max_steps={cfg.train.max_steps}: nothing to train (raise "
+                                 "train.max_steps to go on)")
         self._build_data(manifest)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = self._build_model()
@@ -176,13 +194,13 @@ class Trainer:
     def _build_data(self, manifest: dict) -> None:
         data = self.cfg.data
         if data.language_per == "rank" and self.cfg.deepspeed.zero_stage == 3 and self.info.world_size > 1:
-            raise ValueError(
+            raise ConfigError(
                 "deepspeed.zero_stage=3 gathers each module's weights with all ranks together, so "
                 "ranks cannot run different languages in one micro-step: set data.language_per=step"
             )
         if data.shared_module is not None and self.plan:
-            raise ValueError("data.shared_module is for pre-training: add-language gives each new "
-                             "language modules of its own")
+            raise ConfigError("data.shared_module is for pre-training: add-language gives each new "
+                              "language modules of its own")
         data_langs = check_language_list(data.languages or list(manifest["languages"]), "data.languages")
         lang_ids = [language_index(self.languages, data.shared_module or lang) for lang in data_langs]
         masker = Masker(data.masking, self.cfg.model.vocab_size)
@@ -209,30 +227,37 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(files["config.yaml"], encoding="utf-8")
         return files
 
-    def _resume(self) -> None:
+    def _resume_point(self) -> tuple[Path | None, dict]:
+        """The checkpoint this start resumes from (None: a fresh run) and its trainer state,
+        checked against the config. Reads only: a refused start leaves the run as it was."""
         latest = latest_checkpoint(self.run_dir)
         resume = self.cfg.train.resume
         if latest is None:
             if resume:
-                raise FileNotFoundError(f"train.resume=true but {self.run_dir} has no checkpoint")
-            return
+                raise RunStateError(f"train.resume=true but {self.run_dir} has no checkpoint")
+            return None, {}
         if resume is False:
-            raise FileExistsError(f"{self.run_dir} holds checkpoints and train.resume=false: pick "
-                                  "another run_dir, or resume")
+            raise RunStateError(f"{self.run_dir} holds checkpoints and train.resume=false: pick "
+                                "another run_dir, or resume")
         self._check_same_model(latest)
-        state = self.checkpointer.load(self.engine, latest)
+        return latest, json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
+
+    def _resume(self) -> None:
+        if self.resume_from is None:
+            return
+        state = self.checkpointer.load(self.engine, self.resume_from)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.first_valid = state.get("first_valid")
-        self._print(f"resumed from {latest} at step {self.step}")
+        self._print(f"resumed from {self.resume_from} at step {self.step}")
 
     def _check_same_model(self, checkpoint: Path) -> None:
-        saved = OmegaConf.to_object(OmegaConf.merge(
-            OmegaConf.structured(Config), OmegaConf.load(checkpoint / "config.yaml")))
-        if saved.model != self.cfg.model:
-            diff = [f.name for f in dataclasses.fields(ModelConfig)
-                    if getattr(saved.model, f.name) != getattr(self.cfg.model, f.name)]
-            raise ValueError(f"{checkpoint} was trained with a different model ({', '.join(diff)} "
-                             "differ); use another run_dir")
+        saved = load_config(checkpoint / "config.yaml").model
+        if saved != self.cfg.model:
+            diff = [f"{f.name} {getattr(saved, f.name)!r} -> {getattr(self.cfg.model, f.name)!r}"
+                    for f in dataclasses.fields(ModelConfig)
+                    if getattr(saved, f.name) != getattr(self.cfg.model, f.name)]
+            raise RunStateError(f"{checkpoint} was trained with another model ({'; '.join(diff)}):"
+                                " resume with its model config, or pick another run_dir")
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -412,4 +437,23 @@ def run(cfg: Config) -> None:
     if cfg.train.dry_run:
         dry_run(cfg)
         return
-    Trainer(cfg).train()
+    try:
+        trainer = start(cfg)
+    except NothingToTrain as done:
+        print(done, flush=True)
+        return
+    trainer.train()
+
+
+def start(cfg: Config) -> Trainer:
+    """Build the trainer. A start that fails removes the run directory if it made it: every
+    check comes before the first write, so a refused start leaves an existing run as it was and
+    no half-made new one."""
+    run_dir = Path(cfg.run_dir)
+    made_here = not run_dir.exists()
+    try:
+        return Trainer(cfg)
+    except BaseException:
+        if made_here and os.environ.get("RANK", "0") == "0":
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise

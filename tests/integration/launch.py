@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -40,3 +41,14 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     valid = [r for r in records if r.get("split") == "valid"]
     train = [r for r in records if "split" not in r]
     return train, valid
+
+
+def tree_hash(path: Path) -> str:
+    """A hash of everything under ``path``: names (folders included), modes and contents. Equal
+    before and after a command means the command changed nothing there."""
+    digest = hashlib.sha256()
+    for entry in sorted(path.rglob("*")):
+        digest.update(f"{entry.relative_to(path)} {entry.stat().st_mode:o}".encode())
+        if entry.is_file():
+            digest.update(entry.read_bytes())
+    return digest.hexdigest()

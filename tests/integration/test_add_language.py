@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.launch import read_metrics, run_training
+from tests.integration.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.posthoc import (
     BUNDLED_TEXT, AddLanguageError, build_grown_model, plan_add_language,
@@ -42,14 +41,6 @@ def add_language(*args: str, nproc: int = 1, check: bool = True) -> subprocess.C
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
-
-
-def tree_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def weights_of(run: Path) -> dict[str, torch.Tensor]:

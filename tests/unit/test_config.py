@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from xmod_pretrain.cli import CONF_DIR
-from xmod_pretrain.config import Config, register_configs
+from xmod_pretrain.config import Config, ConfigError, check_config, register_configs
 from xmod_pretrain.engine import deepspeed_config
 from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
 
@@ -57,8 +59,49 @@ def test_deepspeed_config_follows_train_config():
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 0.5
     offload = deepspeed_config(load("+exp=demo", "deepspeed=zero2_offload"), world_size=1)
     assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    with pytest.raises(ValueError, match="offload_param"):
-        deepspeed_config(load("+exp=demo", "deepspeed.offload_param=true"), world_size=1)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.max_steps=-5", "train.max_steps=-5 is not allowed: >= 0"),
+    ("train.micro_batch_size=0", "train.micro_batch_size=0"),
+    ("train.grad_accum_steps=0", "train.grad_accum_steps=0"),
+    ("train.log_every=0", "train.log_every=0"),
+    ("train.keep_checkpoints=-1", "train.keep_checkpoints=-1"),
+    ("data.alpha=-1", "data.alpha=-1.0 is not allowed: >= 0"),
+    ("data.seq_len=513", "data.seq_len=513 is not allowed: model.max_position_embeddings=514"),
+    ("data.seq_len=2", "data.seq_len=2"),
+    ("optim.lr=0", "optim.lr=0.0"),
+    ("optim.lr=-1e-3", "optim.lr=-0.001"),
+    ("data.masking.prob=0", "data.masking.prob=0.0 is not allowed: in (0, 1)"),
+    ("data.masking.mask_frac=0.95", "mask_frac + data.masking.random_frac"),
+    ("data.language_per=node", "data.language_per='node' is not allowed: rank or step"),
+    ("train.precision=fp16", "train.precision='fp16'"),
+    ("deepspeed.offload_param=true", "offload_param=true needs deepspeed.zero_stage=3"),
+    ("model.num_attention_heads=5", "not a multiple of model.num_attention_heads=5"),
+])
+def test_check_config_names_the_key_the_value_and_what_is_allowed(override, message):
+    cfg = load("+exp=demo", override)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("exp", ["demo", "base", "large", "curse", "add_language"])
+def test_every_shipped_experiment_passes_the_checks(exp):
+    check_config(load(f"+exp={exp}"))
+
+
+def test_a_bad_value_fails_within_seconds_with_one_line_and_writes_nothing(tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "xmod_pretrain", "+exp=demo", "data.alpha=-1",
+                           f"run_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'data'}"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "xmod_pretrain: error: data.alpha=-1.0 is not allowed: >= 0 (0 uniform, 1 proportional "
+        "to the data)"]
+    assert elapsed < 5, f"a config error took {elapsed:.1f} s"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("exp,total,active", [("base", 852.7e6, 285.4e6), ("large", 1.58e9, 572.8e6)])

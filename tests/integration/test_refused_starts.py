@@ -1,0 +1,119 @@
+"""A command that refuses writes nothing: the run directory hashes the same before and after,
+and an output that did not exist is not left half-made."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.launch import run_training, tree_hash
+from xmod_pretrain.checkpoint import latest_checkpoint
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> Path:
+    """A finished 2-step run with one checkpoint."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run_training(run, tiny_data, "train.max_steps=2", "train.save_every=2", "train.eval_every=0")
+    return run
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from xmod_pretrain.cli import main; main()",
+                           *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single line a refusal prints: no traceback."""
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.hidden_size=32"], "was trained with another model (hidden_size 64 -> 32)"),
+    (["train.resume=false", "train.max_steps=4"], "holds checkpoints and train.resume=false"),
+])
+def test_a_refused_resume_leaves_the_run_byte_identical(trained, tiny_data, overrides, message):
+    before = tree_hash(trained)
+    proc = run_training(trained, tiny_data, *overrides, check=False)
+    assert message in one_error_line(proc)
+    assert tree_hash(trained) == before
+
+
+def test_resume_true_on_a_new_run_dir_creates_nothing(tiny_data, tmp_path):
+    proc = run_training(tmp_path / "new", tiny_data, "train.resume=true", check=False)
+    assert "train.resume=true but" in one_error_line(proc)
+    assert not (tmp_path / "new").exists()
+
+
+def test_max_steps_already_reached_says_so_and_exits_0_without_validating(trained, tiny_data):
+    before = tree_hash(trained)
+    proc = run_training(trained, tiny_data, "train.max_steps=2")
+    assert "is at step 2 and train.max_steps=2: nothing to train" in proc.stdout
+    assert "valid @ step" not in proc.stdout  # no validation pass, no DeepSpeed start
+    assert tree_hash(trained) == before
+
+
+def test_add_language_refuses_an_existing_run_as_out(trained, tmp_path):
+    other = tmp_path / "other"  # a pre-training run's top level: its config and the user's notes
+    other.mkdir()
+    (other / "config.yaml").write_bytes((trained / "config.yaml").read_bytes())
+    (other / "notes.txt").write_text("mine")
+    before_source, before_other = tree_hash(trained), tree_hash(other)
+    proc = cli("add-language", "--lang", "yo_NG", "--from", str(trained), "--out", str(other))
+    assert "already holds something else" in one_error_line(proc)
+    assert tree_hash(trained) == before_source and tree_hash(other) == before_other
+
+
+def test_add_language_refuses_an_out_inside_checkpoints(trained):
+    before = tree_hash(trained)
+    proc = cli("add-language", "--lang", "yo_NG", "--from", str(trained),
+               "--out", str(trained / "checkpoints" / "step_zz"))
+    assert "inside the checkpoints folder" in one_error_line(proc)
+    assert tree_hash(trained) == before
+
+
+def test_a_failed_add_language_leaves_no_half_made_run(trained, tmp_path):
+    text = tmp_path / "yo.txt"
+    text.write_text("\n\n")  # no usable line: preparation fails after the run dir was made
+    out = tmp_path / "grown"
+    proc = cli("add-language", "--lang", "yo_NG", "--from", str(trained), "--out", str(out),
+               "--text", str(text), "data.seq_len=64")
+    assert "yo_NG" in one_error_line(proc)
+    assert not out.exists()
+
+
+def test_export_refuses_a_checkpoint_and_a_non_empty_folder(trained, tmp_path):
+    checkpoint = latest_checkpoint(trained)
+    before = tree_hash(trained)
+    proc = cli("export", "--from", str(trained), "--out", str(checkpoint))
+    assert "inside the checkpoints folder of a run" in proc.stderr and proc.returncode == 1
+    assert tree_hash(trained) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    proc = cli("export", "--from", str(trained), "--out", str(mine))
+    assert "not empty" in proc.stderr and proc.returncode == 1
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
+    proc = cli("export", "--from", str(trained), "--out", str(mine), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert (mine / "model.safetensors").is_file() and (mine / "keep.txt").is_file()
+
+
+@pytest.mark.parametrize("command", ["remove-language", "save-language"])
+def test_language_commands_refuse_an_out_inside_checkpoints(trained, command):
+    before = tree_hash(trained)
+    proc = cli(command, "--lang", "de_DE", "--from", str(trained),
+               "--out", str(trained / "checkpoints" / "step_zz"))
+    assert proc.returncode == 1 and "inside the checkpoints folder" in proc.stderr
+    assert tree_hash(trained) == before

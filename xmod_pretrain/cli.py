@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from xmod_pretrain.config import register_configs
 from xmod_pretrain.errors import UserError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# Package data, so an installed wheel finds its configs; the checkout's top-level conf/ links here.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 # Commands that read a run and write a module file or a derived run (language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 

@@ -20,7 +20,6 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.common import (
-    REPO,
     Batch,
     bar_chart,
     machine,
@@ -32,6 +31,7 @@ from bench.common import (
 from data_prep.prepare import prepare
 from data_prep.shards import read_manifest
 from data_prep.sources import open_source
+from xmod_pretrain.cli import CONF_DIR
 from xmod_pretrain.config import DataConfig, MaskingConfig, ModelConfig, OptimConfig
 from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
 from xmod_pretrain.model import XmodForMaskedLM
@@ -137,7 +137,7 @@ def sampler_vs_step(data_dir: Path, quick: bool) -> dict:
 
 def demo_config(vocab: int, languages: list[str]) -> ModelConfig:
     merged = OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                             OmegaConf.load(REPO / "conf" / "model" / "demo.yaml"),
+                             OmegaConf.load(Path(CONF_DIR) / "model" / "demo.yaml"),
                              {"vocab_size": vocab, "languages": languages})
     return OmegaConf.to_object(merged)
 

@@ -17,7 +17,6 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.common import (
-    REPO,
     Size,
     bar_chart,
     engine_config,
@@ -25,6 +24,7 @@ from bench.common import (
     masked_batch,
     single_process_group,
 )
+from xmod_pretrain.cli import CONF_DIR
 from xmod_pretrain.config import ModelConfig, OptimConfig
 from xmod_pretrain.engine import build_engine
 from xmod_pretrain.model import XmodForMaskedLM, count_parameters
@@ -56,7 +56,7 @@ def per_rank(numel: int, stage: int, ranks: int, precision: str) -> dict[str, fl
 def base_config() -> ModelConfig:
     """conf/model/base.yaml, typed (81 languages, XLM-R's vocabulary)."""
     merged = OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                             OmegaConf.load(REPO / "conf" / "model" / "base.yaml"))
+                             OmegaConf.load(Path(CONF_DIR) / "model" / "base.yaml"))
     return OmegaConf.to_object(merged)
 
 

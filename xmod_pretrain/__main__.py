@@ -1,6 +1,7 @@
-"""``python -m xmod_pretrain [+exp=NAME] [overrides...]``: pre-train with Hydra's config."""
+"""``python -m xmod_pretrain [COMMAND] [ARGS...]``: the console script ``xmod_pretrain``; without a
+command, pre-train with Hydra's config (``python -m xmod_pretrain +exp=demo``)."""
 
-from xmod_pretrain.cli import train_main
+from xmod_pretrain.cli import main
 
 if __name__ == "__main__":
-    train_main()
+    main()

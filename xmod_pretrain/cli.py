@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from xmod_pretrain.config import check_config, register_configs
 from xmod_pretrain.errors import UserError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# Package data, so an installed wheel finds its configs; the checkout's top-level conf/ links here.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 # Commands that read a run and write a module file or a derived run (language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
@@ -97,13 +98,51 @@ TOOLS = {
 }
 
 
+# The usage listing, one line a command, in the order printed; ``train`` is what runs without one.
+COMMANDS = {
+    "train": "pre-train (the default): xmod_pretrain [train] [+exp=NAME] [Hydra overrides]",
+    "add-language": "train new languages' modules on a trained run, into a new run",
+    "prepare": "raw text -> SentencePiece tokenizer + token shards",
+    "export": "write a run's checkpoint as a transformers X-MOD folder",
+    "evaluate": "per-language masked-LM loss and perplexity of a run's checkpoint",
+    "report": "training curves and the latest evaluation of a run: PNGs and one HTML page",
+    "save-language": "save one language's modules of a run as a file",
+    "load-language": "write a new run: a run plus one saved language module",
+    "remove-language": "write a new run: a run without one language's modules",
+}
+HELP_WORDS = ("-h", "--help", "help")
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    listing = [f"  {name:<{width}}  {line}" for name, line in COMMANDS.items()]
+    return "\n".join([
+        "usage: xmod_pretrain [COMMAND] [ARGS...]   (python -m xmod_pretrain is the same)",
+        "",
+        "commands:",
+        *listing,
+        "",
+        "xmod_pretrain COMMAND --help (or xmod_pretrain help COMMAND) shows a command's own help;",
+        "for train that is its config groups and config. xmod_pretrain train --hydra-help shows",
+        "Hydra's help (--config-dir, --cfg job, --multirun, ...).",
+    ])
+
+
 def main(argv: list[str] | None = None) -> None:
     with user_errors_exit():
         _dispatch(list(sys.argv[1:] if argv is None else argv))
 
 
 def _dispatch(argv: list[str]) -> None:
+    if argv and argv[0] in HELP_WORDS:
+        if argv[0] == "help" and len(argv) > 1:
+            return _dispatch([argv[1], "--help"])
+        print(usage())
+        return
+    # Anything that reads as a Hydra override or option (+exp=demo, --config-dir) trains.
     command = argv[0] if argv and not argv[0].startswith(("+", "-")) and "=" not in argv[0] else "train"
+    if command not in COMMANDS:
+        sys.exit(f"xmod_pretrain: unknown command {command!r} (commands: {', '.join(COMMANDS)})")
     if command in TOOLS:
         sys.exit(importlib.import_module(TOOLS[command]).main(argv[1:]))
     if command in LANGUAGE_COMMANDS:
@@ -112,9 +151,6 @@ def _dispatch(argv: list[str]) -> None:
         sys.exit(language_main(argv[1:], command))
     if command == "add-language":
         argv = ["train", *add_language_overrides(argv[1:])]
-    elif command != "train":
-        sys.exit(f"xmod_pretrain: unknown command {command!r} (commands: train, add-language, "
-                 f"{', '.join(TOOLS)}, {', '.join(LANGUAGE_COMMANDS)})")
     if argv and argv[0] == "train":
         argv = argv[1:]
     sys.argv = [f"{sys.argv[0]} train", *argv]

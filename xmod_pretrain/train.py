@@ -16,7 +16,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from xmod_pretrain.anchor import LanguageAnchor
-from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
+from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint, resume_checkpoint
 from xmod_pretrain.config import Config, ModelConfig
 from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
 from xmod_pretrain.data import (
@@ -210,7 +210,7 @@ class Trainer:
         return files
 
     def _resume(self) -> None:
-        latest = latest_checkpoint(self.run_dir)
+        latest = resume_checkpoint(self.run_dir, self.info)  # verified, repaired if need be
         resume = self.cfg.train.resume
         if latest is None:
             if resume:

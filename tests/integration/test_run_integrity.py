@@ -18,6 +18,8 @@ from xmod_pretrain.checkpoint import latest_checkpoint, verify_checkpoint
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]  # this checkout's code, for a script run from elsewhere
+
 FAST = ("train.save_every=2", "train.eval_every=0", "train.log_every=1")
 OPTIMIZER_STATE = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 
@@ -148,3 +150,53 @@ def test_disk_full_during_a_save(small_tmpfs, tiny_data):
     assert f"xmod_pretrain: error: no space left on {small_tmpfs} (tmpfs) while writing " \
            f"{run}/checkpoints/.tmp-step_00000004/" in proc.stderr
     assert_save_failed_cleanly(proc, run, "step_00000002")
+
+
+TWO_RANKS = """
+import sys, torch
+from pathlib import Path
+import xmod_pretrain.checkpoint as ckpt
+from xmod_pretrain.distributed import init_distributed
+
+info = init_distributed(60)
+torch.manual_seed(0)  # the same weights on both ranks, as in training
+
+
+class Engine:  # what Checkpointer.save uses of a DeepSpeed engine
+    module = torch.nn.Linear(2, 2)
+
+    def save_checkpoint(self, root, tag, save_latest):
+        (Path(root) / tag / f"rank{info.rank}.pt").write_bytes(b"engine state")
+
+    def zero_optimization_partition_weights(self):
+        return False
+
+
+def disk_full(*args, **kwargs):
+    raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+saver = ckpt.Checkpointer(sys.argv[1], info, keep=0, sidecars={})
+saver.save(Engine(), 1, {"step": 1})
+if info.rank == 0:  # only rank 0 publishes: the others learn of its failure from it
+    ckpt.save_file = disk_full
+try:
+    saver.save(Engine(), 2, {"step": 2})
+except ckpt.CheckpointWriteError as err:
+    print(f"rank {info.rank}: {err}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_failed_publish_stops_every_rank(tmp_path):
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: no space left on " in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoints/latest stays on step_00000001") == 2
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, ``latest`` pointer, checksums, retention, resume without unpickling code.
+"""Checkpoints: atomic save, ``latest`` pointer, checksums, retention, resume without unpickling.
 
 Layout::
 

@@ -76,7 +76,8 @@ def test_resume_moves_a_corrupt_checkpoint_aside_and_falls_back(run, tiny_data, 
     proc = run_training(run, tiny_data, "train.max_steps=6", *FAST)
     assert f"step_00000004/{damaged} is corrupt: it is" in proc.stderr
     assert "Moved step_00000004 aside to corrupt-step_00000004 (nothing deleted)" in proc.stderr
-    assert "latest named step_00000004, which is corrupt: resuming from step_00000002" in proc.stderr
+    assert ("latest named step_00000004, which is corrupt: resuming from step_00000002"
+            in proc.stderr)
     assert "at step 2" in proc.stdout
     assert (run / "checkpoints" / "corrupt-step_00000004" / damaged).is_file()
     latest = latest_checkpoint(run)

@@ -64,7 +64,7 @@ def test_latest_must_name_a_checkpoint_of_this_run(tmp_path, content):
 def test_latest_naming_a_missing_checkpoint_is_refused(tmp_path):
     save(tmp_path, 3)
     (tmp_path / "checkpoints" / "latest").write_text("step_00000009\n")
-    with pytest.raises(CheckpointError, match="names step_00000009, which is missing or incomplete"):
+    with pytest.raises(CheckpointError, match="names step_00000009, which is missing or incompl"):
         resume_checkpoint(tmp_path, ALONE)
 
 

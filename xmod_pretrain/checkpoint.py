@@ -219,21 +219,31 @@ def _choose_and_repair(root: Path) -> str | None:
                               f"{POINTER_HELP}")
     newest_first = [p for p in reversed(found)
                     if named is None or step_of(p.name) <= step_of(named)]
-    for path in newest_first:
+    chosen, corrupt = _first_verified(newest_first)
+    if chosen is None:  # nothing moved: a rerun must not mistake the run for a new one
+        raise CheckpointError(f"no checkpoint in {root} verifies; the newest: {corrupt[0][1]}")
+    for path, err in corrupt:
+        moved = _move_aside(path)
+        _warn(f"warning: {err}. Moved {path.name} aside to {moved.name} (nothing deleted)")
+    if chosen.name != named:
+        write_text(root / LATEST, chosen.name + "\n")
+        why = "was missing" if named is None else f"named {named}, which is corrupt"
+        _warn(f"{root / LATEST} {why}: resuming from {chosen.name}, the newest verified "
+              "checkpoint; latest now names it")
+    return chosen.name
+
+
+def _first_verified(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, Exception]]]:
+    """The first of ``paths`` that verifies, and the corrupt ones before it with their errors."""
+    corrupt = []
+    for path in paths:
         try:
             verify_checkpoint(path)
         except CheckpointCorrupt as err:
-            moved = _move_aside(path)
-            _warn(f"warning: {err}. Moved {path.name} aside to {moved.name} (nothing deleted)")
+            corrupt.append((path, err))
             continue
-        if path.name != named:
-            write_text(root / LATEST, path.name + "\n")
-            why = "was missing" if named is None else f"named {named}, which is corrupt"
-            _warn(f"{root / LATEST} {why}: resuming from {path.name}, the newest verified "
-                  "checkpoint; latest now names it")
-        return path.name
-    raise CheckpointError(f"no checkpoint in {root} verifies (each was moved aside as corrupt-*): "
-                          "restore one from a copy, or start a new run in another run_dir")
+        return path, corrupt
+    return None, corrupt
 
 
 def _move_aside(path: Path) -> Path:

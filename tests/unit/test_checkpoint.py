@@ -104,8 +104,10 @@ def test_no_checkpoint_verifies_refuses_to_start_over(tmp_path):
     assert resume_checkpoint(tmp_path, ALONE) is None  # a new run
     save(tmp_path, 2)
     truncate(tmp_path / "checkpoints" / "step_00000002" / "model.safetensors")
-    with pytest.raises(CheckpointError, match="no checkpoint in .*checkpoints verifies"):
+    with pytest.raises(CheckpointError, match="no checkpoint in .*checkpoints verifies; the "
+                                              "newest: .*model.safetensors is corrupt"):
         resume_checkpoint(tmp_path, ALONE)
+    assert names(tmp_path) == ["latest", "step_00000002"]  # kept: a rerun must refuse again
 
 
 def test_latest_naming_an_older_checkpoint_is_kept(tmp_path):

@@ -1,5 +1,5 @@
 """File helpers: atomic writes (a reader sees the old file or the complete new one, never a
-partial one), fsync of trees, content hashes."""
+partial one), fsync of trees, content hashes, file modes that follow the umask."""
 
 from __future__ import annotations
 
@@ -66,3 +66,27 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only swap it, which
+    would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): swap it out and straight back
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | Path) -> None:
+    """Give a file the mode any new file gets (0644 under umask 022).
+
+    NOTE: safetensors' ``save_file`` creates its file with mode 0600 whatever the umask, so a run
+    shared on a cluster filesystem would be unreadable to the group: call this after each one.
+    """
+    os.chmod(path, 0o666 & ~current_umask())

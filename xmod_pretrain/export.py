@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from xmod_pretrain.atomic import atomic_path, write_text
+from xmod_pretrain.atomic import atomic_path, follow_umask, write_text
 from xmod_pretrain.checkpoint import WEIGHTS
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.errors import UserError
@@ -126,6 +126,7 @@ def _write_folder(weights: Mapping[str, torch.Tensor], cfg: ModelConfig,
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()}
     with atomic_path(out_dir / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        follow_umask(tmp)
     write_text(out_dir / HF_CONFIG, json.dumps(config, indent=2) + "\n")
 
 

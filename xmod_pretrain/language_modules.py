@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from xmod_pretrain.atomic import atomic_path, file_sha256, write_text
+from xmod_pretrain.atomic import atomic_path, file_sha256, follow_umask, write_text
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_code
@@ -146,6 +146,7 @@ def save_language_module(run_dir: str | Path, lang: str, out_dir: str | Path,
     weights = run.weights()
     with atomic_path(tensors_path) as tmp:
         save_file(module_tensors(weights, lang), str(tmp))
+        follow_umask(tmp)
     meta = {
         "format_version": FORMAT_VERSION,
         "language": lang,

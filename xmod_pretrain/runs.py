@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 from data_prep.shards import TOKENIZER_FILE
 from xmod_pretrain.atomic import fsync_dir
 from xmod_pretrain.checkpoint import (
-    LATEST, TMP_PREFIX, TRAINER_STATE, WEIGHTS, Checkpointer, latest_checkpoint, step_tag,
+    LATEST, TMP_PREFIX, TRAINER_STATE, WEIGHTS, Checkpointer, complete_checkpoints,
+    latest_checkpoint, newest_verified, step_tag, verify_checkpoint,
 )
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo
@@ -77,10 +78,13 @@ def load_config(path: str | Path) -> Config:
 
 
 def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
-    """The checkpoint ``latest`` names in ``run_dir``, or the one of ``step``.
+    """The checkpoint ``latest`` names in ``run_dir`` (the newest verified one, said on stderr,
+    when the pointer is missing), or the one of ``step``. Nothing is written.
 
     Raises RunNotFoundError naming the path when the run, a checkpoint, the step or one of the
-    checkpoint's files is missing, and RunFormatError when its files disagree.
+    checkpoint's files is missing, CheckpointCorrupt naming the file that differs from the
+    checkpoint's checksums, CheckpointError for a bad ``latest``, and RunFormatError when its
+    files disagree.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -89,6 +93,7 @@ def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
     missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if missing:
         raise RunNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}")
+    verify_checkpoint(path, CHECKPOINT_FILES)
     config = load_config(path / CONFIG_FILE)
     languages = json.loads((path / LANGUAGES_FILE).read_text(encoding="utf-8"))
     if languages != config.model.languages:
@@ -101,10 +106,11 @@ def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
 
 def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
     if step is None:
-        path = latest_checkpoint(run_dir)
+        path = latest_checkpoint(run_dir) or newest_verified(run_dir / "checkpoints",
+                                                              CHECKPOINT_FILES)
         if path is None:
-            pointer = run_dir / "checkpoints" / LATEST
-            raise RunNotFoundError(f"{run_dir} has no checkpoint ({pointer} is missing)")
+            raise RunNotFoundError(f"{run_dir} has no checkpoint (no step_* folder with a "
+                                   f"{TRAINER_STATE} in {run_dir / 'checkpoints'})")
         return path
     path = run_dir / "checkpoints" / step_tag(step)
     if not path.is_dir():
@@ -117,14 +123,13 @@ def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
 
 def available_steps(run_dir: str | Path) -> list[int]:
     """Steps of the complete checkpoints in ``run_dir``, ascending."""
-    root = Path(run_dir) / "checkpoints"
-    return sorted(int(p.name.removeprefix("step_")) for p in root.glob("step_*")
-                  if p.name.removeprefix("step_").isdigit() and (p / TRAINER_STATE).is_file())
+    return [int(p.name.removeprefix("step_"))
+            for p in complete_checkpoints(Path(run_dir) / "checkpoints")]
 
 
 def default_source_run() -> Path:
     """``runs/demo`` when it holds a checkpoint: the run tools read when none is named."""
-    if latest_checkpoint(DEFAULT_RUN) is None:
+    if not available_steps(DEFAULT_RUN):
         raise RunNotFoundError(f"no run given and {DEFAULT_RUN} has no checkpoint; run the demo "
                                "(python -m xmod_pretrain +exp=demo) or pass --from")
     return DEFAULT_RUN

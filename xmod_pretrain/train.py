@@ -18,7 +18,9 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from xmod_pretrain.anchor import LanguageAnchor
-from xmod_pretrain.checkpoint import TRAINER_STATE, Checkpointer, latest_checkpoint
+from xmod_pretrain.checkpoint import (
+    TRAINER_STATE, Checkpointer, complete_checkpoints, latest_checkpoint, resume_checkpoint,
+)
 from xmod_pretrain.config import Config, ConfigError, ModelConfig
 from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
 from xmod_pretrain.data import (
@@ -229,16 +231,19 @@ class Trainer:
 
     def _resume_point(self) -> tuple[Path | None, dict]:
         """The checkpoint this start resumes from (None: a fresh run) and its trainer state,
-        checked against the config. Reads only: a refused start leaves the run as it was."""
-        latest = latest_checkpoint(self.run_dir)
+        checked against the config. It writes only to repair ``latest`` (recovered, or moved off
+        a corrupt checkpoint); a refused start otherwise leaves the run as it was."""
         resume = self.cfg.train.resume
+        if resume is False:
+            if complete_checkpoints(self.run_dir / "checkpoints"):
+                raise RunStateError(f"{self.run_dir} holds checkpoints and train.resume=false: "
+                                    "pick another run_dir, or resume")
+            return None, {}
+        latest = resume_checkpoint(self.run_dir, self.info)  # verified, repaired if need be
         if latest is None:
             if resume:
                 raise RunStateError(f"train.resume=true but {self.run_dir} has no checkpoint")
             return None, {}
-        if resume is False:
-            raise RunStateError(f"{self.run_dir} holds checkpoints and train.resume=false: pick "
-                                "another run_dir, or resume")
         self._check_same_model(latest)
         return latest, json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # A model small enough that a few dozen steps take seconds on 2 cores, with every part present.
@@ -19,7 +20,9 @@ TINY_MODEL = [
 
 def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
                  timeout: int = 300, check: bool = True,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+                 env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """``preexec_fn`` runs in the child before it starts (a umask, a resource limit)."""
     args = ["+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}", "data.source=null",
             *TINY_MODEL, *overrides]
     if nproc == 1:
@@ -28,7 +31,8 @@ def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "xmod_pretrain", *args]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          preexec_fn=preexec_fn)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-6000:]}")

@@ -62,6 +62,8 @@ def test_open_run_errors_name_the_problem(run, tmp_path):
         open_run(tmp_path / "empty")
     with pytest.raises(RunNotFoundError, match="no checkpoint of step 7 .*available steps: 3"):
         open_run(run, step=7)
+    # Without checksums.json (a checkpoint from before them) an edit is read, and caught here.
+    (run / "checkpoints" / "step_00000003" / "checksums.json").unlink()
     (run / "checkpoints" / "step_00000003" / "languages.json").write_text('["en_XX"]')
     with pytest.raises(RunFormatError, match="languages.json lists"):
         open_run(run)

@@ -40,7 +40,8 @@ from xmod_pretrain.posthoc import (
     build_grown_model, plan_add_language, prepare_new_languages, source_validation,
 )
 from xmod_pretrain.runs import sidecars
-from xmod_pretrain.signals import StopRequest, signal_name
+from xmod_pretrain.runlock import lock_run_dir
+from xmod_pretrain.signals import StopRequest, signal_name, stop_when_orphaned
 
 
 class NonFiniteLoss(RuntimeError):
@@ -117,6 +118,9 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.info = init_distributed(cfg.deepspeed.dist_timeout_s)
+        # Before any work: one trainer per run_dir, and no worker outlives its launcher.
+        self.run_lock = lock_run_dir(cfg.run_dir, self.info)
+        stop_when_orphaned()
         self._set_threads()
         self.run_dir = Path(cfg.run_dir)
         self.plan = plan_add_language(cfg) if cfg.add_language.languages else None
@@ -140,7 +144,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, self.info.is_main,
                                      dataclasses.asdict(cfg))
         self.step, self.tokens_seen, self.first_valid = 0, 0, None
-        self.stop_request = StopRequest()
+        self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, self.info.is_main)
         self._resume()
         self._init_window()
 
@@ -412,4 +416,9 @@ def run(cfg: Config) -> None:
     if cfg.train.dry_run:
         dry_run(cfg)
         return
-    Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+    finally:
+        if trainer.run_lock:
+            trainer.run_lock.release()

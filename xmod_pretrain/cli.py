@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xmod_pretrain.config import register_configs
-from xmod_pretrain.errors import Aborted, UserError
+from xmod_pretrain.errors import Aborted, UserError, error_line
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # Commands that read a run and write a module file or a derived run (language_modules.py).
@@ -41,7 +41,7 @@ def user_errors_exit() -> Iterator[None]:
     try:
         yield
     except UserError as err:
-        print(f"xmod_pretrain: error: {err}", file=sys.stderr, flush=True)
+        print(error_line(err), file=sys.stderr, flush=True)
         sys.exit(1)
     except Aborted as err:
         print(err, file=sys.stderr, flush=True)

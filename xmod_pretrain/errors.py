@@ -18,3 +18,8 @@ class Aborted(BaseException):
 
 class UserError(Exception):
     """A problem the user can fix; the message says which and how."""
+
+
+def error_line(err: UserError | str) -> str:
+    """How the command line prints a user error."""
+    return f"xmod_pretrain: error: {err}"

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from xmod_pretrain.distributed import DistInfo
-from xmod_pretrain.errors import UserError
+from xmod_pretrain.distributed import DistInfo, barrier
+from xmod_pretrain.errors import UserError, error_line
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
@@ -266,7 +266,8 @@ class RunLock:
 
 def lock_run_dir(run_dir: str | Path, info: DistInfo) -> RunLock | None:
     """Rank 0 takes the run directory's lock and tells every rank the outcome, so that all
-    of them go on, or all exit non-zero together. Returns rank 0's lock (None elsewhere)."""
+    of them go on, or all exit with status 1 together, rank 0 printing why. Returns rank 0's
+    lock (None elsewhere)."""
     lock, refusal = None, None
     if info.is_main:
         lock = RunLock(run_dir)
@@ -284,5 +285,7 @@ def lock_run_dir(run_dir: str | Path, info: DistInfo) -> RunLock | None:
     if refusal is None:
         return lock
     if info.is_main:
-        raise RunLockError(refusal)
-    raise SystemExit(1)  # rank 0 prints the one line that says why
+        print(error_line(refusal), file=sys.stderr, flush=True)
+    # The line is out before any rank exits: torchrun kills the others at the first exit.
+    barrier()
+    raise SystemExit(1)

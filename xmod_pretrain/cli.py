@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xmod_pretrain.config import check_config, register_configs
-from xmod_pretrain.errors import UserError
+from xmod_pretrain.errors import Aborted, UserError, error_line
 
 # Package data, so an installed wheel finds its configs; the checkout's top-level conf/ links here.
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -39,12 +39,19 @@ def _train(cfg: DictConfig) -> None:
 
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
-    """The CLI boundary: a UserError becomes one line on stderr and exit status 1, no traceback."""
+    """The CLI boundary: a UserError becomes one line on stderr and exit status 1, no traceback;
+    a second Ctrl-C during training (or one before it starts) one line and exit status 130."""
     try:
         yield
     except UserError as err:
-        print(f"xmod_pretrain: error: {err}", file=sys.stderr, flush=True)
+        print(error_line(err), file=sys.stderr, flush=True)
         sys.exit(1)
+    except Aborted as err:
+        print(err, file=sys.stderr, flush=True)
+        sys.exit(Aborted.exit_status)
+    except KeyboardInterrupt:
+        print("interrupted by Ctrl-C", file=sys.stderr, flush=True)
+        sys.exit(Aborted.exit_status)
 
 
 def train_main() -> None:

@@ -9,5 +9,17 @@ with no traceback. Anything else is a bug or a fault of the machine and keeps it
 from __future__ import annotations
 
 
+class Aborted(BaseException):
+    """A second Ctrl-C during training: exit now, without saving. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way out swallows it."""
+
+    exit_status = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
+
+
 class UserError(Exception):
     """A problem the user can fix; the message says which and how."""
+
+
+def error_line(err: UserError | str) -> str:
+    """How the command line prints a user error."""
+    return f"xmod_pretrain: error: {err}"

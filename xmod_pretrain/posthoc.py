@@ -23,6 +23,7 @@ from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_code, check_language_list
 from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.export import is_hf_folder, open_hf_folder
+from xmod_pretrain.runlock import LOCK_NAME
 from xmod_pretrain.runs import RunCheckpoint, inside_checkpoints, load_config, open_run
 from xmod_pretrain.tokenizer import Tokenizer
 
@@ -69,7 +70,7 @@ def check_run_dir(cfg: Config, source: RunCheckpoint) -> None:
     if checkpoints is not None:
         raise AddLanguageError(f"--out {run_dir} is inside the checkpoints folder of a run "
                                f"({checkpoints}): pick a new directory")
-    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != ".lock"]:
+    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != LOCK_NAME]:
         return
     saved = run_dir / "config.yaml"
     if saved.is_file():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -44,8 +43,9 @@ from xmod_pretrain.optim import LanguageAdamW
 from xmod_pretrain.posthoc import (
     build_grown_model, plan_add_language, prepare_new_languages, source_validation,
 )
+from xmod_pretrain.runlock import lock_run_dir
 from xmod_pretrain.runs import load_config, sidecars
-from xmod_pretrain.signals import StopRequest, signal_name
+from xmod_pretrain.signals import StopRequest, signal_name, stop_when_orphaned
 
 
 class NonFiniteLoss(RuntimeError):
@@ -131,6 +131,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.info = init_distributed(cfg.deepspeed.dist_timeout_s)
+        # Before any work: one trainer per run_dir, and no worker outlives its launcher.
         self._set_threads()
         self.run_dir = Path(cfg.run_dir)
         self.plan = plan_add_language(cfg) if cfg.add_language.languages else None
@@ -160,7 +161,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, self.info.is_main,
                                      dataclasses.asdict(cfg))
         self.step, self.tokens_seen, self.first_valid = 0, 0, None
-        self.stop_request = StopRequest()
+        self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, self.info.is_main)
         self._resume()
         self._init_window()
 
@@ -442,23 +443,18 @@ def run(cfg: Config) -> None:
     if cfg.train.dry_run:
         dry_run(cfg)
         return
+    info = init_distributed(cfg.deepspeed.dist_timeout_s)
+    lock = lock_run_dir(cfg.run_dir, info)  # first: nothing reads or writes the run before it
+    stop_when_orphaned()
+    started = False
     try:
-        trainer = start(cfg)
+        trainer = Trainer(cfg)
+        started = True
+        trainer.train()
     except NothingToTrain as done:
         print(done, flush=True)
-        return
-    trainer.train()
-
-
-def start(cfg: Config) -> Trainer:
-    """Build the trainer. A start that fails removes the run directory if it made it: every
-    check comes before the first write, so a refused start leaves an existing run as it was and
-    no half-made new one."""
-    run_dir = Path(cfg.run_dir)
-    made_here = not run_dir.exists()
-    try:
-        return Trainer(cfg)
-    except BaseException:
-        if made_here and os.environ.get("RANK", "0") == "0":
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    finally:
+        if lock:
+            # Every check comes before the first write, so a refused start leaves an existing
+            # run as it was; a new one it made (half-prepared add-language data) goes entirely.
+            lock.release(remove_new_run_dir=not started)

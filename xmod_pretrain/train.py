@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from xmod_pretrain.anchor import LanguageAnchor
 from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
 from xmod_pretrain.config import Config, ModelConfig
-from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
+from data_prep.shards import MANIFEST, TOKENIZER_FILE, check_run_tokenizer, read_manifest
 from xmod_pretrain.data import (
     DataError, LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches,
 )
@@ -154,6 +154,7 @@ class Trainer:
             return prepare_new_languages(cfg, self.plan, self.info), self.plan.model_cfg
         if cfg.init_from:
             manifest = ensure_prepared(cfg, self.info, hf_tokenizer_file(cfg.init_from))
+            check_run_tokenizer(hf_tokenizer_file(cfg.init_from), cfg.data.dir)
             cfg = dataclasses.replace(cfg, model=model_config_from_hf(cfg.init_from))
         else:
             manifest = ensure_prepared(cfg, self.info)
@@ -186,7 +187,7 @@ class Trainer:
         data_langs = check_language_list(data.languages or list(manifest["languages"]), "data.languages")
         lang_ids = [language_index(self.languages, data.shared_module or lang) for lang in data_langs]
         masker = Masker(data.masking, self.cfg.model.vocab_size)
-        train = ShardSet(data.dir, "train", data_langs)
+        train = ShardSet(data.dir, "train", data_langs, data.verify_shards)
         self.sampler = LanguageSampler(train, data, masker, self.cfg.train.micro_batch_size,
                                        self.cfg.train.seed, lang_ids)
         self.valid = self._valid_batches(data.dir, data_langs, masker)
@@ -195,7 +196,7 @@ class Trainer:
             self.valid.update(self._valid_batches(*source, masker))
 
     def _valid_batches(self, data_dir: str, langs: list[str], masker: Masker) -> dict:
-        valid, train = ShardSet(data_dir, "valid", langs), self.cfg.train
+        valid, train = ShardSet(data_dir, "valid", langs, self.cfg.data.verify_shards), self.cfg.train
         modules = self.cfg.data.shared_module  # None: each language through its own
         return {lang: validation_batches(valid, d, language_index(self.languages, modules or lang),
                                          masker, train.micro_batch_size, self.cfg.data.seq_len,
@@ -220,6 +221,7 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} holds checkpoints and train.resume=false: pick "
                                   "another run_dir, or resume")
         self._check_same_model(latest)
+        check_run_tokenizer(latest / TOKENIZER_FILE, self.cfg.data.dir)
         state = self.checkpointer.load(self.engine, latest)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.first_valid = state.get("first_valid")

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from xmod_pretrain.config import register_configs
@@ -29,9 +30,12 @@ LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
 def _train(cfg: DictConfig) -> None:
     with user_errors_exit():
+        from xmod_pretrain.data import check_first_use
         from xmod_pretrain.train import run
 
-        run(OmegaConf.to_object(cfg))
+        config = OmegaConf.to_object(cfg)
+        check_first_use(config, HydraConfig.get().overrides.task)
+        run(config)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ is split over ranks and accumulation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from data_prep.encode import TOKEN_DTYPE
 from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
-from xmod_pretrain.config import DataConfig, MaskingConfig
+from xmod_pretrain.config import Config, DataConfig, MaskingConfig
 from xmod_pretrain.errors import UserError
 from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
@@ -35,6 +36,25 @@ SCAN_PROGRESS_BYTES = 1 << 30
 
 class DataError(UserError, ValueError):
     """Prepared data that cannot be used as asked (inconsistent, unknown language)."""
+
+
+def check_first_use(cfg: Config, overrides: Sequence[str]) -> None:
+    """Refuse to prepare a ``data.dir`` named on the command line without ``data.source``.
+
+    The trainer prepares a missing ``data.dir`` from ``data.source`` on first use. The rule:
+    it does so for the folder the experiment names (``data/demo``), or when the command line
+    names ``data.source`` too; a ``data.dir`` given alone must hold prepared data. Otherwise a
+    mistyped path would quietly become a run on the demo corpus. ``overrides`` are Hydra's
+    command-line overrides (``data.dir=...``)."""
+    data = cfg.data
+    if data.source is None or cfg.add_language.languages or (Path(data.dir) / MANIFEST).is_file():
+        return  # nothing would be prepared here (add-language prepares its own data.dir)
+    named = {override.lstrip("+~").partition("=")[0] for override in overrides}
+    if "data.dir" in named and "data.source" not in named:
+        text = "the bundled demo corpus" if data.source == "bundled" else data.source
+        raise DataError(
+            f"data.dir={data.dir} holds no {MANIFEST}: it is not prepared data. Give the folder "
+            f"prepare wrote, or add data.source={data.source} to prepare {text} there")
 
 
 class ShardSet:

@@ -39,6 +39,7 @@ from xmod_pretrain.optim import LanguageAdamW
 from xmod_pretrain.posthoc import (
     build_grown_model, plan_add_language, prepare_new_languages, source_validation,
 )
+from xmod_pretrain.paths import resolve_paths
 from xmod_pretrain.runs import sidecars
 from xmod_pretrain.signals import StopRequest, signal_name
 
@@ -411,6 +412,7 @@ class Trainer:
 
 
 def run(cfg: Config) -> None:
+    cfg = resolve_paths(cfg)  # the run's config.yaml then reads the same from any directory
     if cfg.train.dry_run:
         dry_run(cfg)
         return

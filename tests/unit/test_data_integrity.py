@@ -77,3 +77,58 @@ def test_id_outside_the_vocabulary_is_refused_with_its_position(data_copy, monke
         ShardSet(data_copy, "train", ["en_XX", "ru_RU"])
     # data.verify_shards=false skips the scan (and only it)
     assert len(ShardSet(data_copy, "train", ["ru_RU"], verify=False).tokens[0]) == len(tokens)
+
+
+# ---- paths a run stores ---------------------------------------------------------------------
+
+def _config(run_dir: str, data_dir: str, source_run: str | None = None):
+    from xmod_pretrain.config import AddLanguageConfig, Config, DataConfig
+
+    return Config(run_dir=run_dir, data=DataConfig(dir=data_dir),
+                  add_language=AddLanguageConfig(source_run=source_run))
+
+
+def test_resolve_paths_makes_every_path_absolute(tmp_path, monkeypatch):
+    from xmod_pretrain.paths import resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_paths(_config("runs/demo", "data/demo", "runs/base"))
+    assert (cfg.run_dir, cfg.data.dir, cfg.add_language.source_run) == (
+        str(tmp_path / "runs/demo"), str(tmp_path / "data/demo"), str(tmp_path / "runs/base"))
+    assert cfg.init_from is None and cfg.add_language.text is None  # unset stays unset
+
+
+def test_a_moved_run_finds_its_data_where_it_moved_with_it(tmp_path):
+    from xmod_pretrain.paths import relocate_paths
+
+    new = tmp_path / "new" / "repo"
+    (new / "data" / "demo").mkdir(parents=True)
+    kept = tmp_path / "shared"  # still where it was: not moved
+    kept.mkdir()
+    cfg = _config("/old/repo/runs/demo", "/old/repo/data/demo", str(kept))
+    moved = relocate_paths(cfg, new / "runs" / "demo")
+    assert moved.run_dir == str(new / "runs" / "demo")
+    assert moved.data.dir == str(new / "data" / "demo")
+    assert moved.add_language.source_run == str(kept)
+    # gone from both places: the stored path stays, for the error to name
+    assert relocate_paths(_config("/old/r/runs/x", "/old/r/gone"), new).data.dir == "/old/r/gone"
+
+
+def test_relative_paths_of_older_runs_resolve_against_the_runs_base(tmp_path):
+    from xmod_pretrain.paths import relocate_paths
+
+    cfg = relocate_paths(_config("runs/demo", "data/demo"), tmp_path / "runs" / "demo")
+    assert cfg.data.dir == str(tmp_path / "data" / "demo")
+
+
+# ---- first-use preparation ----------------------------------------------------------------------
+
+def test_first_use_prepares_only_the_experiments_folder_or_a_named_source(tmp_path):
+    from xmod_pretrain.data import check_first_use
+
+    typo = _config("runs/x", str(tmp_path / "dta"))
+    with pytest.raises(DataError, match=f"data.dir={tmp_path / 'dta'} holds no manifest.json.*"
+                                        "add data.source=bundled to prepare the bundled demo"):
+        check_first_use(typo, ["+exp=demo", f"data.dir={tmp_path / 'dta'}"])
+    check_first_use(typo, ["+exp=demo"])  # the experiment's own folder
+    check_first_use(typo, [f"data.dir={tmp_path / 'dta'}", "data.source=bundled"])

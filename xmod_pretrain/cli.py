@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from xmod_pretrain.config import check_config, register_configs
@@ -32,8 +33,10 @@ def _train(cfg: DictConfig) -> None:
     with user_errors_exit():
         config = OmegaConf.to_object(cfg)
         check_config(config)  # before the heavy imports: a bad value fails in about a second
+        from xmod_pretrain.data import check_first_use
         from xmod_pretrain.train import run
 
+        check_first_use(config, HydraConfig.get().overrides.task)
         run(config)
 
 

@@ -41,6 +41,7 @@ from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_list
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.model import count_parameters
+from xmod_pretrain.paths import resolve_paths
 from xmod_pretrain.runs import load_config
 
 # el_GR has the most text of the bundled corpus and zh_CN the least, in two scripts of their own;
@@ -165,9 +166,9 @@ def is_complete(run_dir: Path, cfg: Config) -> bool:
     other settings is refused rather than mixed into the comparison."""
     if not (run_dir / "config.yaml").is_file():
         return False
-    saved = load_config(run_dir / "config.yaml")
+    saved, asked = load_config(run_dir / "config.yaml"), resolve_paths(cfg)  # runs store absolute paths
     differ = [name for name in ("data", "train", "optim")
-              if getattr(saved, name) != getattr(cfg, name)]
+              if getattr(saved, name) != getattr(asked, name)]
     model = dataclasses.replace(saved.model, vocab_size=cfg.model.vocab_size,
                                 languages=cfg.model.languages)
     if model != cfg.model:

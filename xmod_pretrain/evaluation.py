@@ -25,14 +25,12 @@ from pathlib import Path
 import torch
 
 from data_prep.errors import DataPrepError
-from data_prep.shards import MANIFEST, read_manifest
+from data_prep.shards import MANIFEST, check_run_tokenizer, read_manifest
 from xmod_pretrain.config import Config
-from xmod_pretrain.data import DataError, Masker, MicroBatch, ShardSet, validation_batches
+from xmod_pretrain.data import Masker, MicroBatch, ShardSet, validation_batches
 from xmod_pretrain.errors import UserError
 from xmod_pretrain.metrics import perplexity
-from xmod_pretrain.runs import (
-    RunCheckpoint, RunFormatError, RunNotFoundError, inside_checkpoints, load_config, open_run,
-)
+from xmod_pretrain.runs import RunCheckpoint, inside_checkpoints, load_config, open_run
 
 Forward = Callable[[MicroBatch], torch.Tensor]
 """Runs one micro-batch and returns its mean cross-entropy over the masked targets (a scalar)."""
@@ -125,16 +123,19 @@ class Source:
 
 def run_sources(run: RunCheckpoint) -> dict[str, Source]:
     """Each run language's valid shards: the run's ``data.dir`` first, then, for languages added
-    post-hoc, the data of the run it grew from (and so on), where made with the same tokenizer."""
+    post-hoc, the data of the run it grew from (and so on), where made with the same tokenizer.
+    The run's own data made with another tokenizer is refused (TokenizerMismatchError)."""
     found: dict[str, Source] = {}
     sha = run.tokenizer_sha256()
     shared = run.config.data.shared_module  # every data language has text, through that module
-    for data_dir, chosen in _data_dirs(run.config):
+    for depth, (data_dir, chosen) in enumerate(_data_dirs(run.config)):
         if not (data_dir / MANIFEST).is_file():
             continue
+        if depth == 0:
+            check_run_tokenizer(run.tokenizer, data_dir)
         manifest = read_manifest(data_dir)
         if manifest["tokenizer"]["sha256"] != sha:
-            continue
+            continue  # a source run's data prepared again since: it scores no language here
         order = chosen or list(manifest["languages"])
         source = Source(data_dir, [lang for lang in order if shared or lang in run.languages])
         found.update({lang: source for lang in source.order if lang not in found})
@@ -214,6 +215,18 @@ def plan_rows(run: RunCheckpoint, request: Request,
     return rows + list(request.adapter_of.items())
 
 
+def nothing_to_evaluate(run: RunCheckpoint) -> str:
+    """Why no language of ``run`` has valid text: its data folder's manifest is gone, or the
+    folder holds none of its languages."""
+    data_dir = Path(run.config.data.dir)
+    if not (data_dir / MANIFEST).is_file():
+        missing = f"{data_dir / MANIFEST} does not exist (data.dir moved or deleted?)"
+    else:
+        missing = f"{data_dir} holds none of its languages ({', '.join(run.languages)})"
+    return (f"nothing to evaluate in {run.run_dir}: {missing}; prepare it again or pass "
+            "--text LANG=PATH")
+
+
 def evaluate_run(run_dir: str | Path, request: Request, step: int | None = None) -> Evaluation:
     """Evaluate a run's checkpoint as ``request`` asks, on the CPU, without DeepSpeed."""
     from xmod_pretrain.inference import load_run
@@ -225,6 +238,8 @@ def evaluate_run(run_dir: str | Path, request: Request, step: int | None = None)
         data = run_sources(run)
         data.update(text_sources(request.texts, run.tokenizer, Path(tmp)))
         plan = plan_rows(run, request, data)
+        if not plan:
+            raise EvaluationError(nothing_to_evaluate(run))
         model = load_run(run_dir, step)[0].model
         cfg = run.config
         batches = request.batches or cfg.train.eval_batches
@@ -325,7 +340,7 @@ def main(argv: Sequence[str]) -> int:
         request = Request(args.langs, texts, _pairs(args.adapter_of, "--adapter-of"),
                           args.draws, args.batches)
         evaluation = evaluate_run(args.run, request, args.step)
-    except (EvaluationError, RunNotFoundError, RunFormatError, DataError) as err:
+    except UserError as err:
         print(f"xmod_pretrain evaluate: error: {err}", file=sys.stderr, flush=True)
         return 1
     print(format_rows(evaluation), flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep.shards import read_manifest
+from data_prep.shards import check_run_tokenizer, read_manifest
 from xmod_pretrain.atomic import write_text
 from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo, barrier
@@ -150,6 +150,7 @@ def prepare_new_languages(cfg: Config, plan: AddLanguagePlan, info: DistInfo) ->
         prepare(source, out, valid_fraction=cfg.data.valid_fraction, languages=plan.new_languages,
                 workers=cfg.data.prepare_workers, tokenizer=plan.source.tokenizer)
     barrier()
+    check_run_tokenizer(plan.source.tokenizer, out)  # an out prepared earlier, by another model
     return read_manifest(out)
 
 

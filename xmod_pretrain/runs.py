@@ -31,6 +31,7 @@ from xmod_pretrain.checkpoint import (
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.errors import UserError
+from xmod_pretrain.paths import relocate_paths, resolve_paths
 
 CONFIG_FILE = "config.yaml"
 LANGUAGES_FILE = "languages.json"
@@ -73,8 +74,17 @@ class RunCheckpoint:
 
 
 def load_config(path: str | Path) -> Config:
-    """A saved ``config.yaml`` as the typed Config (defaults fill keys added since it was saved)."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)))
+    """A run's saved ``config.yaml`` (at its top or in a checkpoint) as the typed Config, with
+    defaults for keys added since it was saved, and its paths relocated to where the run is now
+    (see ``paths.relocate_paths``): a run reads the same from any directory, and after it moved."""
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)))
+    return relocate_paths(config, run_of_config(Path(path)))
+
+
+def run_of_config(path: Path) -> Path:
+    """The run directory a ``config.yaml`` belongs to: its folder, or the run of its checkpoint."""
+    folder = path.resolve().parent
+    return folder.parent.parent if folder.parent.name == "checkpoints" else folder
 
 
 def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
@@ -201,12 +211,13 @@ def write_run(out_dir: str | Path, config: Config, tokenizer: Path,
               weights: dict[str, torch.Tensor], step: int, trainer_state: dict[str, Any]) -> Path:
     """Write a new run holding one weights-only checkpoint; return the checkpoint folder.
 
-    ``config.run_dir`` becomes ``out_dir``, so the run describes where it lives. The run is built
+    ``config.run_dir`` becomes ``out_dir`` and every path is stored absolute (``resolve_paths``),
+    so the run describes where it lives and reads the same from anywhere. The run is built
     beside ``out_dir`` under a temporary name and renamed into place, so ``out_dir`` appears
     complete or not at all; an existing non-empty ``out_dir`` is refused.
     """
     out_dir = check_new_run_dir(out_dir)
-    config = dataclasses.replace(config, run_dir=str(out_dir))
+    config = resolve_paths(dataclasses.replace(config, run_dir=str(out_dir)))
     tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

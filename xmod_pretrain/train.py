@@ -21,7 +21,7 @@ from xmod_pretrain.checkpoint import (
     TRAINER_STATE, Checkpointer, complete_checkpoints, latest_checkpoint, resume_checkpoint,
 )
 from xmod_pretrain.config import Config, ConfigError, ModelConfig
-from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
+from data_prep.shards import MANIFEST, TOKENIZER_FILE, check_run_tokenizer, read_manifest
 from xmod_pretrain.data import (
     DataError, LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches,
 )
@@ -43,8 +43,9 @@ from xmod_pretrain.optim import LanguageAdamW
 from xmod_pretrain.posthoc import (
     build_grown_model, plan_add_language, prepare_new_languages, source_validation,
 )
+from xmod_pretrain.paths import resolve_paths
 from xmod_pretrain.runlock import lock_run_dir
-from xmod_pretrain.runs import load_config, sidecars
+from xmod_pretrain.runs import load_config, new_output_dir, sidecars
 from xmod_pretrain.signals import StopRequest, signal_name, stop_when_orphaned
 
 
@@ -76,8 +77,9 @@ def ensure_prepared(cfg: Config, info: DistInfo, tokenizer: Path | None = None) 
             from data_prep.prepare import prepare
 
             print(f"preparing {data.dir} from {data.source} (first use)", flush=True)
-            prepare(data.source, data.dir, vocab_size=data.vocab_size, tokenizer=tokenizer,
-                    valid_fraction=data.valid_fraction, workers=data.prepare_workers)
+            with new_output_dir(data.dir, overwrite=True, option="data.dir") as out:
+                prepare(data.source, out, vocab_size=data.vocab_size, tokenizer=tokenizer,
+                        valid_fraction=data.valid_fraction, workers=data.prepare_workers)
         barrier()
     return read_manifest(data.dir)
 
@@ -175,6 +177,7 @@ class Trainer:
             return prepare_new_languages(cfg, self.plan, self.info), self.plan.model_cfg
         if cfg.init_from:
             manifest = ensure_prepared(cfg, self.info, hf_tokenizer_file(cfg.init_from))
+            check_run_tokenizer(hf_tokenizer_file(cfg.init_from), cfg.data.dir)
             cfg = dataclasses.replace(cfg, model=model_config_from_hf(cfg.init_from))
         else:
             manifest = ensure_prepared(cfg, self.info)
@@ -207,7 +210,7 @@ class Trainer:
         data_langs = check_language_list(data.languages or list(manifest["languages"]), "data.languages")
         lang_ids = [language_index(self.languages, data.shared_module or lang) for lang in data_langs]
         masker = Masker(data.masking, self.cfg.model.vocab_size)
-        train = ShardSet(data.dir, "train", data_langs)
+        train = ShardSet(data.dir, "train", data_langs, data.verify_shards)
         self.sampler = LanguageSampler(train, data, masker, self.cfg.train.micro_batch_size,
                                        self.cfg.train.seed, lang_ids)
         self.valid = self._valid_batches(data.dir, data_langs, masker)
@@ -216,7 +219,7 @@ class Trainer:
             self.valid.update(self._valid_batches(*source, masker))
 
     def _valid_batches(self, data_dir: str, langs: list[str], masker: Masker) -> dict:
-        valid, train = ShardSet(data_dir, "valid", langs), self.cfg.train
+        valid, train = ShardSet(data_dir, "valid", langs, self.cfg.data.verify_shards), self.cfg.train
         modules = self.cfg.data.shared_module  # None: each language through its own
         return {lang: validation_batches(valid, d, language_index(self.languages, modules or lang),
                                          masker, train.micro_batch_size, self.cfg.data.seq_len,
@@ -246,6 +249,7 @@ class Trainer:
                 raise RunStateError(f"train.resume=true but {self.run_dir} has no checkpoint")
             return None, {}
         self._check_same_model(latest)
+        check_run_tokenizer(latest / TOKENIZER_FILE, self.cfg.data.dir)
         return latest, json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
 
     def _resume(self) -> None:
@@ -440,6 +444,7 @@ class Trainer:
 
 
 def run(cfg: Config) -> None:
+    cfg = resolve_paths(cfg)  # the run's config.yaml then reads the same from any directory
     if cfg.train.dry_run:
         dry_run(cfg)
         return

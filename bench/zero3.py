@@ -38,6 +38,7 @@ def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> floa
     steps, every = (6, 2) if quick else (60, 10)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "xmod_pretrain", "+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}",
+           "data.source=bundled",  # prepared on first use, by the first of the runs
            f"train.max_steps={steps}", f"train.log_every={every}", "train.eval_every=0",
            "train.eval_batches=1", "train.save_every=0", "logging.wandb=false", *layout,
            *(QUICK_MODEL if quick else [])]

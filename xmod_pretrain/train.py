@@ -133,7 +133,6 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.info = init_distributed(cfg.deepspeed.dist_timeout_s)
-        # Before any work: one trainer per run_dir, and no worker outlives its launcher.
         self._set_threads()
         self.run_dir = Path(cfg.run_dir)
         self.plan = plan_add_language(cfg) if cfg.add_language.languages else None

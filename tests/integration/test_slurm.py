@@ -153,7 +153,8 @@ def test_usr1_checkpoints_requeues_and_resumes(slurm, tiny_data, tmp_path):
     stopped = re.search(r"stopping on SIGTERM after step (\d+)", log)
     assert stopped and int(stopped[1]) < max_steps, log[-8000:]
     step = int(stopped[1])
-    assert f"resumed from runs/xmod-{job}/checkpoints/step_{step:08d} at step {step}" in log
+    # run_dir is stored resolved: the message names runs/xmod-<job> under the job's directory.
+    assert f"/runs/xmod-{job}/checkpoints/step_{step:08d} at step {step}" in log
     assert re.findall(rf"^job {job} \(restart (\d)\)", log, re.M) == ["0", "1"]
     # Training went on from the checkpoint: every log window once, to the end.
     train, _ = read_metrics(run)

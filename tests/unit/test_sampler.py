@@ -81,8 +81,6 @@ def test_languages_per_rank_or_shared(tiny_data):
     assert any(per_rank.language(s, 0, 0) != per_rank.language(s, 0, 1) for s in steps)
     # 'step': every rank of a micro-step has the same language.
     assert all(shared.language(s, 0, 0) == shared.language(s, 0, 1) for s in steps)
-    with pytest.raises(ValueError, match="language_per"):
-        make_sampler(tiny_data, language_per="node")
 
 
 def test_model_language_ids_are_used(tiny_data):
@@ -111,11 +109,6 @@ def test_masking_statistics():
     assert np.array_equal(flat_in[untouched], flat_tok[untouched])
     random_ids = flat_in[positions][~masked & ~kept]
     assert (random_ids >= 4).all() and (random_ids < vocab - 1).all()
-
-
-def test_masking_config_is_checked():
-    with pytest.raises(ValueError, match="masking"):
-        Masker(MaskingConfig(prob=0.15, mask_frac=0.9, random_frac=0.2), 100)
 
 
 def test_validation_batches_are_fixed(tiny_data):

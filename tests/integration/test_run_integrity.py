@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import stat
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import read_metrics, run_training
-from xmod_pretrain.checkpoint import latest_checkpoint, verify_checkpoint
+from tests.integration.launch import read_metrics, run_training, tree_hash
+from xmod_pretrain.checkpoint import CheckpointCorrupt, latest_checkpoint, verify_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +202,46 @@ def test_a_failed_publish_stops_every_rank(tmp_path):
         assert f"rank {rank}: no space left on " in proc.stdout, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.count("checkpoints/latest stays on step_00000001") == 2
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def flip_a_byte(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+def test_damage_to_any_file_of_a_real_checkpoint_is_named(two_saves, tmp_path):
+    """Every file DeepSpeed and we write into a checkpoint is covered by its checksums."""
+    names = sorted(json.loads((latest_checkpoint(two_saves) / "checksums.json").read_text()))
+    assert {"model.safetensors", "trainer_state.json", "config.yaml", "languages.json",
+            "sentencepiece.bpe.model", OPTIMIZER_STATE, "mp_rank_00_model_states.pt"} <= set(names)
+    for name in names:
+        copy = tmp_path / name.replace("/", "_")
+        shutil.copytree(latest_checkpoint(two_saves), copy)
+        flip_a_byte(copy / name)
+        with pytest.raises(CheckpointCorrupt, match=f"{re.escape(name)} is corrupt: its sha256"):
+            verify_checkpoint(copy)
+
+
+@pytest.mark.parametrize("pointer", ["garbage\n", "../../other/checkpoints/step_00000004\n",
+                                     "/tmp/step_00000004\n"])
+def test_a_latest_that_names_no_checkpoint_of_the_run_is_refused(run, tiny_data, pointer):
+    (run / "checkpoints" / "latest").write_text(pointer)
+    before = tree_hash(run)
+    proc = run_training(run, tiny_data, "train.max_steps=6", *FAST, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"holds {pointer.strip()!r}, which is not the name of a checkpoint" in proc.stderr
+    assert tree_hash(run) == before
+
+
+def test_strays_in_checkpoints_survive_cleanup(run, tiny_data):
+    """Only complete step_ + 8-digit checkpoints are ever deleted, oldest step first."""
+    root = run / "checkpoints"
+    strays = ["step_zz", "step_3", "step_00000009-mine", "notes"]
+    for name in strays:
+        (root / name).mkdir()
+        (root / name / "keep.txt").write_text(name)
+    run_training(run, tiny_data, "train.max_steps=6", "train.keep_checkpoints=1", *FAST)
+    kept = sorted(p.name for p in root.iterdir() if not p.name.startswith("zero_to_"))  # DeepSpeed's
+    assert kept == sorted(["latest", "step_00000006", *strays])
+    assert all((root / name / "keep.txt").read_text() == name for name in strays)

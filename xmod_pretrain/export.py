@@ -62,6 +62,11 @@ FIXED_SETTINGS = {
 }
 
 
+class TransformersFolderError(UserError, FileNotFoundError, ValueError):
+    """A folder that is not a transformers X-MOD model this code can read: a file is missing, or
+    its config asks for something the model does not implement."""
+
+
 class WeightMismatchError(UserError, ValueError):
     """Weights and model disagree: names missing, unexpected, or of the wrong shape."""
 
@@ -174,18 +179,18 @@ def model_config_from_hf(folder: str | Path) -> ModelConfig:
     """
     path = Path(folder) / HF_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {HF_CONFIG}: not a transformers model folder")
+        raise TransformersFolderError(f"{folder} has no {HF_CONFIG}: not a transformers model folder")
     raw = json.loads(path.read_text(encoding="utf-8"))
     if raw.get("model_type") != "xmod":
-        raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, not 'xmod'")
+        raise TransformersFolderError(f"{path}: model_type is {raw.get('model_type')!r}, not 'xmod'")
     for key, (default, required) in FIXED_SETTINGS.items():
         if raw.get(key, default) != required:
-            raise ValueError(f"{path}: {key} is {raw.get(key, default)!r}; this model supports "
+            raise TransformersFolderError(f"{path}: {key} is {raw.get(key, default)!r}; this model supports "
                              f"only {required!r}")
     values = {key: raw.get(key, default) for key, default in XMOD_CONFIG_DEFAULTS.items()}
     factor = values["adapter_reduction_factor"]
     if factor != int(factor):
-        raise ValueError(f"{path}: adapter_reduction_factor {factor} is not a whole number")
+        raise TransformersFolderError(f"{path}: adapter_reduction_factor {factor} is not a whole number")
     values["adapter_reduction_factor"] = int(factor)
     values["languages"] = check_language_list(values["languages"], str(path))
     return ModelConfig(**values)
@@ -196,7 +201,7 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     folder = Path(folder)
     name = next((n for n in HF_WEIGHT_FILES if (folder / n).is_file()), None)
     if name is None:
-        raise FileNotFoundError(f"{folder} has no weights (looked for {', '.join(HF_WEIGHT_FILES)})")
+        raise TransformersFolderError(f"{folder} has no weights (looked for {', '.join(HF_WEIGHT_FILES)})")
     files = [folder / name]
     if name.endswith(".index.json"):  # sharded: the index maps each tensor to its shard
         weight_map = json.loads(files[0].read_text(encoding="utf-8"))["weight_map"]
@@ -266,7 +271,7 @@ def hf_tokenizer_file(folder: str | Path) -> Path:
     """The folder's ``sentencepiece.bpe.model``, checked to be in XLM-R's id layout."""
     path = Path(folder) / SENTENCEPIECE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {SENTENCEPIECE_FILE}: the SentencePiece model "
+        raise TransformersFolderError(f"{folder} has no {SENTENCEPIECE_FILE}: the SentencePiece model "
                                 "is needed to keep the folder's token ids")
     Tokenizer.from_file(path)  # a model in another id layout fails here, not mid-training
     return path

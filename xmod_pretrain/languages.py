@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from xmod_pretrain.errors import UserError
+
 # fairseq / transformers style: ISO 639 language, underscore, region (or XX when none is implied).
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}$")
 
@@ -24,11 +26,22 @@ XMOD_BASE_LANGUAGES: tuple[str, ...] = tuple(
 )
 
 
+class LanguageCodeError(UserError, ValueError):
+    """A language code that is malformed or listed twice."""
+
+
+class UnknownLanguageError(UserError, KeyError):
+    """A language the model or the data does not have."""
+
+    def __str__(self) -> str:  # KeyError would print its message quoted
+        return str(self.args[0])
+
+
 def check_language_code(code: str, where: str = "") -> str:
     """Return ``code`` if it looks like ``xx_YY``; raise ValueError naming it otherwise."""
     if not isinstance(code, str) or not LANGUAGE_CODE.match(code):
         place = f" in {where}" if where else ""
-        raise ValueError(
+        raise LanguageCodeError(
             f"language code {code!r}{place} is not of the form xx_YY "
             "(ISO 639 language, underscore, region or XX, e.g. en_XX, de_DE, yo_NG)"
         )
@@ -41,7 +54,7 @@ def check_language_list(codes: Iterable[str], where: str = "") -> list[str]:
     seen: set[str] = set()
     for code in codes:
         if code in seen:
-            raise ValueError(f"language {code!r} is listed twice{' in ' + where if where else ''}")
+            raise LanguageCodeError(f"language {code!r} is listed twice{' in ' + where if where else ''}")
         seen.add(code)
     return codes
 
@@ -51,6 +64,6 @@ def language_index(languages: Sequence[str], code: str) -> int:
     try:
         return list(languages).index(code)
     except ValueError:
-        raise KeyError(
+        raise UnknownLanguageError(
             f"unknown language {code!r}; this model has {len(languages)}: {', '.join(languages)}"
         ) from None

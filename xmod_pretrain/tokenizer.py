@@ -24,12 +24,18 @@ from typing import Any, cast
 import numpy as np
 import sentencepiece as spm
 
+from xmod_pretrain.errors import UserError
+
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 # Piece ids the SentencePiece model must have for the layout above (XLM-R's model has them).
 SP_UNK_ID, SP_BOS_ID, SP_EOS_ID, SP_PAD_ID = 0, 1, 2, -1
 PIECE_OFFSET = 1  # id = piece + 1 for every real piece (fairseq's dictionary shift)
 
 TextSource = str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str]
+
+
+class TokenizerError(UserError, ValueError):
+    """A file that is not a SentencePiece model in XLM-R's id layout."""
 
 
 class Tokenizer:
@@ -52,10 +58,10 @@ class Tokenizer:
         try:
             sp = spm.SentencePieceProcessor(model_proto=data)
         except RuntimeError as e:
-            raise ValueError(f"{path} is not a SentencePiece model ({e})") from None
+            raise TokenizerError(f"{path} is not a SentencePiece model ({e})") from None
         layout = (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id())
         if layout != (SP_UNK_ID, SP_BOS_ID, SP_EOS_ID, SP_PAD_ID):
-            raise ValueError(
+            raise TokenizerError(
                 f"{path}: SentencePiece ids (unk, bos, eos, pad) are {layout}; XLM-R's layout "
                 f"needs {(SP_UNK_ID, SP_BOS_ID, SP_EOS_ID, SP_PAD_ID)} (train with unk_id=0, "
                 "bos_id=1, eos_id=2, pad_id=-1)"

@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from xmod_pretrain.runs import new_output_dir  # the rule every --out of the CLI follows
 
     try:
-        with new_output_dir(args.out, args.overwrite) as out:
+        with new_output_dir(args.out, args.overwrite, data=True) as out:
             manifest = prepare(
                 args.source, out, args.vocab_size, args.valid_fraction,
                 args.languages, args.workers, args.tokenizer,

@@ -481,6 +481,15 @@ class Checkpointer:
             self._abandon(tmp, failure)
         return self.root / step_tag(step)
 
+    def remove_partial_saves(self) -> list[str]:
+        """Remove what saves that died left (``.tmp-*``: a second Ctrl-C, a kill mid-save), which
+        no later save of another step would clean up. Only the run lock's holder may call it: no
+        save of this run is under way then. Returns the names removed."""
+        partial = sorted(p for p in self.root.glob(f"{TMP_PREFIX}*") if p.is_dir())
+        for path in partial:
+            shutil.rmtree(path)
+        return [path.name for path in partial]
+
     def _fresh_tmp(self, step: int) -> Path:
         tmp = self.root / f"{TMP_PREFIX}{step_tag(step)}"
         if self.info.is_main:

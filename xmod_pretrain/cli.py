@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from xmod_pretrain.config import check_config, register_configs
+from xmod_pretrain.config import check_config, check_known_keys, register_configs
 from xmod_pretrain.errors import Aborted, UserError, error_line
 
 # Package data, so an installed wheel finds its configs; the checkout's top-level conf/ links here.
@@ -31,6 +31,7 @@ LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
 def _train(cfg: DictConfig) -> None:
     with user_errors_exit():
+        check_known_keys(cfg)
         config = OmegaConf.to_object(cfg)
         check_config(config)  # before the heavy imports: a bad value fails in about a second
         from xmod_pretrain.data import check_first_use

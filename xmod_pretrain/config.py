@@ -283,6 +283,26 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
+def check_known_keys(composed: Any) -> None:
+    """Refuse keys the schema does not have. Hydra refuses ``train.max_step=3`` itself, but its
+    hint, ``+train.max_step=3``, adds the key to a typed node, where it would be ignored."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def unknown(node: DictConfig, schema: DictConfig, prefix: str) -> list[str]:
+        found = []
+        for key in node:
+            if key not in schema:
+                found.append(f"{prefix}{key}")
+            elif isinstance(schema[key], DictConfig) and isinstance(node[key], DictConfig):
+                found += unknown(node[key], schema[key], f"{prefix}{key}.")
+        return found
+
+    extra = unknown(composed, OmegaConf.structured(Config), "")
+    if extra:
+        raise ConfigError(f"unknown config key(s) {', '.join(extra)}: no such setting (see "
+                          "xmod_pretrain/config.py for every key)")
+
+
 def check_config(cfg: Config) -> None:
     """Raise ConfigError for the first value out of range, then for combinations that cannot
     work together. Cheap: it runs before any data, model or process-group work."""

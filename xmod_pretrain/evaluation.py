@@ -328,14 +328,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_evaluation_out(out: Path, run: Path) -> Path:
+    """The tables go into the run itself or a folder of their own: never into a run's
+    checkpoints, nor into another run, whose report would then show this run's numbers."""
+    if inside_checkpoints(out) is not None:
+        raise EvaluationError(f"--out {out} is inside the checkpoints folder of a run: "
+                              "write the tables somewhere else")
+    if (out / "checkpoints").is_dir() and out.resolve() != run.resolve():
+        raise EvaluationError(f"--out {out} is another run: its report would show {run}'s "
+                              "numbers; write the tables into the run or a folder of their own")
+    return out
+
+
 def main(argv: Sequence[str]) -> int:
     """``xmod_pretrain evaluate``; returns the exit status (1 on unusable input)."""
     args = parse_args(argv)
     try:
-        out = Path(args.out or args.run)
-        if inside_checkpoints(out) is not None:
-            raise EvaluationError(f"--out {out} is inside the checkpoints folder of a run: "
-                                  "write the tables somewhere else")
+        out = check_evaluation_out(Path(args.out or args.run), Path(args.run))
         texts = {lang: Path(p) for lang, p in _pairs(args.text, "--text").items()}
         request = Request(args.langs, texts, _pairs(args.adapter_of, "--adapter-of"),
                           args.draws, args.batches)

@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from data_prep.shards import TOKENIZER_FILE
+from data_prep.shards import MANIFEST, TOKENIZER_FILE
 from xmod_pretrain.atomic import fsync_dir
 from xmod_pretrain.checkpoint import (
     LATEST, TMP_PREFIX, TRAINER_STATE, WEIGHTS, Checkpointer, complete_checkpoints,
@@ -168,10 +168,12 @@ def inside_checkpoints(path: str | Path) -> Path | None:
     return None
 
 
-def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
+def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str = "--out",
+                     data: bool = False) -> Path:
     """``out_dir`` if a command may write its output there: never inside a run's ``checkpoints/``
     (the trainer alone writes there, and its cleanup would delete what it does not recognise), never
-    a run directory itself, and new or empty unless ``overwrite``. OutputDirError otherwise."""
+    a run directory itself, never prepared data unless the command prepares data (``data``), and
+    new or empty unless ``overwrite``. OutputDirError otherwise."""
     out_dir = Path(out_dir)
     checkpoints = inside_checkpoints(out_dir)
     if checkpoints is not None:
@@ -181,6 +183,9 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str =
         raise OutputDirError(f"{option} {out_dir} is a file: name a directory")
     if (out_dir / "checkpoints").is_dir():
         raise OutputDirError(f"{option} {out_dir} is a run directory: write outputs somewhere else")
+    if not data and (out_dir / MANIFEST).is_file():
+        raise OutputDirError(f"{option} {out_dir} holds prepared data (manifest.json): write "
+                             "outputs somewhere else")
     if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
         raise OutputDirError(f"{option} {out_dir} already exists and is not empty: pick a new "
                              "directory, or pass --overwrite")
@@ -188,11 +193,11 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str =
 
 
 @contextmanager
-def new_output_dir(out_dir: str | Path, overwrite: bool = False,
-                   option: str = "--out") -> Iterator[Path]:
+def new_output_dir(out_dir: str | Path, overwrite: bool = False, option: str = "--out",
+                   data: bool = False) -> Iterator[Path]:
     """``check_output_dir``, then the block writes; if it fails and ``out_dir`` did not exist
     before, ``out_dir`` is removed again: a failed command leaves no half-made output."""
-    out_dir = check_output_dir(out_dir, overwrite, option)
+    out_dir = check_output_dir(out_dir, overwrite, option, data)
     made_here = not out_dir.exists()
     try:
         yield out_dir

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,25 @@ class PeerLost(RuntimeError):
     """A collective failed with several ranks: a peer died or stopped responding."""
 
 
+# Settings whose change on resume gives other batches or another schedule than the run had.
+SHAPES_THE_RUN = ("data.", "optim.", "train.seed", "train.micro_batch_size",
+                  "train.grad_accum_steps")
+PLACE_ONLY = {"data.dir", "data.source", "data.prepare_workers", "data.verify_shards"}
+
+
+def _flat(cfg: Config) -> dict[str, object]:
+    """``{"data.alpha": 0.7, ...}``: every leaf of a config, by its dotted key."""
+    def leaves(node: dict, prefix: str) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+    return leaves(dataclasses.asdict(cfg), "")
+
+
 class RunStateError(UserError):
     """The run directory cannot be started as asked (resume flags, another model); nothing was
     written to it."""
@@ -77,7 +97,7 @@ def ensure_prepared(cfg: Config, info: DistInfo, tokenizer: Path | None = None) 
             from data_prep.prepare import prepare
 
             print(f"preparing {data.dir} from {data.source} (first use)", flush=True)
-            with new_output_dir(data.dir, overwrite=True, option="data.dir") as out:
+            with new_output_dir(data.dir, overwrite=True, option="data.dir", data=True) as out:
                 prepare(data.source, out, vocab_size=data.vocab_size, tokenizer=tokenizer,
                         valid_fraction=data.valid_fraction, workers=data.prepare_workers)
         barrier()
@@ -159,6 +179,9 @@ class Trainer:
                     f"of {sum(p.numel() for p in model.parameters()):,}")
         self.checkpointer = Checkpointer(self.run_dir, self.info, cfg.train.keep_checkpoints,
                                          self._sidecars())
+        if self.info.is_main:  # rank 0 holds the run lock: no save of this run is under way
+            for name in self.checkpointer.remove_partial_saves():
+                print(f"removed {name}, the remains of a save that did not finish", flush=True)
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, self.info.is_main,
                                      dataclasses.asdict(cfg))
         self.step, self.tokens_seen, self.first_valid = 0, 0, None
@@ -249,6 +272,7 @@ class Trainer:
             return None, {}
         self._check_same_model(latest)
         check_run_tokenizer(latest / TOKENIZER_FILE, self.cfg.data.dir)
+        self._warn_changed_settings(latest)
         return latest, json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
 
     def _resume(self) -> None:
@@ -267,6 +291,24 @@ class Trainer:
                     if getattr(saved, f.name) != getattr(self.cfg.model, f.name)]
             raise RunStateError(f"{checkpoint} was trained with another model ({'; '.join(diff)}):"
                                 " resume with its model config, or pick another run_dir")
+
+    def _warn_changed_settings(self, checkpoint: Path) -> None:
+        """Say which settings that shape the batches or the schedule differ from the
+        checkpoint's: allowed (fairseq allows it too), but the run is then not the uninterrupted
+        one, and a changed max_steps silently reshapes the learning rate."""
+        saved, now = _flat(load_config(checkpoint / "config.yaml")), _flat(self.cfg)
+        changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items()
+                   if key.startswith(SHAPES_THE_RUN) and key not in PLACE_ONLY
+                   and saved.get(key) != value]
+        if self.cfg.optim.total_steps is None and saved.get("train.max_steps") != now["train.max_steps"]:
+            changed.append(f"train.max_steps {saved.get('train.max_steps')} -> "
+                           f"{now['train.max_steps']} (the schedule's length, optim.total_steps "
+                           f"being null: set optim.total_steps={saved.get('train.max_steps')} to "
+                           "keep the learning rate where it was)")
+        if changed and self.info.is_main:
+            print(f"warning: resuming {checkpoint.name} with settings other than its run's: "
+                  f"{'; '.join(changed)}. The batches or the learning rate from here differ from "
+                  "an uninterrupted run's", file=sys.stderr, flush=True)
 
     # ---- the loop -----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ and an output that did not exist is not left half-made."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,22 @@ def test_export_refuses_a_checkpoint_and_a_non_empty_folder(trained, tmp_path):
     proc = cli("export", "--from", str(trained), "--out", str(mine), "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert (mine / "model.safetensors").is_file() and (mine / "keep.txt").is_file()
+
+
+def test_export_refuses_prepared_data_even_with_overwrite(trained, tiny_data):
+    before = tree_hash(tiny_data)
+    proc = cli("export", "--from", str(trained), "--out", str(tiny_data), "--overwrite")
+    assert proc.returncode == 1 and "holds prepared data (manifest.json)" in proc.stderr
+    assert tree_hash(tiny_data) == before
+
+
+def test_evaluate_refuses_another_run_as_out(trained, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    before = tree_hash(other)
+    proc = cli("evaluate", "--from", str(trained), "--out", str(other))
+    assert proc.returncode == 1 and "is another run: its report would show" in proc.stderr
+    assert tree_hash(other) == before
 
 
 @pytest.mark.parametrize("command", ["remove-language", "save-language"])

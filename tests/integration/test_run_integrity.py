@@ -245,3 +245,17 @@ def test_strays_in_checkpoints_survive_cleanup(run, tiny_data):
     kept = sorted(p.name for p in root.iterdir() if not p.name.startswith("zero_to_"))  # DeepSpeed's
     assert kept == sorted(["latest", "step_00000006", *strays])
     assert all((root / name / "keep.txt").read_text() == name for name in strays)
+
+
+def test_resume_says_what_changed_and_clears_dead_saves(run, tiny_data):
+    """Allowed, but not silent: settings that shape the batches or the schedule; and the
+    ``.tmp-*`` a second Ctrl-C leaves goes at the next start."""
+    (run / "checkpoints" / ".tmp-step_00000005").mkdir()
+    proc = run_training(run, tiny_data, "train.max_steps=6", "data.alpha=0.3", *FAST)
+    assert "removed .tmp-step_00000005, the remains of a save that did not finish" in proc.stdout
+    warning = next(line for line in proc.stderr.splitlines() if line.startswith("warning: resuming"))
+    assert "data.alpha 0.7 -> 0.3" in warning
+    assert "train.max_steps 4 -> 6 (the schedule's length" in warning
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    same = run_training(run, tiny_data, "train.max_steps=6", "data.alpha=0.3", *FAST)
+    assert "warning: resuming" not in same.stderr  # the same command again: nothing to say

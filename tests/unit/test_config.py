@@ -13,7 +13,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from xmod_pretrain.cli import CONF_DIR
-from xmod_pretrain.config import Config, ConfigError, check_config, register_configs
+from xmod_pretrain.config import (
+    Config, ConfigError, check_config, check_known_keys, register_configs,
+)
 from xmod_pretrain.engine import deepspeed_config
 from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
 
@@ -83,6 +85,17 @@ def test_check_config_names_the_key_the_value_and_what_is_allowed(override, mess
     cfg = load("+exp=demo", override)
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(cfg)
+
+
+def test_a_key_added_with_plus_that_the_schema_lacks_is_refused():
+    """Hydra's own hint for a misspelt key (``+train.max_step=3``) would add an ignored key."""
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        composed = compose("config", overrides=["+exp=demo", "+train.max_step=3"])
+    with pytest.raises(ConfigError, match="unknown config key.s. train.max_step"):
+        check_known_keys(composed)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        check_known_keys(compose("config", overrides=["+exp=demo"]))
 
 
 @pytest.mark.parametrize("exp", ["demo", "base", "large", "curse", "add_language"])

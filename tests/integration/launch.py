@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # A model small enough that a few dozen steps take seconds on 2 cores, with every part present.
@@ -21,10 +21,13 @@ TINY_MODEL = [
 def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
                  timeout: int = 300, check: bool = True,
                  env: dict[str, str] | None = None,
-                 preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
-    """``preexec_fn`` runs in the child before it starts (a umask, a resource limit)."""
-    args = ["+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}", "data.source=null",
-            *TINY_MODEL, *overrides]
+                 preexec_fn: Callable[[], None] | None = None,
+                 model: Sequence[str] = TINY_MODEL,
+                 source: str = "null") -> subprocess.CompletedProcess:
+    """``preexec_fn`` runs in the child before it starts (a umask, a resource limit); ``model``
+    replaces the tiny model's overrides (empty: the demo's own), ``source`` is ``data.source``."""
+    args = ["+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}", f"data.source={source}",
+            *model, *overrides]
     if nproc == 1:
         cmd = [sys.executable, "-m", "xmod_pretrain", *args]
     else:

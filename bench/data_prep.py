@@ -31,8 +31,7 @@ from bench.common import (
 from data_prep.prepare import prepare
 from data_prep.shards import read_manifest
 from data_prep.sources import open_source
-from xmod_pretrain.cli import CONF_DIR
-from xmod_pretrain.config import DataConfig, MaskingConfig, ModelConfig, OptimConfig
+from xmod_pretrain.config import CONF_DIR, DataConfig, MaskingConfig, ModelConfig, OptimConfig
 from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.optim import build_optimizer

@@ -24,8 +24,7 @@ from bench.common import (
     masked_batch,
     single_process_group,
 )
-from xmod_pretrain.cli import CONF_DIR
-from xmod_pretrain.config import ModelConfig, OptimConfig
+from xmod_pretrain.config import CONF_DIR, ModelConfig, OptimConfig
 from xmod_pretrain.engine import build_engine
 from xmod_pretrain.model import XmodForMaskedLM, count_parameters
 

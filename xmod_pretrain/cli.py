@@ -14,17 +14,14 @@ import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from xmod_pretrain.config import check_config, check_known_keys, register_configs
+from xmod_pretrain.config import CONF_DIR, check_config, check_known_keys, register_configs
 from xmod_pretrain.errors import Aborted, UserError, error_line
 
-# Package data, so an installed wheel finds its configs; the checkout's top-level conf/ links here.
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 # Commands that read a run and write a module file or a derived run (language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 

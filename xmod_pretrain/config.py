@@ -11,11 +11,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from xmod_pretrain.errors import UserError
+
+# The YAML tree these schemas type: package data, so an installed wheel finds it (the checkout's
+# top-level conf/ links here).
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 @dataclass

@@ -35,8 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from data_prep.shards import MANIFEST, read_manifest
 from xmod_pretrain.checkpoint import latest_checkpoint
-from xmod_pretrain.cli import CONF_DIR
-from xmod_pretrain.config import Config, register_configs
+from xmod_pretrain.config import CONF_DIR, Config, register_configs
 from xmod_pretrain.errors import UserError
 from xmod_pretrain.languages import check_language_list
 from xmod_pretrain.metrics import perplexity

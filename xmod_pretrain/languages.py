@@ -1,8 +1,11 @@
-"""Language codes and the append-only language registry.
+"""Language codes and the language registry.
 
 A language's module index is its position in an ordered list that travels with every checkpoint
-(``model.languages``). Adding a language only appends; nothing is ever renumbered, and an unknown
-code is an error that lists the known ones (no silent default language).
+(``model.languages`` and ``languages.json``). Adding a language appends, so the old indices stay;
+removing one (``remove-language``) writes a new run in which the languages after it move down one
+index, and says so in its ``languages.json``. Modules are keyed by name, never by index, so a
+module file installs under any position. An unknown code is an error that lists the known ones
+(no silent default language).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ transformers:
   every token onto XLM-R's 250k vocabulary would cost more than the whole encoder.
 - Attention is ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels where available).
 
-One layer, post-norm (``pre_norm=False``), as in ARCHITECTURE.md section 2::
+One layer, post-norm (``pre_norm=False``), as in transformers' ``XmodLayer``::
 
     a   = LN_attn(x + Dropout(SelfAttn(x)))
     h   = a + Dropout(W2 · GELU(W1 · a))

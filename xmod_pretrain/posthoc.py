@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep.shards import check_run_tokenizer, read_manifest
+from data_prep.shards import MANIFEST, check_run_tokenizer, read_manifest
 from xmod_pretrain.atomic import write_text
 from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo, barrier
@@ -141,7 +141,7 @@ def text_source(req: AddLanguageConfig, data_dir: Path) -> str:
 def prepare_new_languages(cfg: Config, plan: AddLanguagePlan, info: DistInfo) -> dict:
     """Shards of the new languages in ``data.dir``, made with the source run's tokenizer."""
     out = Path(cfg.data.dir)
-    if info.is_main and not (out / "manifest.json").is_file():
+    if info.is_main and not (out / MANIFEST).is_file():
         from data_prep.prepare import prepare
 
         source = text_source(cfg.add_language, out)
@@ -189,7 +189,7 @@ def source_validation(plan: AddLanguagePlan) -> tuple[str, list[str]] | None:
     """The source run's data folder and languages, to validate the old languages beside the new
     (when the folder is still there and was made with the same tokenizer)."""
     data_dir = Path(plan.source.config.data.dir)
-    if not (data_dir / "manifest.json").is_file():
+    if not (data_dir / MANIFEST).is_file():
         return None
     manifest = read_manifest(data_dir)
     if manifest["tokenizer"]["sha256"] != Tokenizer.from_file(plan.source.tokenizer).sha256:

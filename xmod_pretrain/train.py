@@ -77,6 +77,38 @@ def _flat(cfg: Config) -> dict[str, object]:
     return leaves(dataclasses.asdict(cfg), "")
 
 
+class OutOfMemory(UserError):
+    """A step that does not fit in memory: the message says which step and what to lower."""
+
+
+def classify_failure(err: RuntimeError, info: DistInfo, step: int, batch: tuple[int, int],
+                     latest: Path | None) -> RuntimeError | UserError:
+    """What a RuntimeError in the loop means to the user. Out of memory (the accelerator's or the
+    host's allocator) names the step, the micro-batch shape and what to lower; an accelerator or
+    communication library error keeps its own text and traceback; any other error with several
+    ranks is a collective that failed because a peer died or hung (gloo's and NCCL's errors say
+    little more)."""
+    text = str(err)
+    resume = f"resume from {latest}" if latest else "the run has no checkpoint yet"
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower() \
+            or "can't allocate memory" in text:
+        return OutOfMemory(
+            f"rank {info.rank}: out of memory in step {step}, micro-batches of {batch[0]} x "
+            f"{batch[1]} tokens ({text.splitlines()[0][:200]}). Lower train.micro_batch_size "
+            "(raise train.grad_accum_steps to keep the global batch) or data.seq_len, or shard "
+            f"more: deepspeed=zero3, deepspeed.offload_optimizer=true; then {resume}")
+    if isinstance(err, NonFiniteLoss) or info.world_size == 1 \
+            or any(marker in text for marker in ACCELERATOR_ERRORS):
+        return err
+    return PeerLost(f"rank {info.rank}: a collective failed at step {step}, most likely because a "
+                    f"peer process died or stopped responding ({err}). Restart the same command: "
+                    f"{resume}.")
+
+
+# Errors of the accelerator itself, not of a lost peer: reported as they are.
+ACCELERATOR_ERRORS = ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "NCCL error", "HIP error")
+
+
 class RunStateError(UserError):
     """The run directory cannot be started as asked (resume flags, another model); nothing was
     written to it."""
@@ -318,13 +350,13 @@ class Trainer:
         try:
             return self._train()
         except RuntimeError as err:
-            if self.info.world_size > 1 and not isinstance(err, NonFiniteLoss):
-                raise PeerLost(
-                    f"rank {self.info.rank}: a collective failed at step {self.step}, most likely "
-                    f"because a peer process died or stopped responding ({err}). Restart the "
-                    f"same command to resume from {latest_checkpoint(self.run_dir)}."
-                ) from err
-            raise
+            train = self.cfg.train
+            failure = classify_failure(err, self.info, self.step + 1,
+                                       (train.micro_batch_size, self.cfg.data.seq_len),
+                                       latest_checkpoint(self.run_dir))
+            if failure is err:
+                raise
+            raise failure from err
         finally:
             self.metrics.close()
 

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run = export_run(args.run_dir, args.out, args.step, args.default_language, args.overwrite)
-    except (OSError, ValueError, KeyError) as err:
+    except (UserError, OSError, ValueError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) else err  # KeyError quotes its text
         print(f"xmod_pretrain export: error: {message}", file=sys.stderr)
         return 1

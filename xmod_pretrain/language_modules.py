@@ -324,7 +324,7 @@ def main(argv: list[str], command: str) -> int:
     args = _parser(command).parse_args(argv)
     try:
         print(_run_command(command, args))
-    except (OSError, ValueError) as err:  # missing or existing paths, unknown languages, bases
+    except (UserError, OSError, ValueError) as err:  # paths, languages, bases, checkpoints
         print(f"xmod_pretrain {command}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -247,7 +247,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         page = build_report(args.run)
-    except ReportError as err:
+    except UserError as err:  # the run's metrics, its config, its checkpoint
         print(f"xmod_pretrain report: error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {page} and its figures")

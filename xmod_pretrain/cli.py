@@ -92,6 +92,10 @@ def add_language_overrides(argv: list[str]) -> list[str]:
         overrides.append(f"add_language.text={args.text}")
     if args.steps is not None:
         overrides.append(f"train.max_steps={args.steps}")
+        if not any(o.startswith("optim.warmup_steps=") for o in hydra_overrides):
+            # The experiment warms up over 10% of its 200 steps: keep that share for any length,
+            # so that a short run is not all warmup.
+            overrides.append(f"optim.warmup_steps={max(1, args.steps // 10)}")
     if args.overwrite:
         overrides.append("add_language.overwrite=true")
     return overrides + hydra_overrides

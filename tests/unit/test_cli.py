@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from xmod_pretrain.cli import COMMANDS, LANGUAGE_COMMANDS, TOOLS
+from xmod_pretrain.cli import COMMANDS, LANGUAGE_COMMANDS, TOOLS, add_language_overrides
 
 EXPECTED = ("train", "add-language", "prepare", "export", "evaluate", "report", "save-language",
             "load-language", "remove-language")
@@ -47,3 +47,12 @@ def test_unknown_command_is_one_line_listing_the_commands():
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         f"xmod_pretrain: unknown command 'trian' (commands: {', '.join(EXPECTED)})"]
+
+
+def test_add_language_steps_keep_the_experiments_warmup_share():
+    """``--steps 20`` with the experiment's 20 warmup steps would be all warmup."""
+    overrides = add_language_overrides(["--lang", "yo_NG", "--from", "runs/x", "--steps", "20"])
+    assert "train.max_steps=20" in overrides and "optim.warmup_steps=2" in overrides
+    mine = add_language_overrides(["--lang", "yo_NG", "--from", "runs/x", "--steps", "20",
+                                   "optim.warmup_steps=5"])
+    assert [o for o in mine if o.startswith("optim.warmup_steps=")] == ["optim.warmup_steps=5"]

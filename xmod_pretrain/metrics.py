@@ -76,18 +76,19 @@ class MetricsLogger:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            self.wandb.log(_flatten(record), step=record.get("step"))
+            self.wandb.log(flatten(record, "/"), step=record.get("step"))
 
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
 
 
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(record: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level, keys joined by ``sep``: ``{"lang_loss/en_XX": ...}``."""
     flat = {}
     for key, value in record.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
+            flat.update(flatten(value, sep, f"{prefix}{key}{sep}"))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

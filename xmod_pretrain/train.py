@@ -35,7 +35,7 @@ from xmod_pretrain.evaluation import masked_lm_loss
 from xmod_pretrain.export import hf_tokenizer_file, load_hf_weights, model_config_from_hf
 from xmod_pretrain.languages import check_language_code, check_language_list, language_index
 from xmod_pretrain.metrics import (
-    MetricsLogger, format_table, measure_matmul_peak, perplexity, train_line,
+    MetricsLogger, flatten, format_table, measure_matmul_peak, perplexity, train_line,
 )
 from xmod_pretrain.model import (
     XmodForMaskedLM, count_parameters, model_flops_per_token,
@@ -62,19 +62,6 @@ class PeerLost(RuntimeError):
 SHAPES_THE_RUN = ("data.", "optim.", "train.seed", "train.micro_batch_size",
                   "train.grad_accum_steps")
 PLACE_ONLY = {"data.dir", "data.source", "data.prepare_workers", "data.verify_shards"}
-
-
-def _flat(cfg: Config) -> dict[str, object]:
-    """``{"data.alpha": 0.7, ...}``: every leaf of a config, by its dotted key."""
-    def leaves(node: dict, prefix: str) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                out.update(leaves(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-    return leaves(dataclasses.asdict(cfg), "")
 
 
 class OutOfMemory(UserError):
@@ -328,7 +315,9 @@ class Trainer:
         """Say which settings that shape the batches or the schedule differ from the
         checkpoint's: allowed (fairseq allows it too), but the run is then not the uninterrupted
         one, and a changed max_steps silently reshapes the learning rate."""
-        saved, now = _flat(load_config(checkpoint / "config.yaml")), _flat(self.cfg)
+        # Every leaf by its dotted key: {"data.alpha": 0.7, ...}
+        saved, now = (flatten(dataclasses.asdict(cfg), ".")
+                      for cfg in (load_config(checkpoint / "config.yaml"), self.cfg))
         changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items()
                    if key.startswith(SHAPES_THE_RUN) and key not in PLACE_ONLY
                    and saved.get(key) != value]

@@ -26,7 +26,7 @@ from data_prep.shards import MANIFEST, TOKENIZER_FILE
 from xmod_pretrain.atomic import fsync_dir
 from xmod_pretrain.checkpoint import (
     LATEST, TMP_PREFIX, TRAINER_STATE, WEIGHTS, Checkpointer, complete_checkpoints,
-    latest_checkpoint, newest_verified, step_tag, verify_checkpoint,
+    latest_checkpoint, newest_verified, step_of, step_tag, verify_checkpoint,
 )
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo
@@ -133,8 +133,7 @@ def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
 
 def available_steps(run_dir: str | Path) -> list[int]:
     """Steps of the complete checkpoints in ``run_dir``, ascending."""
-    return [int(p.name.removeprefix("step_"))
-            for p in complete_checkpoints(Path(run_dir) / "checkpoints")]
+    return [step_of(p.name) for p in complete_checkpoints(Path(run_dir) / "checkpoints")]
 
 
 def default_source_run() -> Path:

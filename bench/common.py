@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import transformers
 
+from xmod_core.languages import XMOD_BASE_LANGUAGES
+from xmod_core.tokenizer import BOS_ID, EOS_ID
 from xmod_pretrain.config import (
     Config,
     DeepSpeedConfig,
@@ -36,10 +38,8 @@ from xmod_pretrain.data import Masker
 from xmod_pretrain.distributed import DistInfo, init_distributed
 from xmod_pretrain.engine import build_engine
 from xmod_pretrain.export import hf_config
-from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.optim import build_optimizer
-from xmod_pretrain.tokenizer import BOS_ID, EOS_ID
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = RESULTS_DIR.parent.parent

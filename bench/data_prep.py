@@ -29,13 +29,13 @@ from bench.common import (
     time_steps,
 )
 from data_prep.prepare import prepare
-from data_prep.shards import read_manifest
 from data_prep.sources import open_source
+from xmod_core.shards import read_manifest
+from xmod_core.tokenizer import train_tokenizer
 from xmod_pretrain.config import CONF_DIR, DataConfig, MaskingConfig, ModelConfig, OptimConfig
 from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.optim import build_optimizer
-from xmod_pretrain.tokenizer import train_tokenizer
 
 MB = 1e6
 GOAL_VS_SENTENCEPIECE = 0.7  # per-worker rate >= 70% of SentencePiece's raw encode

@@ -29,9 +29,9 @@ from bench.common import (
     single_process_group,
     time_steps,
 )
+from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.engine import build_engine
-from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.model import XmodForMaskedLM
 
 COUNTS = (4, 81, 200)

@@ -21,11 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xmod_pretrain.atomic import file_sha256, write_bytes, write_text
 from data_prep.errors import DataPrepError
 from data_prep.html_text import clean_lines, html_paragraphs
 from data_prep.untranslated import UntranslatedFilter
-from xmod_pretrain.languages import check_language_code
+from xmod_core.atomic import file_sha256, write_bytes, write_text
+from xmod_core.languages import check_language_code
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 COMMAND = "python -m data_prep.build_bundle --workdir data/raw"

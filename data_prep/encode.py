@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.textio import TextBlock
-from xmod_pretrain.tokenizer import Tokenizer
+from xmod_core.tokenizer import Tokenizer
 
-TOKEN_DTYPE = np.dtype("<u4")  # the shard format: little-endian uint32
 Chunk = tuple[np.ndarray, np.ndarray]
 """Flat token ids of a run of lines (each line's ids then </s>), and each line's id count."""
 

@@ -1,6 +1,6 @@
 """The one error type of data preparation."""
 
-from xmod_pretrain.errors import UserError
+from xmod_core.errors import UserError
 
 
 class DataPrepError(UserError, ValueError):

@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from data_prep.encode import Chunk, ParallelEncoder
 from data_prep.errors import DataPrepError
-from data_prep.shards import MANIFEST, TOKENIZER_FILE, write_language, write_manifest
+from data_prep.shards import write_language, write_manifest
 from data_prep.sources import LanguageSource, open_source
 from data_prep.textio import LineTally, TextBlock
-from xmod_pretrain.atomic import write_bytes
-from xmod_pretrain.errors import UserError
-from xmod_pretrain.tokenizer import Tokenizer, train_tokenizer
+from xmod_core.atomic import write_bytes
+from xmod_core.errors import UserError
+from xmod_core.shards import MANIFEST, TOKENIZER_FILE
+from xmod_core.tokenizer import Tokenizer, train_tokenizer
 
 __all__ = ["DataPrepError", "prepare", "main"]
 
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="prepare into a non-empty --out, replacing its shards")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from xmod_pretrain.runs import new_output_dir  # the rule every --out of the CLI follows
+    from xmod_core.outputs import new_output_dir  # the rule every --out of the CLI follows
 
     try:
         with new_output_dir(args.out, args.overwrite, data=True) as out:

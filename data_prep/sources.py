@@ -23,7 +23,7 @@ from data_prep.textio import (
     read_lines,
     text_file_stem,
 )
-from xmod_pretrain.languages import check_language_code, check_language_list
+from xmod_core.languages import check_language_code, check_language_list
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 BUNDLED = "bundled"

@@ -39,11 +39,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from xmod_pretrain.atomic import file_sha256, follow_umask, fsync_dir, fsync_tree, write_text
+from xmod_core.atomic import file_sha256, follow_umask, fsync_dir, fsync_tree, write_text
+from xmod_core.errors import UserError
+from xmod_core.outputs import CHECKPOINTS, LATEST
 from xmod_pretrain.distributed import DistInfo, barrier
-from xmod_pretrain.errors import UserError
 
-LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
 WEIGHTS = "model.safetensors"
 CHECKSUMS = "checksums.json"
@@ -105,7 +105,7 @@ def read_latest(root: Path) -> str | None:
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint ``latest`` names, or None when the run has no pointer; read only."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     name = read_latest(root)
     if name is None:
         return None
@@ -194,7 +194,7 @@ def resume_checkpoint(run_dir: str | Path, info: DistInfo) -> Path | None:
     ``latest`` is rewritten to name the choice when it differs. Rank 0 alone inspects and
     repairs; every rank gets its answer, or its CheckpointError. All ranks call.
     """
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     name, failure = None, None
     if info.is_main:
         try:
@@ -444,7 +444,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: str | Path, info: DistInfo, keep: int, sidecars: dict[str, Any]):
         """``sidecars`` maps a file name to its text (str) or to a file to copy (Path)."""
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS
         self.info = info
         self.keep = keep
         self.sidecars = sidecars

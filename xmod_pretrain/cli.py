@@ -19,8 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from xmod_core.errors import Aborted, UserError, error_line
 from xmod_pretrain.config import CONF_DIR, check_config, check_known_keys, register_configs
-from xmod_pretrain.errors import Aborted, UserError, error_line
 
 # Commands that read a run and write a module file or a derived run (language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")

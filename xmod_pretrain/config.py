@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from xmod_pretrain.errors import UserError
+from xmod_core.errors import UserError
 
 # The YAML tree these schemas type: package data, so an installed wheel finds it (the checkout's
 # top-level conf/ links here).

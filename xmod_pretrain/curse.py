@@ -33,11 +33,11 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from data_prep.shards import MANIFEST, read_manifest
+from xmod_core.errors import UserError
+from xmod_core.languages import check_language_list
+from xmod_core.shards import MANIFEST, read_manifest
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.config import CONF_DIR, Config, register_configs
-from xmod_pretrain.errors import UserError
-from xmod_pretrain.languages import check_language_list
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.model import count_parameters
 from xmod_pretrain.paths import resolve_paths

@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_prep.encode import TOKEN_DTYPE
-from data_prep.shards import MANIFEST, TOKENIZER_FILE, read_manifest
+from xmod_core.errors import UserError
+from xmod_core.shards import MANIFEST, TOKEN_DTYPE, TOKENIZER_FILE, read_manifest
+from xmod_core.tokenizer import BOS_ID, EOS_ID, UNK_ID
 from xmod_pretrain.config import Config, DataConfig, MaskingConfig
-from xmod_pretrain.errors import UserError
-from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 # Token ids checked per np.max: 256 MB of uint32, large enough that the call overhead vanishes,
 # small enough that the slice's pages are not held by this process for long.

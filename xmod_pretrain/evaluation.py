@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from data_prep.errors import DataPrepError
-from data_prep.shards import MANIFEST, check_run_tokenizer, read_manifest
+from xmod_core.errors import UserError
+from xmod_core.outputs import inside_checkpoints
+from xmod_core.shards import MANIFEST, check_run_tokenizer, read_manifest
 from xmod_pretrain.config import Config
 from xmod_pretrain.data import Masker, MicroBatch, ShardSet, validation_batches
-from xmod_pretrain.errors import UserError
 from xmod_pretrain.metrics import perplexity
-from xmod_pretrain.runs import RunCheckpoint, inside_checkpoints, load_config, open_run
+from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
 
 Forward = Callable[[MicroBatch], torch.Tensor]
 """Runs one micro-batch and returns its mean cross-entropy over the masked targets (a scalar)."""

@@ -26,15 +26,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from xmod_pretrain.atomic import atomic_path, follow_umask, write_text
+from xmod_core.atomic import atomic_path, follow_umask, write_text
+from xmod_core.errors import UserError
+from xmod_core.languages import check_language_list, language_index
+from xmod_core.outputs import new_output_dir
+from xmod_core.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from xmod_pretrain.checkpoint import WEIGHTS
 from xmod_pretrain.config import Config, ModelConfig
-from xmod_pretrain.errors import UserError
 from xmod_pretrain.hf_tokenizer import SENTENCEPIECE_FILE, write_tokenizer_files
-from xmod_pretrain.languages import check_language_list, language_index
 from xmod_pretrain.model import XmodForMaskedLM
-from xmod_pretrain.runs import RunCheckpoint, new_output_dir, open_run
-from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from xmod_pretrain.runs import RunCheckpoint, open_run
 
 HF_CONFIG = "config.json"
 # Decoder tensors tied to others: stored once, under the name they are tied to.

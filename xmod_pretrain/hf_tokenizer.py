@@ -35,8 +35,8 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers,
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import Unigram
 
-from xmod_pretrain.atomic import atomic_path, write_text
-from xmod_pretrain.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
+from xmod_core.atomic import atomic_path, write_text
+from xmod_core.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
 
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
 TOKENIZER_JSON = "tokenizer.json"

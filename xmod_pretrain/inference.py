@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xmod_core.languages import language_index
+from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.export import run_weights
-from xmod_pretrain.languages import language_index
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.runs import open_run
-from xmod_pretrain.tokenizer import Tokenizer
 
 
 class RunModel(nn.Module):

@@ -32,14 +32,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from xmod_pretrain.atomic import atomic_path, file_sha256, follow_umask, write_text
+from xmod_core.atomic import atomic_path, file_sha256, follow_umask, write_text
+from xmod_core.errors import UserError
+from xmod_core.languages import check_language_code
+from xmod_core.outputs import check_new_run_dir, inside_checkpoints
 from xmod_pretrain.config import Config, ModelConfig
-from xmod_pretrain.errors import UserError
-from xmod_pretrain.languages import check_language_code
 from xmod_pretrain.model import TIED_KEYS, language_of_parameter
-from xmod_pretrain.runs import (
-    RunCheckpoint, check_new_run_dir, default_source_run, inside_checkpoints, open_run, write_run,
-)
+from xmod_pretrain.runs import RunCheckpoint, default_source_run, open_run, write_run
 
 FORMAT_VERSION = 1
 # state_dict keys that alias another tensor (the decoder is tied to the word embeddings and to

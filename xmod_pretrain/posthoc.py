@@ -15,17 +15,18 @@ from pathlib import Path
 
 import torch
 
-from data_prep.shards import MANIFEST, check_run_tokenizer, read_manifest
-from xmod_pretrain.atomic import write_text
+from xmod_core.atomic import write_text
+from xmod_core.errors import UserError
+from xmod_core.languages import check_language_code, check_language_list
+from xmod_core.outputs import inside_checkpoints
+from xmod_core.shards import MANIFEST, check_run_tokenizer, read_manifest
+from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo, barrier
-from xmod_pretrain.errors import UserError
-from xmod_pretrain.languages import check_language_code, check_language_list
-from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.export import is_hf_folder, open_hf_folder
+from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runlock import LOCK_NAME
-from xmod_pretrain.runs import RunCheckpoint, inside_checkpoints, load_config, open_run
-from xmod_pretrain.tokenizer import Tokenizer
+from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
 
 BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data_prep" / "corpus" / "udhr"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from xmod_pretrain.errors import UserError
+from xmod_core.errors import UserError
 from xmod_pretrain.metrics import perplexity
 
 REPORT_DIR = "report"

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from xmod_core.errors import UserError, error_line
 from xmod_pretrain.distributed import DistInfo, barrier
-from xmod_pretrain.errors import UserError, error_line
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0

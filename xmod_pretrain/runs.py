@@ -22,18 +22,26 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from data_prep.shards import MANIFEST, TOKENIZER_FILE
-from xmod_pretrain.atomic import fsync_dir
+from xmod_core.atomic import fsync_dir
+from xmod_core.errors import UserError
+from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, check_new_run_dir
+from xmod_core.shards import MANIFEST, TOKENIZER_FILE
 from xmod_pretrain.checkpoint import (
-    LATEST, TMP_PREFIX, TRAINER_STATE, WEIGHTS, Checkpointer, complete_checkpoints,
-    latest_checkpoint, newest_verified, step_of, step_tag, verify_checkpoint,
+    TMP_PREFIX,
+    TRAINER_STATE,
+    WEIGHTS,
+    Checkpointer,
+    complete_checkpoints,
+    latest_checkpoint,
+    newest_verified,
+    step_of,
+    step_tag,
+    verify_checkpoint,
 )
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo
-from xmod_pretrain.errors import UserError
 from xmod_pretrain.paths import relocate_paths, resolve_paths
 
-CONFIG_FILE = "config.yaml"
 LANGUAGES_FILE = "languages.json"
 DEFAULT_RUN = Path("runs/demo")  # the demo's run_dir (conf/exp/demo.yaml: name demo)
 CHECKPOINT_FILES = (WEIGHTS, CONFIG_FILE, LANGUAGES_FILE, TOKENIZER_FILE, TRAINER_STATE)
@@ -84,7 +92,7 @@ def load_config(path: str | Path) -> Config:
 def run_of_config(path: Path) -> Path:
     """The run directory a ``config.yaml`` belongs to: its folder, or the run of its checkpoint."""
     folder = path.resolve().parent
-    return folder.parent.parent if folder.parent.name == "checkpoints" else folder
+    return folder.parent.parent if folder.parent.name == CHECKPOINTS else folder
 
 
 def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
@@ -116,13 +124,13 @@ def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
 
 def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
     if step is None:
-        path = latest_checkpoint(run_dir) or newest_verified(run_dir / "checkpoints",
+        path = latest_checkpoint(run_dir) or newest_verified(run_dir / CHECKPOINTS,
                                                               CHECKPOINT_FILES)
         if path is None:
             raise RunNotFoundError(f"{run_dir} has no checkpoint (no step_* folder with a "
-                                   f"{TRAINER_STATE} in {run_dir / 'checkpoints'})")
+                                   f"{TRAINER_STATE} in {run_dir / CHECKPOINTS})")
         return path
-    path = run_dir / "checkpoints" / step_tag(step)
+    path = run_dir / CHECKPOINTS / step_tag(step)
     if not path.is_dir():
         steps = available_steps(run_dir)
         listed = ", ".join(map(str, steps)) if steps else "none"
@@ -133,7 +141,7 @@ def _checkpoint_dir(run_dir: Path, step: int | None) -> Path:
 
 def available_steps(run_dir: str | Path) -> list[int]:
     """Steps of the complete checkpoints in ``run_dir``, ascending."""
-    return [step_of(p.name) for p in complete_checkpoints(Path(run_dir) / "checkpoints")]
+    return [step_of(p.name) for p in complete_checkpoints(Path(run_dir) / CHECKPOINTS)]
 
 
 def default_source_run() -> Path:
@@ -151,64 +159,6 @@ def sidecars(config: Config, tokenizer: Path) -> dict[str, str | Path]:
         LANGUAGES_FILE: json.dumps(config.model.languages, indent=1) + "\n",
         TOKENIZER_FILE: tokenizer,
     }
-
-
-class OutputDirError(UserError, FileExistsError):
-    """An output folder a command must not write to; nothing has been written."""
-
-
-def inside_checkpoints(path: str | Path) -> Path | None:
-    """The ``checkpoints/`` folder of a run that ``path`` is, or lies inside; None if none."""
-    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
-        if folder.name == "checkpoints" and ((folder / LATEST).exists()
-                                             or (folder.parent / CONFIG_FILE).is_file()
-                                             or any(folder.glob("step_*"))):
-            return folder
-    return None
-
-
-def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str = "--out",
-                     data: bool = False) -> Path:
-    """``out_dir`` if a command may write its output there: never inside a run's ``checkpoints/``
-    (the trainer alone writes there, and its cleanup would delete what it does not recognise), never
-    a run directory itself, never prepared data unless the command prepares data (``data``), and
-    new or empty unless ``overwrite``. OutputDirError otherwise."""
-    out_dir = Path(out_dir)
-    checkpoints = inside_checkpoints(out_dir)
-    if checkpoints is not None:
-        raise OutputDirError(f"{option} {out_dir} is inside the checkpoints folder of a run "
-                             f"({checkpoints}): write outputs somewhere else")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirError(f"{option} {out_dir} is a file: name a directory")
-    if (out_dir / "checkpoints").is_dir():
-        raise OutputDirError(f"{option} {out_dir} is a run directory: write outputs somewhere else")
-    if not data and (out_dir / MANIFEST).is_file():
-        raise OutputDirError(f"{option} {out_dir} holds prepared data (manifest.json): write "
-                             "outputs somewhere else")
-    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise OutputDirError(f"{option} {out_dir} already exists and is not empty: pick a new "
-                             "directory, or pass --overwrite")
-    return out_dir
-
-
-@contextmanager
-def new_output_dir(out_dir: str | Path, overwrite: bool = False, option: str = "--out",
-                   data: bool = False) -> Iterator[Path]:
-    """``check_output_dir``, then the block writes; if it fails and ``out_dir`` did not exist
-    before, ``out_dir`` is removed again: a failed command leaves no half-made output."""
-    out_dir = check_output_dir(out_dir, overwrite, option, data)
-    made_here = not out_dir.exists()
-    try:
-        yield out_dir
-    except BaseException:
-        if made_here:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-
-
-def check_new_run_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` if a new run may be written there (absent or empty); OutputDirError if not."""
-    return check_output_dir(out_dir)
 
 
 def write_run(out_dir: str | Path, config: Config, tokenizer: Path,
@@ -234,4 +184,4 @@ def write_run(out_dir: str | Path, config: Config, tokenizer: Path,
         fsync_dir(out_dir.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir / "checkpoints" / step_tag(step)
+    return out_dir / CHECKPOINTS / step_tag(step)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from xmod_pretrain.errors import Aborted
+from xmod_core.errors import Aborted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # A Ctrl-C in a terminal reaches torchrun and its workers, and torchrun forwards it to them too:

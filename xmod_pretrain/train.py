@@ -17,36 +17,59 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from xmod_core.errors import UserError
+from xmod_core.languages import check_language_code, check_language_list, language_index
+from xmod_core.outputs import new_output_dir
+from xmod_core.shards import MANIFEST, TOKENIZER_FILE, check_run_tokenizer, read_manifest
 from xmod_pretrain.anchor import LanguageAnchor
 from xmod_pretrain.checkpoint import (
-    TRAINER_STATE, Checkpointer, complete_checkpoints, latest_checkpoint, resume_checkpoint,
+    TRAINER_STATE,
+    Checkpointer,
+    complete_checkpoints,
+    latest_checkpoint,
+    resume_checkpoint,
 )
 from xmod_pretrain.config import Config, ConfigError, ModelConfig
-from data_prep.shards import MANIFEST, TOKENIZER_FILE, check_run_tokenizer, read_manifest
 from xmod_pretrain.data import (
-    DataError, LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches,
+    DataError,
+    LanguageSampler,
+    Masker,
+    MicroBatch,
+    ShardSet,
+    validation_batches,
 )
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
-from xmod_pretrain.errors import UserError
 from xmod_pretrain.engine import (
-    all_reduce_gradients, build_engine, optimizer_parameter_count, reduces_gradients_itself,
+    all_reduce_gradients,
+    build_engine,
+    optimizer_parameter_count,
+    reduces_gradients_itself,
 )
 from xmod_pretrain.evaluation import masked_lm_loss
 from xmod_pretrain.export import hf_tokenizer_file, load_hf_weights, model_config_from_hf
-from xmod_pretrain.languages import check_language_code, check_language_list, language_index
 from xmod_pretrain.metrics import (
-    MetricsLogger, flatten, format_table, measure_matmul_peak, perplexity, train_line,
+    MetricsLogger,
+    flatten,
+    format_table,
+    measure_matmul_peak,
+    perplexity,
+    train_line,
 )
 from xmod_pretrain.model import (
-    XmodForMaskedLM, count_parameters, model_flops_per_token,
+    XmodForMaskedLM,
+    count_parameters,
+    model_flops_per_token,
 )
 from xmod_pretrain.optim import LanguageAdamW
-from xmod_pretrain.posthoc import (
-    build_grown_model, plan_add_language, prepare_new_languages, source_validation,
-)
 from xmod_pretrain.paths import resolve_paths
+from xmod_pretrain.posthoc import (
+    build_grown_model,
+    plan_add_language,
+    prepare_new_languages,
+    source_validation,
+)
 from xmod_pretrain.runlock import lock_run_dir
-from xmod_pretrain.runs import load_config, new_output_dir, sidecars
+from xmod_pretrain.runs import load_config, sidecars
 from xmod_pretrain.signals import StopRequest, signal_name, stop_when_orphaned
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.shards import MANIFEST, file_sha256
 from tests.conftest import REPO
 from tests.integration.launch import TINY_MODEL
+from xmod_core.atomic import file_sha256
+from xmod_core.shards import MANIFEST
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.integration.launch import TINY_MODEL, read_metrics, run_training
+from xmod_core.shards import read_manifest
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.config import DataConfig
 from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
 from xmod_pretrain.model import language_of_parameter
-from data_prep.shards import read_manifest
 
 pytestmark = pytest.mark.integration
 

@@ -17,17 +17,22 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import xmod_pretrain
+from tests.integration.launch import run_training
+from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.config import ModelConfig
 from xmod_pretrain.export import (
-    XMOD_CONFIG_DEFAULTS, WeightMismatchError, export_model, export_run, hf_tokenizer_file,
-    load_hf_weights, model_config_from_hf,
+    XMOD_CONFIG_DEFAULTS,
+    WeightMismatchError,
+    export_model,
+    export_run,
+    hf_tokenizer_file,
+    load_hf_weights,
+    model_config_from_hf,
 )
 from xmod_pretrain.inference import RunModel, encode_padded
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.runs import open_run
-from xmod_pretrain.tokenizer import Tokenizer
-from tests.integration.launch import run_training
 
 pytestmark = pytest.mark.integration
 

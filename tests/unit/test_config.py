@@ -12,11 +12,16 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.config import (
-    CONF_DIR, Config, ConfigError, check_config, check_known_keys, register_configs,
+    CONF_DIR,
+    Config,
+    ConfigError,
+    check_config,
+    check_known_keys,
+    register_configs,
 )
 from xmod_pretrain.engine import deepspeed_config
-from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
 
 
 def load(*overrides: str) -> Config:

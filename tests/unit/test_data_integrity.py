@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.encode import TOKEN_DTYPE
-from data_prep.shards import (
-    MANIFEST, TOKENIZER_FILE, TokenizerMismatchError, check_run_tokenizer, file_sha256,
+from xmod_core.atomic import file_sha256
+from xmod_core.shards import (
+    MANIFEST,
+    TOKEN_DTYPE,
+    TOKENIZER_FILE,
+    TokenizerMismatchError,
+    check_run_tokenizer,
     read_manifest,
 )
 from xmod_pretrain import data as data_module

@@ -19,10 +19,11 @@ from data_prep import textio
 from data_prep.build_bundle import IG_LANGUAGES, UDHR_FILES, fetch_archive
 from data_prep.html_text import clean_lines, html_paragraphs
 from data_prep.prepare import DataPrepError, prepare
-from data_prep.shards import decode_lines, read_manifest, read_tokens, valid_lines
+from data_prep.shards import decode_lines, valid_lines
 from data_prep.textio import normalize_lines
 from data_prep.untranslated import UntranslatedFilter
-from xmod_pretrain.languages import LANGUAGE_CODE, XMOD_BASE_LANGUAGES
+from xmod_core.languages import LANGUAGE_CODE, XMOD_BASE_LANGUAGES
+from xmod_core.shards import read_manifest, read_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "data_prep" / "corpus"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_prep.shards import read_manifest
+from xmod_core.shards import read_manifest
 from xmod_pretrain.config import MaskingConfig, ModelConfig
 from xmod_pretrain.data import Masker, MicroBatch, ShardSet, validation_batches
 from xmod_pretrain.evaluation import draw_batches, masked_lm_loss

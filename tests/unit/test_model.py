@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.config import ModelConfig
-from xmod_pretrain.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.model import (
     XmodForMaskedLM,
     count_parameters,

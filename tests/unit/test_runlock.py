@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from xmod_pretrain.errors import UserError
+from xmod_core.errors import UserError
 from xmod_pretrain.runlock import LOCK_NAME, Holder, RunLock, RunLockError, process_start_time
 
 HOST = socket.gethostname()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xmod_core.shards import read_manifest
+from xmod_core.tokenizer import BOS_ID, EOS_ID
 from xmod_pretrain.config import DataConfig, MaskingConfig
-from data_prep.shards import read_manifest
 from xmod_pretrain.data import (
-    LanguageSampler, Masker, ShardSet, language_probabilities, validation_batches,
+    LanguageSampler,
+    Masker,
+    ShardSet,
+    language_probabilities,
+    validation_batches,
 )
-from xmod_pretrain.tokenizer import BOS_ID, EOS_ID
 
 
 def make_sampler(data_dir, alpha=0.7, language_per="rank", batch=4, seed=1, lang_ids=None):

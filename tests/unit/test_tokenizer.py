@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from xmod_pretrain.tokenizer import Tokenizer, train_tokenizer
+from xmod_core.tokenizer import Tokenizer, train_tokenizer
 
 CORPUS = Path(__file__).resolve().parents[2] / "data_prep" / "corpus"
 

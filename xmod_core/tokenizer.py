@@ -24,7 +24,9 @@ from typing import Any, cast
 import numpy as np
 import sentencepiece as spm
 
-from xmod_pretrain.errors import UserError
+from xmod_core.atomic import write_bytes
+from xmod_core.errors import UserError
+from xmod_core.shards import TOKEN_DTYPE
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 # Piece ids the SentencePiece model must have for the layout above (XLM-R's model has them).
@@ -47,7 +49,7 @@ class Tokenizer:
         self._sha256 = sha256
         self._pieces = sp.get_piece_size()
         # Id of each piece, for mapping whole arrays at once (``_to_ids`` maps one list).
-        self._ids = np.arange(PIECE_OFFSET, self._pieces + PIECE_OFFSET, dtype=np.uint32)
+        self._ids = np.arange(PIECE_OFFSET, self._pieces + PIECE_OFFSET, dtype=TOKEN_DTYPE)
         self._ids[[SP_UNK_ID, SP_BOS_ID, SP_EOS_ID]] = UNK_ID, BOS_ID, EOS_ID
 
     @classmethod
@@ -199,7 +201,7 @@ def train_tokenizer(
             raise lines.error  # the caller's own error, which SentencePiece wrapped
         raise ValueError(f"SentencePiece training failed: {e}") from e
     out_path = Path(out_path)
-    _write_atomic(out_path, model.getvalue())
+    write_bytes(out_path, model.getvalue())
     return Tokenizer.from_file(out_path)
 
 
@@ -233,13 +235,3 @@ class _Lines:
             self.error = e
             raise
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so a reader never sees half a model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from xmod_pretrain.errors import UserError
+from xmod_core.errors import UserError
 
 # fairseq / transformers style: ISO 639 language, underscore, region (or XX when none is implied).
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}$")

@@ -37,7 +37,7 @@ from xmod_pretrain.config import (
 from xmod_pretrain.data import Masker
 from xmod_pretrain.distributed import DistInfo, init_distributed
 from xmod_pretrain.engine import build_engine
-from xmod_pretrain.export import hf_config
+from xmod_pretrain.interop import hf_config
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.optim import build_optimizer
 

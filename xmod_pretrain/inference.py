@@ -18,7 +18,7 @@ from torch import nn
 
 from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.export import run_weights
+from xmod_pretrain.interop import run_weights
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.runs import open_run
 

@@ -37,7 +37,12 @@ from xmod_core.errors import UserError
 from xmod_core.languages import check_language_code
 from xmod_core.outputs import check_new_run_dir, inside_checkpoints
 from xmod_pretrain.config import Config, ModelConfig
-from xmod_pretrain.model import TIED_KEYS, language_of_parameter
+from xmod_pretrain.model import (
+    TIED,
+    language_of_parameter,
+    language_parameter,
+    split_language_parameter,
+)
 from xmod_pretrain.runs import RunCheckpoint, default_source_run, open_run, write_run
 
 FORMAT_VERSION = 1
@@ -50,7 +55,6 @@ NOT_IDENTITY = frozenset({"languages", "hidden_dropout_prob", "attention_probs_d
 # What a module's own shape and placement depend on; recorded in its .json and named on mismatch.
 MODULE_ARCHITECTURE = ("hidden_size", "num_hidden_layers", "adapter_reduction_factor",
                        "ln_before_adapter", "adapter_layer_norm", "adapter_reuse_layer_norm")
-_RUN_KEY = re.compile(r"^roberta\.encoder\.layer\.(\d+)\.output\.adapter_modules\.([^.]+)\.(.+)$")
 _MODULE_KEY = re.compile(r"^layer\.(\d+)\.(.+)$")
 
 
@@ -84,7 +88,7 @@ def base_identity(weights: dict[str, torch.Tensor], model_cfg: ModelConfig,
     _add(digest, json.dumps(architecture, sort_keys=True).encode())
     _add(digest, tokenizer_sha256.encode())
     for name in sorted(weights):
-        if language_of_parameter(name) is not None or name in TIED_KEYS:
+        if language_of_parameter(name) is not None or name in TIED:
             continue
         tensor = weights[name].detach().to("cpu").contiguous()
         _add(digest, f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
@@ -111,10 +115,10 @@ def module_tensors(weights: dict[str, torch.Tensor], lang: str) -> dict[str, tor
     for name, tensor in weights.items():
         if language_of_parameter(name) != lang:
             continue
-        found = _RUN_KEY.match(name)
+        found = split_language_parameter(name)
         if found is None:
             raise LanguageModuleError(f"{name} belongs to {lang} but is not a layer's module")
-        tensors[f"layer.{found[1]}.{found[3]}"] = tensor
+        tensors[f"layer.{found[0]}.{found[2]}"] = tensor
     return tensors
 
 
@@ -123,7 +127,7 @@ def run_key(key: str, lang: str) -> str:
     found = _MODULE_KEY.match(key)
     if found is None:
         raise LanguageModuleError(f"{key!r} is not a module-file key (layer.<i>.<name>)")
-    return f"roberta.encoder.layer.{found[1]}.output.adapter_modules.{lang}.{found[2]}"
+    return language_parameter(found[1], lang, found[2])
 
 
 # ---- save / load / remove ---------------------------------------------------------------------

@@ -41,6 +41,8 @@ from xmod_pretrain.config import ModelConfig
 # ``roberta.encoder.layer.3.output.adapter_modules.de_DE.dense1.weight`` -> ``de_DE``. A search,
 # not a match, so prefixes added by wrappers (``module.``, ``_orig_mod.``) do not matter.
 _LANGUAGE_PARAMETER = re.compile(r"(?:^|\.)adapter_modules\.([^.]+)\.")
+_MODULE_PARAMETER = re.compile(
+    r"^roberta\.encoder\.layer\.(\d+)\.output\.adapter_modules\.([^.]+)\.(.+)$")
 
 
 class MaskedLMOutput(NamedTuple):
@@ -52,15 +54,35 @@ class MaskedLMOutput(NamedTuple):
     """[M, V] at ``mlm_positions``, or [B, S, V] for every position when none are given."""
 
 
-# State-dict keys that alias other tensors (the decoder is tied to the word embeddings and to
-# lm_head.bias): present in state_dict() as in transformers, absent from model.safetensors.
-TIED_KEYS = frozenset({"lm_head.decoder.weight", "lm_head.decoder.bias"})
+# State-dict keys that alias other tensors, and the tensor each is tied to (the decoder reads the
+# word embeddings and lm_head.bias): present in state_dict() as in transformers, absent from
+# model.safetensors, which stores each tied tensor once under the name it is tied to.
+TIED = {"lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight",
+        "lm_head.decoder.bias": "lm_head.bias"}
 
 
 def language_of_parameter(name: str) -> str | None:
     """The language code owning parameter ``name``, or None for a shared parameter."""
     found = _LANGUAGE_PARAMETER.search(name)
     return found.group(1) if found else None
+
+
+def language_parameter(layer: int | str, language: str, name: str) -> str:
+    """The state-dict name of ``name`` (``dense1.weight``) of ``language``'s module in ``layer``."""
+    return f"roberta.encoder.layer.{layer}.output.adapter_modules.{language}.{name}"
+
+
+def split_language_parameter(name: str) -> tuple[int, str, str] | None:
+    """(layer, language, name within the module) of a module parameter's state-dict name (the
+    inverse of ``language_parameter``); None for any other name."""
+    found = _MODULE_PARAMETER.match(name)
+    return (int(found[1]), found[2], found[3]) if found else None
+
+
+def as_language(name: str, language: str) -> str:
+    """A module parameter's name with its language replaced by ``language``."""
+    layer, _, rest = split_language_parameter(name)
+    return language_parameter(layer, language, rest)
 
 
 def position_ids(input_ids: torch.Tensor, padding_idx: int) -> torch.Tensor:

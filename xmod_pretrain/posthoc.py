@@ -23,8 +23,8 @@ from xmod_core.shards import MANIFEST, check_run_tokenizer, read_manifest
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo, barrier
-from xmod_pretrain.export import is_hf_folder, open_hf_folder
-from xmod_pretrain.model import TIED_KEYS, XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.interop import is_hf_folder, open_hf_folder
+from xmod_pretrain.model import TIED, XmodForMaskedLM, as_language, language_of_parameter
 from xmod_pretrain.runlock import LOCK_NAME
 from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
 
@@ -162,7 +162,7 @@ def build_grown_model(plan: AddLanguagePlan, init: str) -> XmodForMaskedLM:
     new_keys = {key for key in model.state_dict() if language_of_parameter(key) in plan.new_languages}
     kept = {key: value for key, value in weights.items() if key not in new_keys}
     missing, unexpected = model.load_state_dict(kept, strict=False)
-    expected_missing = new_keys | TIED_KEYS
+    expected_missing = new_keys | set(TIED)
     if unexpected or set(missing) - expected_missing:
         raise AddLanguageError(f"{plan.source.path} does not fit its own config: missing "
                                f"{sorted(set(missing) - expected_missing)}, unexpected {unexpected}")
@@ -181,8 +181,7 @@ def _init_from_donors(model: XmodForMaskedLM, weights: dict[str, torch.Tensor], 
     with torch.no_grad():
         for name, param in model.named_parameters():
             if language_of_parameter(name) == lang:
-                sources = [weights[name.replace(f".adapter_modules.{lang}.",
-                                                f".adapter_modules.{donor}.")] for donor in donors]
+                sources = [weights[as_language(name, donor)] for donor in donors]
                 param.copy_(torch.stack(sources).mean(dim=0))
 
 

@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from safetensors.torch import load_file
 from xmod_core.atomic import fsync_dir
 from xmod_core.errors import UserError
 from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, check_new_run_dir
-from xmod_core.shards import MANIFEST, TOKENIZER_FILE
+from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.checkpoint import (
     TMP_PREFIX,
     TRAINER_STATE,

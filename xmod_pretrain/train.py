@@ -46,7 +46,7 @@ from xmod_pretrain.engine import (
     reduces_gradients_itself,
 )
 from xmod_pretrain.evaluation import masked_lm_loss
-from xmod_pretrain.export import hf_tokenizer_file, load_hf_weights, model_config_from_hf
+from xmod_pretrain.interop import hf_tokenizer_file, load_hf_weights, model_config_from_hf
 from xmod_pretrain.metrics import (
     MetricsLogger,
     flatten,

@@ -14,7 +14,10 @@ import torch
 from tests.integration.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.posthoc import (
-    BUNDLED_TEXT, AddLanguageError, build_grown_model, plan_add_language,
+    BUNDLED_TEXT,
+    AddLanguageError,
+    build_grown_model,
+    plan_add_language,
 )
 from xmod_pretrain.runs import load_config, open_run
 

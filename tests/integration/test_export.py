@@ -21,8 +21,8 @@ from tests.integration.launch import run_training
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.config import ModelConfig
-from xmod_pretrain.export import (
-    XMOD_CONFIG_DEFAULTS,
+from xmod_pretrain.inference import RunModel, encode_padded
+from xmod_pretrain.interop import (
     WeightMismatchError,
     export_model,
     export_run,
@@ -30,7 +30,7 @@ from xmod_pretrain.export import (
     load_hf_weights,
     model_config_from_hf,
 )
-from xmod_pretrain.inference import RunModel, encode_padded
+from xmod_pretrain.interop.config import XMOD_CONFIG_DEFAULTS
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.runs import open_run
 

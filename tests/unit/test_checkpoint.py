@@ -17,8 +17,13 @@ import torch
 import xmod_pretrain.checkpoint as ckpt
 from tests.unit.test_language_modules import make_run
 from xmod_pretrain.checkpoint import (
-    CheckpointCorrupt, CheckpointError, Checkpointer, CheckpointWriteError, latest_checkpoint,
-    resume_checkpoint, verify_checkpoint,
+    CheckpointCorrupt,
+    Checkpointer,
+    CheckpointError,
+    CheckpointWriteError,
+    latest_checkpoint,
+    resume_checkpoint,
+    verify_checkpoint,
 )
 from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.language_modules import save_language_module

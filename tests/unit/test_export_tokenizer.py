@@ -12,7 +12,7 @@ import sentencepiece as spm
 import transformers
 
 from xmod_core.tokenizer import Tokenizer, train_tokenizer
-from xmod_pretrain.hf_tokenizer import read_sentencepiece, write_tokenizer_files
+from xmod_pretrain.interop import read_sentencepiece, write_tokenizer_files
 
 CORPUS = Path(__file__).resolve().parents[2] / "data_prep" / "corpus"
 TRAIN_LINES = 150  # per Debian language; the lines after them are held out

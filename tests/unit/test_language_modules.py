@@ -11,12 +11,22 @@ import torch
 
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.language_modules import (
-    LanguageModuleError, base_identity, load_language_module, module_tensors, read_module,
-    remove_language, run_key, save_language_module,
+    LanguageModuleError,
+    base_identity,
+    load_language_module,
+    module_tensors,
+    read_module,
+    remove_language,
+    run_key,
+    save_language_module,
 )
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runs import (
-    RunFormatError, RunNotFoundError, default_source_run, open_run, write_run,
+    RunFormatError,
+    RunNotFoundError,
+    default_source_run,
+    open_run,
+    write_run,
 )
 
 TINY = ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -36,9 +36,10 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import Unigram
 
 from xmod_core.atomic import atomic_path, write_text
+from xmod_core.shards import TOKENIZER_FILE
 from xmod_core.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
+from xmod_pretrain.interop.config import TransformersFolderError
 
-SENTENCEPIECE_FILE = "sentencepiece.bpe.model"
 TOKENIZER_JSON = "tokenizer.json"
 SPACE = "▁"  # U+2581, SentencePiece's visible space
 
@@ -230,11 +231,21 @@ def write_tokenizer_files(sp_path: str | Path, out_dir: str | Path,
     tok = build_tokenizer(sp_path)
     with atomic_path(out_dir / TOKENIZER_JSON) as tmp:
         tok.save(str(tmp))
-    with atomic_path(out_dir / SENTENCEPIECE_FILE) as tmp:
+    with atomic_path(out_dir / TOKENIZER_FILE) as tmp:
         shutil.copyfile(sp_path, tmp)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **SPECIALS,
               "model_max_length": model_max_length, "clean_up_tokenization_spaces": False}
     write_text(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     write_text(out_dir / "special_tokens_map.json", json.dumps(SPECIALS, indent=2) + "\n")
-    names = (TOKENIZER_JSON, SENTENCEPIECE_FILE, "tokenizer_config.json", "special_tokens_map.json")
+    names = (TOKENIZER_JSON, TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
     return [out_dir / name for name in names]
+
+
+def hf_tokenizer_file(folder: str | Path) -> Path:
+    """The folder's ``sentencepiece.bpe.model``, checked to be in XLM-R's id layout."""
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.is_file():
+        raise TransformersFolderError(f"{folder} has no {TOKENIZER_FILE}: the SentencePiece model "
+                                "is needed to keep the folder's token ids")
+    Tokenizer.from_file(path)  # a model in another id layout fails here, not mid-training
+    return path

@@ -121,14 +121,20 @@ def open_source(
     the source's, sorted).
 
     ``source``: ``bundled`` (or ``bundled:<folder>`` of data_prep/corpus), a folder of
-    ``<xx_YY>.txt[.xz]`` files, a JSON file ``{"xx_YY": path or [paths]}``, or
-    ``hf:NAME[:TEMPLATE]`` (TEMPLATE: config name, or data_files for builders like ``text``,
-    with ``{lang}`` -> ``en_XX`` and ``{iso}`` -> ``en``; default ``{lang}``).
+    ``<xx_YY>.txt[.xz]`` files, a JSON file ``{"xx_YY": path or [paths]}``, one text file of
+    the one language ``languages`` names, or ``hf:NAME[:TEMPLATE]`` (TEMPLATE: config name, or
+    data_files for builders like ``text``, with ``{lang}`` -> ``en_XX`` and ``{iso}`` -> ``en``;
+    default ``{lang}``).
     """
     languages = _language_list(languages) if languages else None
     spec = str(source)
     if spec.startswith(HF_PREFIX):
         return _hf_sources(spec, languages)
+    if Path(spec).is_file() and Path(spec).suffix != ".json":
+        if not languages or len(languages) != 1:
+            raise DataPrepError(f"source {spec} is one text file: name its one language "
+                                "(--languages xx_YY)")
+        return {languages[0]: FileSource(languages[0], (Path(spec),))}
     available = _files_by_language(spec)
     return _select(available, languages, spec)
 

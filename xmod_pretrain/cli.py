@@ -32,7 +32,7 @@ def _train(cfg: DictConfig) -> None:
         config = OmegaConf.to_object(cfg)
         check_config(config)  # before the heavy imports: a bad value fails in about a second
         from xmod_pretrain.data import check_first_use
-        from xmod_pretrain.train import run
+        from xmod_pretrain.launch import run
 
         check_first_use(config, HydraConfig.get().overrides.task)
         run(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,34 @@ from xmod_core.errors import UserError
 # The YAML tree these schemas type: package data, so an installed wheel finds it (the checkout's
 # top-level conf/ links here).
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+# String choices are enums, so Hydra refuses a value outside them when it composes the config
+# ("Invalid value 'fp16', expected one of [fp32, bf16]"); as str enums they compare equal to
+# their names and are written to YAML and JSON as them.
+
+
+class RunKind(str, Enum):
+    """The kind of run, and so the recipe that builds its parts (xmod_pretrain/recipes/)."""
+
+    pretrain = "pretrain"
+    add_language = "add_language"
+
+
+class LanguagePer(str, Enum):
+    rank = "rank"
+    step = "step"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
 
 
 @dataclass
@@ -84,7 +113,7 @@ class DataConfig:
     alpha: float = 0.7
     """Language sampling p_l ∝ n_l^alpha. 1 follows the data sizes, 0 is uniform. XLM-R used 0.3
     (Conneau et al., 2020); 0.7 keeps more of the natural distribution."""
-    language_per: str = "rank"
+    language_per: LanguagePer = LanguagePer.rank
     """``rank``: each data-parallel rank draws its own micro-batch language. ``step``: all ranks
     share one language per micro-step (required by ZeRO-3, which gathers weights collectively)."""
     shared_module: Optional[str] = None
@@ -144,7 +173,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     max_steps: int = 1000
     """Optimizer steps to train to; 0 validates and saves the initial weights (an init_from import)."""
-    precision: str = "fp32"
+    precision: Precision = Precision.fp32
     """fp32 or bf16 (bf16 needs an accelerator that has it)."""
     log_every: int = 10
     eval_every: int = 200
@@ -166,7 +195,7 @@ class TrainConfig:
 class LoggingConfig:
     wandb: bool = False
     wandb_project: str = "xmod-pretrain"
-    wandb_mode: str = "offline"
+    wandb_mode: WandbMode = WandbMode.offline
     """offline (no network needed; ``wandb sync`` later) or online."""
 
 
@@ -190,6 +219,8 @@ class AddLanguageConfig:
 
 @dataclass
 class Config:
+    recipe: RunKind = RunKind.pretrain
+    """pretrain, or add_language (``xmod_pretrain add-language`` sets it, with add_language.*)."""
     name: str = "default"
     run_dir: str = "runs/${name}"
     """Checkpoints, metrics.jsonl, the resolved config. Named, never timestamped, so every rank
@@ -258,7 +289,6 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.valid_fraction", _fraction, "in (0, 1)"),
     ("data.seq_len", _at_least(3), ">= 3 (<s>, one token, </s>)"),
     ("data.alpha", _at_least(0), ">= 0 (0 uniform, 1 proportional to the data)"),
-    ("data.language_per", _one_of("rank", "step"), "rank or step"),
     ("data.masking.prob", _fraction, "in (0, 1)"),
     ("data.masking.mask_frac", _share, "in [0, 1]"),
     ("data.masking.random_frac", _share, "in [0, 1]"),
@@ -277,14 +307,12 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.micro_batch_size", _positive, ">= 1"),
     ("train.grad_accum_steps", _positive, ">= 1"),
     ("train.max_steps", _at_least(0), ">= 0 (0: validate and save the initial weights only)"),
-    ("train.precision", _one_of("fp32", "bf16"), "fp32 or bf16"),
     ("train.log_every", _positive, ">= 1"),
     ("train.eval_every", _at_least(0), ">= 0 (0: at the start and the end only)"),
     ("train.eval_batches", _positive, ">= 1"),
     ("train.save_every", _at_least(0), ">= 0 (0: at the end only)"),
     ("train.keep_checkpoints", _at_least(0), ">= 0 (0 keeps all)"),
     ("train.threads", _at_least(0), ">= 0 (0: cores / local processes)"),
-    ("logging.wandb_mode", _one_of("offline", "online", "disabled"), "offline, online or disabled"),
 )
 
 
@@ -320,6 +348,10 @@ def check_config(cfg: Config) -> None:
 
 def _check_combinations(cfg: Config) -> None:
     model, data, ds = cfg.model, cfg.data, cfg.deepspeed
+    if cfg.recipe is RunKind.pretrain and cfg.add_language.languages:
+        raise ConfigError(f"recipe={cfg.recipe.value} with add_language.languages="
+                          f"{cfg.add_language.languages}: adding languages is recipe=add_language "
+                          "with the languages named (xmod_pretrain add-language --lang xx_YY)")
     masking = data.masking
     if masking.mask_frac + masking.random_frac > 1:
         raise ConfigError(f"data.masking.mask_frac + data.masking.random_frac = "

@@ -35,12 +35,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xmod_core.errors import UserError
 from xmod_core.languages import check_language_list
-from xmod_core.shards import MANIFEST, read_manifest
+from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.config import CONF_DIR, Config, register_configs
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.model import count_parameters
 from xmod_pretrain.paths import resolve_paths
+from xmod_pretrain.prepared import ensure_prepared
 from xmod_pretrain.runs import load_config
 
 # el_GR has the most text of the bundled corpus and zh_CN the least, in two scripts of their own;
@@ -110,15 +111,10 @@ def compose_config(overrides: Sequence[str]) -> Config:
 
 def prepare_data(cfg: Config) -> list[str]:
     """The prepared data's languages, preparing ``data.dir`` once (every run then shares it)."""
-    if not (Path(cfg.data.dir) / MANIFEST).is_file():
-        if cfg.data.source is None:
-            raise CurseError(f"no prepared data in {cfg.data.dir} and data.source is null")
-        from data_prep.prepare import prepare
-
-        print(f"preparing {cfg.data.dir} from {cfg.data.source} (first use)", flush=True)
-        prepare(cfg.data.source, cfg.data.dir, vocab_size=cfg.data.vocab_size,
-                valid_fraction=cfg.data.valid_fraction, workers=cfg.data.prepare_workers)
-    return list(read_manifest(cfg.data.dir)["languages"])
+    data = cfg.data
+    manifest = ensure_prepared(data.dir, data.source, vocab_size=data.vocab_size,
+                               valid_fraction=data.valid_fraction, workers=data.prepare_workers)
+    return list(manifest["languages"])
 
 
 def check_plan(plan: Plan, available: list[str]) -> None:
@@ -163,9 +159,9 @@ def final_validation(run_dir: Path) -> dict | None:
 def is_complete(run_dir: Path, cfg: Config) -> bool:
     """Trained to the end and saved: its last validation is at ``max_steps``. A run made with
     other settings is refused rather than mixed into the comparison."""
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         return False
-    saved, asked = load_config(run_dir / "config.yaml"), resolve_paths(cfg)  # runs store absolute paths
+    saved, asked = load_config(run_dir / CONFIG_FILE), resolve_paths(cfg)  # runs store absolute paths
     differ = [name for name in ("data", "train", "optim")
               if getattr(saved, name) != getattr(asked, name)]
     model = dataclasses.replace(saved.model, vocab_size=cfg.model.vocab_size,
@@ -216,7 +212,7 @@ def read_result(run_dir: Path, variant: str, n: int) -> Result:
     last = final_validation(run_dir)
     if last is None:
         raise CurseError(f"{run_dir / 'metrics.jsonl'} has no validation record")
-    total, active = count_parameters(load_config(run_dir / "config.yaml").model)
+    total, active = count_parameters(load_config(run_dir / CONFIG_FILE).model)
     return Result(variant, n, str(run_dir), last["step"], last["lang_loss"], total, active)
 
 

@@ -22,9 +22,9 @@ import torch
 from tqdm import tqdm
 
 from xmod_core.errors import UserError
-from xmod_core.shards import MANIFEST, TOKEN_DTYPE, TOKENIZER_FILE, read_manifest
+from xmod_core.shards import MANIFEST, TOKEN_DTYPE, TOKENIZER_FILE, is_prepared, read_manifest
 from xmod_core.tokenizer import BOS_ID, EOS_ID, UNK_ID
-from xmod_pretrain.config import Config, DataConfig, MaskingConfig
+from xmod_pretrain.config import Config, DataConfig, MaskingConfig, RunKind
 
 # Token ids checked per np.max: 256 MB of uint32, large enough that the call overhead vanishes,
 # small enough that the slice's pages are not held by this process for long.
@@ -46,7 +46,7 @@ def check_first_use(cfg: Config, overrides: Sequence[str]) -> None:
     mistyped path would quietly become a run on the demo corpus. ``overrides`` are Hydra's
     command-line overrides (``data.dir=...``)."""
     data = cfg.data
-    if data.source is None or cfg.add_language.languages or (Path(data.dir) / MANIFEST).is_file():
+    if data.source is None or cfg.recipe is not RunKind.pretrain or is_prepared(data.dir):
         return  # nothing would be prepared here (add-language prepares its own data.dir)
     named = {override.lstrip("+~").partition("=")[0] for override in overrides}
     if "data.dir" in named and "data.source" not in named:

@@ -26,11 +26,12 @@ import torch
 
 from data_prep.errors import DataPrepError
 from xmod_core.errors import UserError
-from xmod_core.outputs import inside_checkpoints
-from xmod_core.shards import MANIFEST, check_run_tokenizer, read_manifest
+from xmod_core.outputs import CONFIG_FILE, inside_checkpoints
+from xmod_core.shards import MANIFEST, check_run_tokenizer, is_prepared, read_manifest
 from xmod_pretrain.config import Config
 from xmod_pretrain.data import Masker, MicroBatch, ShardSet, validation_batches
 from xmod_pretrain.metrics import perplexity
+from xmod_pretrain.prepared import ensure_prepared
 from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
 
 Forward = Callable[[MicroBatch], torch.Tensor]
@@ -130,7 +131,7 @@ def run_sources(run: RunCheckpoint) -> dict[str, Source]:
     sha = run.tokenizer_sha256()
     shared = run.config.data.shared_module  # every data language has text, through that module
     for depth, (data_dir, chosen) in enumerate(_data_dirs(run.config)):
-        if not (data_dir / MANIFEST).is_file():
+        if not is_prepared(data_dir):
             continue
         if depth == 0:
             check_run_tokenizer(run.tokenizer, data_dir)
@@ -148,9 +149,9 @@ def _data_dirs(config: Config) -> list[tuple[Path, list[str]]]:
     it grew from; a source run that is gone is skipped."""
     dirs, seen = [(Path(config.data.dir), config.data.languages)], {Path(config.run_dir)}
     source = config.add_language.source_run
-    while source and Path(source) not in seen and (Path(source) / "config.yaml").is_file():
+    while source and Path(source) not in seen and (Path(source) / CONFIG_FILE).is_file():
         seen.add(Path(source))
-        config = load_config(Path(source) / "config.yaml")
+        config = load_config(Path(source) / CONFIG_FILE)
         dirs.append((Path(config.data.dir), config.data.languages))
         source = config.add_language.source_run
     return dirs
@@ -158,8 +159,6 @@ def _data_dirs(config: Config) -> list[tuple[Path, list[str]]]:
 
 def text_sources(texts: dict[str, Path], tokenizer: Path, work_dir: Path) -> dict[str, Source]:
     """Shards of the user's text files in ``work_dir``, tokenized with the run's tokenizer."""
-    from data_prep.prepare import prepare
-
     found = {}
     for lang, path in texts.items():
         where = f"--text {lang}={path}"
@@ -167,11 +166,10 @@ def text_sources(texts: dict[str, Path], tokenizer: Path, work_dir: Path) -> dic
             raise EvaluationError(f"{where}: {path} does not exist")
         if not path.read_text(encoding="utf-8", errors="replace").strip():
             raise EvaluationError(f"{where}: {path} is empty")
-        listing = work_dir / f"{lang}.json"
-        listing.write_text(json.dumps({lang: str(path.resolve())}), encoding="utf-8")
         try:
-            prepare(listing, work_dir / lang, valid_fraction=TEXT_VALID_FRACTION,
-                    languages=[lang], workers=1, tokenizer=tokenizer)
+            ensure_prepared(work_dir / lang, path, tokenizer=tokenizer, languages=[lang],
+                            valid_fraction=TEXT_VALID_FRACTION, option="--text",
+                            announce=f"encoding {path} with the run's tokenizer")
         except DataPrepError as err:
             raise EvaluationError(f"{where}: {err}") from None
         found[lang] = Source(work_dir / lang, [lang])

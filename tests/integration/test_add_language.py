@@ -13,7 +13,7 @@ import torch
 
 from tests.integration.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
-from xmod_pretrain.posthoc import (
+from xmod_pretrain.recipes.add_language import (
     BUNDLED_TEXT,
     AddLanguageError,
     build_grown_model,

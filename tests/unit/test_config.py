@@ -80,8 +80,7 @@ def test_deepspeed_config_follows_train_config():
     ("optim.lr=-1e-3", "optim.lr=-0.001"),
     ("data.masking.prob=0", "data.masking.prob=0.0 is not allowed: in (0, 1)"),
     ("data.masking.mask_frac=0.95", "mask_frac + data.masking.random_frac"),
-    ("data.language_per=node", "data.language_per='node' is not allowed: rank or step"),
-    ("train.precision=fp16", "train.precision='fp16'"),
+    ("add_language.languages=[yo_NG]", "recipe=pretrain with add_language.languages=['yo_NG']"),
     ("deepspeed.offload_param=true", "offload_param=true needs deepspeed.zero_stage=3"),
     ("model.num_attention_heads=5", "not a multiple of model.num_attention_heads=5"),
 ])
@@ -89,6 +88,25 @@ def test_check_config_names_the_key_the_value_and_what_is_allowed(override, mess
     cfg = load("+exp=demo", override)
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("override, choices", [
+    ("data.language_per=node", "[rank, step]"),
+    ("train.precision=fp16", "[fp32, bf16]"),
+    ("logging.wandb_mode=on", "[offline, online, disabled]"),
+    ("recipe=finetune", "[pretrain, add_language]"),
+])
+def test_hydra_refuses_a_choice_outside_the_schema_enum(override, choices):
+    """String choices are enums in the schema: composing a bad one fails, naming the choices."""
+    with pytest.raises(ConfigCompositionException) as err:
+        load("+exp=demo", override)
+    assert f"expected one of {choices}" in str(err.value.__cause__)
+
+
+def test_the_add_language_experiment_selects_its_recipe():
+    cfg = load("+exp=add_language", "add_language.languages=[yo_NG]")
+    assert cfg.recipe == "add_language" and load("+exp=demo").recipe == "pretrain"
+    check_config(cfg)
 
 
 def test_a_key_added_with_plus_that_the_schema_lacks_is_refused():

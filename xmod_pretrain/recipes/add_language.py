@@ -1,4 +1,4 @@
-"""Post-hoc languages: grow a trained run by new languages whose modules alone are trained.
+"""Add-language: grow a trained run by new languages whose modules alone are trained.
 
 X-MOD's promise is that a language added after pre-training costs the others nothing. Here that
 is exact: the source run's weights are loaded as they are, every parameter that is not a new
@@ -9,26 +9,33 @@ new languages train on their own text only, tokenized with the source run's toke
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from xmod_core.atomic import write_text
+from data_prep.sources import CORPUS_DIR
 from xmod_core.errors import UserError
-from xmod_core.languages import check_language_code, check_language_list
-from xmod_core.outputs import inside_checkpoints
-from xmod_core.shards import MANIFEST, check_run_tokenizer, read_manifest
+from xmod_core.languages import check_language_code, check_language_list, language_index
+from xmod_core.outputs import CONFIG_FILE, inside_checkpoints
+from xmod_core.shards import is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.config import AddLanguageConfig, Config, ModelConfig
-from xmod_pretrain.distributed import DistInfo, barrier
+from xmod_pretrain.config import AddLanguageConfig, Config, ConfigError, ModelConfig
+from xmod_pretrain.data import Masker
+from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.interop import is_hf_folder, open_hf_folder
+from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.model import TIED, XmodForMaskedLM, as_language, language_of_parameter
+from xmod_pretrain.prepared import ensure_prepared
+from xmod_pretrain.recipes.base import Recipe, train_and_valid, valid_sets
 from xmod_pretrain.runlock import LOCK_NAME
 from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
 
-BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data_prep" / "corpus" / "udhr"
+if TYPE_CHECKING:
+    from xmod_pretrain.train import Trainer
+
+BUNDLED_TEXT = CORPUS_DIR / "udhr"  # UDHR text of yo_NG and the demo languages
 
 
 class AddLanguageError(UserError, ValueError):
@@ -73,7 +80,7 @@ def check_run_dir(cfg: Config, source: RunCheckpoint) -> None:
                                f"({checkpoints}): pick a new directory")
     if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != LOCK_NAME]:
         return
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG_FILE
     if saved.is_file():
         before = load_config(saved)
         before_source = before.add_language.source_run or before.init_from
@@ -126,33 +133,10 @@ def check_text(req: AddLanguageConfig) -> None:
                                "files (or a JSON manifest) for several languages")
 
 
-def text_source(req: AddLanguageConfig, data_dir: Path) -> str:
-    """What data_prep reads for the new languages (``check_text`` has passed): the user's text,
-    or the bundled UDHR. One file becomes a one-language JSON manifest in ``data_dir``."""
-    if req.text is None:
-        return f"bundled:{BUNDLED_TEXT.name}"
-    path = Path(req.text)
-    if path.is_file() and path.suffix != ".json":
-        manifest = data_dir / "text_sources.json"
-        write_text(manifest, json.dumps({req.languages[0]: str(path.resolve())}))
-        return str(manifest)
-    return str(path)
-
-
-def prepare_new_languages(cfg: Config, plan: AddLanguagePlan, info: DistInfo) -> dict:
-    """Shards of the new languages in ``data.dir``, made with the source run's tokenizer."""
-    out = Path(cfg.data.dir)
-    if info.is_main and not (out / MANIFEST).is_file():
-        from data_prep.prepare import prepare
-
-        source = text_source(cfg.add_language, out)
-        print(f"preparing {', '.join(plan.new_languages)} from {source} with the tokenizer of "
-              f"{plan.source.run_dir}", flush=True)
-        prepare(source, out, valid_fraction=cfg.data.valid_fraction, languages=plan.new_languages,
-                workers=cfg.data.prepare_workers, tokenizer=plan.source.tokenizer)
-    barrier()
-    check_run_tokenizer(plan.source.tokenizer, out)  # an out prepared earlier, by another model
-    return read_manifest(out)
+def text_source(req: AddLanguageConfig) -> str:
+    """What data_prep reads for the new languages (``check_text`` has passed): the user's text
+    (one file of the one new language, a folder, a JSON manifest), or the bundled UDHR."""
+    return f"bundled:{BUNDLED_TEXT.name}" if req.text is None else req.text
 
 
 def build_grown_model(plan: AddLanguagePlan, init: str) -> XmodForMaskedLM:
@@ -189,9 +173,59 @@ def source_validation(plan: AddLanguagePlan) -> tuple[str, list[str]] | None:
     """The source run's data folder and languages, to validate the old languages beside the new
     (when the folder is still there and was made with the same tokenizer)."""
     data_dir = Path(plan.source.config.data.dir)
-    if not (data_dir / MANIFEST).is_file():
+    if not is_prepared(data_dir):
         return None
     manifest = read_manifest(data_dir)
     if manifest["tokenizer"]["sha256"] != Tokenizer.from_file(plan.source.tokenizer).sha256:
         return None
     return str(data_dir), [lang for lang in manifest["languages"] if lang in plan.source.languages]
+
+
+class AddLanguage(Recipe):
+    """Grow ``add_language.source_run`` (or the ``init_from`` folder) by
+    ``add_language.languages``: their shards are made with the source's tokenizer, only their
+    modules train, and the source's languages are validated beside them."""
+
+    def __init__(self, cfg: Config, info: DistInfo):
+        super().__init__(cfg, info)
+        if cfg.data.shared_module is not None:
+            raise ConfigError("data.shared_module is for pre-training: add-language gives each "
+                              "new language modules of its own")
+        self.plan = plan_add_language(cfg)
+
+    def prepare(self) -> Config:
+        cfg, plan = self.cfg, self.plan
+        source = text_source(cfg.add_language)
+        self.manifest = ensure_prepared(
+            cfg.data.dir, source, info=self.info, tokenizer=plan.source.tokenizer,
+            languages=plan.new_languages, valid_fraction=cfg.data.valid_fraction,
+            workers=cfg.data.prepare_workers,
+            announce=f"preparing {', '.join(plan.new_languages)} from {source} with the "
+                     f"tokenizer of {plan.source.run_dir}")
+        return dataclasses.replace(cfg, model=plan.model_cfg)
+
+    def build_data(self, cfg: Config):
+        sampler, valid = train_and_valid(cfg, self.info, self.manifest)
+        source = source_validation(self.plan)
+        if source:  # the old languages beside the new: their loss must not move
+            valid.update(valid_sets(cfg, *source, Masker(cfg.data.masking, cfg.model.vocab_size)))
+        return sampler, valid
+
+    def build_model(self, cfg: Config) -> XmodForMaskedLM:
+        return build_grown_model(self.plan, cfg.add_language.init)
+
+    def after_training(self, trainer: Trainer) -> None:
+        """Each new language's valid perplexity through the best existing language's modules:
+        what the new modules must beat."""
+        languages, new = trainer.languages, self.plan.new_languages
+        old = [lang for lang in languages if lang not in new]
+        for lang in new:
+            via = {other: trainer.evaluate(trainer.valid[lang], language_index(languages, other))
+                   for other in old}
+            best = min(via, key=via.get)
+            own = trainer.evaluate(trainer.valid[lang])
+            record = {"step": trainer.step, "split": "transfer", "language": lang, "own": own,
+                      "best_existing": best, "via": via}
+            trainer.metrics.log(record, f"{lang}: ppl {perplexity(own):.2f} with its own modules, "
+                                        f"{perplexity(via[best]):.2f} through {best}'s (the best "
+                                        f"of {len(old)} existing)")

@@ -1,0 +1,62 @@
+"""A training start, in its fixed order: lock the run directory, let the config's recipe check
+the request and prepare the data, decide where to resume, build the parts, then train.
+
+Every check comes before the first write, so a refused start leaves an existing run as it was,
+and a new run directory it made (half-prepared add-language data) goes entirely.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from xmod_pretrain.config import Config
+from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
+from xmod_pretrain.paths import resolve_paths
+from xmod_pretrain.recipes import Recipe, recipe_class
+from xmod_pretrain.resume import NothingToTrain, resume_point
+from xmod_pretrain.runlock import lock_run_dir
+from xmod_pretrain.signals import stop_when_orphaned
+from xmod_pretrain.train import Trainer
+
+
+def run(cfg: Config) -> None:
+    cfg = resolve_paths(cfg)  # the run's config.yaml then reads the same from any directory
+    recipe = recipe_class(cfg)
+    if cfg.train.dry_run:
+        recipe.dry_run(cfg)
+        return
+    info = init_distributed(cfg.deepspeed.dist_timeout_s)
+    lock = lock_run_dir(cfg.run_dir, info)  # first: nothing reads or writes the run before it
+    stop_when_orphaned()
+    started = False
+    try:
+        kind = recipe(cfg, info)  # checks the request against the world; writes nothing
+        trainer = build_trainer(kind, info)
+        started = True
+        try:
+            if trainer.train() is not None:  # None: stopped by a signal, after saving
+                kind.after_training(trainer)
+        finally:
+            trainer.close()
+    except NothingToTrain as done:
+        print(done, flush=True)
+    finally:
+        if lock:
+            lock.release(remove_new_run_dir=not started)
+
+
+def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:
+    """The Trainer over ``recipe``'s parts, resumed where the run directory says."""
+    set_threads(recipe.cfg, info)
+    barrier()  # every rank has checked the run directory before rank 0 writes to it
+    cfg = recipe.prepare()
+    resume_from = resume_point(cfg, info)
+    parts = recipe.build(cfg)
+    return Trainer(cfg, info, parts, resume_from)
+
+
+def set_threads(cfg: Config, info: DistInfo) -> None:
+    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
+    torch.set_num_threads(threads)

@@ -1,0 +1,43 @@
+"""Prepared data on first use: the one place a command turns raw text into shards by itself.
+
+Pre-training, add-language, the curse experiment and ``evaluate --text`` all read shards through a
+manifest; when the folder has none yet, they prepare it here from a ``data_prep`` source: rank 0
+writes (a failure removes a folder this call made), every rank waits, then reads the manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xmod_core.outputs import new_output_dir
+from xmod_core.shards import check_run_tokenizer, is_prepared, read_manifest
+from xmod_pretrain.data import DataError
+from xmod_pretrain.distributed import DistInfo, barrier
+
+
+def ensure_prepared(data_dir: str | Path, source: str | Path | None, *,
+                    info: DistInfo | None = None, tokenizer: Path | None = None,
+                    languages: list[str] | None = None, vocab_size: int = 8000,
+                    valid_fraction: float = 0.05, workers: int = 1,
+                    option: str = "data.dir", announce: str | None = None) -> dict:
+    """The manifest of ``data_dir``, preparing it from ``source`` first if it has none.
+
+    ``tokenizer``: encode with this SentencePiece model (a source run's, a transformers
+    folder's) instead of training one, and refuse a folder prepared earlier with another one.
+    ``languages``: only these of the source. ``info``: the ranks to coordinate (None: this
+    process alone). ``announce``: the line printed when preparing (None: a default one)."""
+    if not is_prepared(data_dir):
+        if source is None:
+            raise DataError(f"no prepared data in {data_dir} and data.source is null")
+        if info is None or info.is_main:
+            from data_prep.prepare import prepare
+
+            print(announce or f"preparing {data_dir} from {source} (first use)", flush=True)
+            with new_output_dir(data_dir, overwrite=True, option=option, data=True) as out:
+                prepare(source, out, vocab_size=vocab_size, tokenizer=tokenizer,
+                        valid_fraction=valid_fraction, languages=languages, workers=workers)
+        if info is not None:
+            barrier()
+    if tokenizer is not None:
+        check_run_tokenizer(tokenizer, data_dir)  # a folder prepared earlier, by another model
+    return read_manifest(data_dir)

@@ -1,0 +1,29 @@
+"""Kinds of run. Each recipe builds, from the typed config, what the Trainer loops over (the
+model with its trainable parameters marked, the train sampler, the validation sets); the Trainer
+itself knows none of them. ``config.recipe`` chooses one:
+
+    pretrain        pretrain.py       a fresh model, or every weight of an ``init_from`` folder
+    add_language    add_language.py   grow a trained run by new languages' modules, all else frozen
+
+A new kind of run is a module here with a ``Recipe`` subclass (base.py), an entry in
+``RECIPES`` and in ``config.RunKind``, and usually an experiment in conf/exp/.
+"""
+
+from __future__ import annotations
+
+from xmod_pretrain.config import Config, RunKind
+from xmod_pretrain.recipes.add_language import AddLanguage
+from xmod_pretrain.recipes.base import Recipe, RunParts
+from xmod_pretrain.recipes.pretrain import Pretrain
+
+RECIPES: dict[RunKind, type[Recipe]] = {
+    RunKind.pretrain: Pretrain,
+    RunKind.add_language: AddLanguage,
+}
+
+
+def recipe_class(cfg: Config) -> type[Recipe]:
+    return RECIPES[cfg.recipe]
+
+
+__all__ = ["RECIPES", "Recipe", "RunParts", "recipe_class"]

@@ -1,0 +1,98 @@
+"""What every kind of run hands the Trainer, and the steps a recipe takes to build it.
+
+The launcher (``launch.py``) drives a recipe in a fixed order: the constructor checks the
+request against the world (source runs, text, the run directory) and writes nothing; ``prepare``
+makes the data on first use and returns the config with the model complete; ``build`` makes the
+parts; ``after_training`` reports what the kind of run promises beyond the validation table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from xmod_core.languages import check_language_list, language_index
+from xmod_pretrain.config import Config, ConfigError, LanguagePer
+from xmod_pretrain.data import LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches
+from xmod_pretrain.distributed import DistInfo
+from xmod_pretrain.model import XmodForMaskedLM
+
+if TYPE_CHECKING:
+    from xmod_pretrain.train import Trainer
+
+
+@dataclass
+class RunParts:
+    """The Trainer's inputs besides the config. The trainable parameters are the model's with
+    ``requires_grad``: the optimizer groups them (shared, and per language: optim.py)."""
+
+    model: XmodForMaskedLM
+    sampler: LanguageSampler             # train micro-batches, deterministic from (seed, step, index)
+    valid: dict[str, list[MicroBatch]]   # fixed validation batches by the name the table shows
+
+
+class Recipe:
+    """One kind of run; subclasses implement ``prepare``, ``build_data`` and ``build_model``."""
+
+    def __init__(self, cfg: Config, info: DistInfo):
+        self.cfg, self.info = cfg, info
+
+    @classmethod
+    def dry_run(cls, cfg: Config) -> None:
+        raise ConfigError(f"train.dry_run=true is for pre-training, not recipe={cfg.recipe.value}")
+
+    def prepare(self) -> Config:
+        """Data on first use; the config with ``model`` complete (vocabulary, languages)."""
+        raise NotImplementedError
+
+    def build(self, cfg: Config) -> RunParts:
+        sampler, valid = self.build_data(cfg)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        return RunParts(model=self.build_model(cfg), sampler=sampler, valid=valid)
+
+    def build_data(self, cfg: Config) -> tuple[LanguageSampler, dict[str, list[MicroBatch]]]:
+        raise NotImplementedError
+
+    def build_model(self, cfg: Config) -> XmodForMaskedLM:
+        raise NotImplementedError
+
+    def after_training(self, trainer: Trainer) -> None:
+        """Reports beyond the final validation, once training reached ``max_steps``."""
+
+
+def train_and_valid(cfg: Config, info: DistInfo, manifest: dict) -> tuple[LanguageSampler, dict]:
+    """The train sampler and validation batches over ``cfg.data``'s languages (all of the
+    manifest when it names none), each through its own modules or the shared module set."""
+    data = cfg.data
+    if data.language_per is LanguagePer.rank and cfg.deepspeed.zero_stage == 3 \
+            and info.world_size > 1:
+        raise ConfigError(
+            "deepspeed.zero_stage=3 gathers each module's weights with all ranks together, so "
+            "ranks cannot run different languages in one micro-step: set data.language_per=step"
+        )
+    langs = check_language_list(data.languages or list(manifest["languages"]), "data.languages")
+    languages = cfg.model.languages
+    lang_ids = [language_index(languages, data.shared_module or lang) for lang in langs]
+    masker = Masker(data.masking, cfg.model.vocab_size)
+    train = ShardSet(data.dir, "train", langs, data.verify_shards)
+    sampler = LanguageSampler(train, data, masker, cfg.train.micro_batch_size, cfg.train.seed,
+                              lang_ids)
+    return sampler, valid_sets(cfg, data.dir, langs, masker)
+
+
+def valid_sets(cfg: Config, data_dir: str, langs: list[str], masker: Masker) -> dict:
+    """Fixed validation micro-batches of ``langs`` in ``data_dir``, by language."""
+    train, modules = cfg.train, cfg.data.shared_module  # None: each language through its own
+    valid = ShardSet(data_dir, "valid", langs, cfg.data.verify_shards)
+    return {lang: validation_batches(valid, d, language_index(cfg.model.languages, modules or lang),
+                                     masker, train.micro_batch_size, cfg.data.seq_len,
+                                     train.eval_batches, train.seed)
+            for d, lang in enumerate(langs)}
+
+
+def with_model(cfg: Config, **changes) -> Config:
+    """``cfg`` with ``model`` fields replaced."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))

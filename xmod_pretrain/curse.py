@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_plan(plan, prepare_data(cfg))
         results = run_all(plan)
         paths = write_outputs(plan, results, compose_config(plan.run_overrides("xmod", plan.ns[0])))
-    except CurseError as err:
+    except UserError as err:  # CurseError, and the data's own errors on first use
         print(f"xmod_pretrain.curse: error: {err}", file=sys.stderr, flush=True)
         return 1
     print(markdown_table(table_rows(results, plan.eval_languages), plan.ns), end="")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,9 +39,18 @@ from xmod_pretrain.metrics import (
 )
 from xmod_pretrain.model import XmodForMaskedLM, model_flops_per_token
 from xmod_pretrain.optim import LanguageAdamW
-from xmod_pretrain.recipes.base import RunParts
 from xmod_pretrain.runs import sidecars
 from xmod_pretrain.signals import StopRequest, signal_name
+
+
+@dataclass
+class RunParts:
+    """The Trainer's inputs besides the config. The trainable parameters are the model's with
+    ``requires_grad``: the optimizer groups them (shared, and per language: optim.py)."""
+
+    model: XmodForMaskedLM
+    sampler: LanguageSampler             # train micro-batches, deterministic from (seed, step, index)
+    valid: dict[str, list[MicroBatch]]   # fixed validation batches by the name the table shows
 
 
 class Trainer:
@@ -54,12 +64,18 @@ class Trainer:
     valid: dict[str, list[MicroBatch]]
     engine: object                # deepspeed.DeepSpeedEngine around XmodForMaskedLM
     optimizer: LanguageAdamW      # inside the engine; told each step's languages
-    anchor: LanguageAnchor | None # one gradient order on every rank (several ranks, ZeRO < 3)
+    reduce_gradients: bool        # the trainer averages gradients itself (ZeRO-0: engine.py)
+    anchor: LanguageAnchor | None  # one gradient order on every rank (several ranks, ZeRO < 3)
     checkpointer: Checkpointer
     metrics: MetricsLogger
     stop_request: StopRequest     # signals and the stop file, agreed over ranks
     step: int                     # optimizer steps done
     tokens_seen: int
+    first_valid: dict[str, float] | None  # the first validation, what later tables compare to
+    window_loss: torch.Tensor     # per-language loss sums and counts since the last log line
+    window_count: torch.Tensor
+    flops_per_token: float        # model FLOPs of a trained token, and the peak, for MFU
+    peak_flops: float
 
     def __init__(self, cfg: Config, info: DistInfo, parts: RunParts, resume_from: Path | None):
         self.cfg, self.info, self.run_dir = cfg, info, Path(cfg.run_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from xmod_pretrain.config import Config, RunKind
 from xmod_pretrain.recipes.add_language import AddLanguage
-from xmod_pretrain.recipes.base import Recipe, RunParts
+from xmod_pretrain.recipes.base import Recipe
 from xmod_pretrain.recipes.pretrain import Pretrain
 
 RECIPES: dict[RunKind, type[Recipe]] = {
@@ -26,4 +26,4 @@ def recipe_class(cfg: Config) -> type[Recipe]:
     return RECIPES[cfg.recipe]
 
 
-__all__ = ["RECIPES", "Recipe", "RunParts", "recipe_class"]
+__all__ = ["RECIPES", "Recipe", "recipe_class"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,9 +30,7 @@ from xmod_pretrain.prepared import ensure_prepared
 from xmod_pretrain.recipes.base import Recipe, train_and_valid, valid_sets
 from xmod_pretrain.runlock import LOCK_NAME
 from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
-
-if TYPE_CHECKING:
-    from xmod_pretrain.train import Trainer
+from xmod_pretrain.train import Trainer
 
 BUNDLED_TEXT = CORPUS_DIR / "udhr"  # UDHR text of yo_NG and the demo languages
 

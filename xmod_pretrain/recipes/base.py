@@ -8,10 +8,6 @@ parts; ``after_training`` reports what the kind of run promises beyond the valid
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
 from xmod_core.languages import check_language_list, language_index
@@ -19,19 +15,7 @@ from xmod_pretrain.config import Config, ConfigError, LanguagePer
 from xmod_pretrain.data import LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches
 from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.model import XmodForMaskedLM
-
-if TYPE_CHECKING:
-    from xmod_pretrain.train import Trainer
-
-
-@dataclass
-class RunParts:
-    """The Trainer's inputs besides the config. The trainable parameters are the model's with
-    ``requires_grad``: the optimizer groups them (shared, and per language: optim.py)."""
-
-    model: XmodForMaskedLM
-    sampler: LanguageSampler             # train micro-batches, deterministic from (seed, step, index)
-    valid: dict[str, list[MicroBatch]]   # fixed validation batches by the name the table shows
+from xmod_pretrain.train import RunParts, Trainer
 
 
 class Recipe:
@@ -91,8 +75,3 @@ def valid_sets(cfg: Config, data_dir: str, langs: list[str], masker: Masker) -> 
                                      masker, train.micro_batch_size, cfg.data.seq_len,
                                      train.eval_batches, train.seed)
             for d, lang in enumerate(langs)}
-
-
-def with_model(cfg: Config, **changes) -> Config:
-    """``cfg`` with ``model`` fields replaced."""
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))

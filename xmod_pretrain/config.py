@@ -197,6 +197,13 @@ class LoggingConfig:
     wandb_project: str = "xmod-pretrain"
     wandb_mode: WandbMode = WandbMode.offline
     """offline (no network needed; ``wandb sync`` later) or online."""
+    tensorboard: bool = False
+    """TensorBoard event files in ``run_dir/tensorboard`` (the same scalars wandb gets); needs
+    the ``tensorboard`` package (``pip install 'xmod-pretrain[tensorboard]'``)."""
+    loss_spike_factor: float = 2.0
+    """Warn when a log line's loss exceeds this many times the median of the last
+    ``spike_window`` log lines; 0 disables."""
+    spike_window: int = 20
 
 
 @dataclass
@@ -313,6 +320,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.save_every", _at_least(0), ">= 0 (0: at the end only)"),
     ("train.keep_checkpoints", _at_least(0), ">= 0 (0 keeps all)"),
     ("train.threads", _at_least(0), ">= 0 (0: cores / local processes)"),
+    ("logging.loss_spike_factor", lambda v: v == 0 or v > 1, "0 (off) or > 1"),
+    ("logging.spike_window", _positive, ">= 1"),
 )
 
 

@@ -75,6 +75,21 @@ def all_reduce_gradients(engine) -> None:
     engine.buffered_allreduce_fallback(grads=grads)
 
 
+def reports_gradient_norm(engine) -> bool:
+    """Whether DeepSpeed measures the global gradient norm (before clipping) at each step: its
+    ZeRO and bf16 optimizers do; its plain fp32 path clips without keeping the norm."""
+    return engine.zero_optimization() or engine.bfloat16_enabled()
+
+
+def gradient_norm(engine) -> torch.Tensor:
+    """The global 2-norm of the gradients the ranks hold whole (ZeRO-0 fp32, after the
+    reduction), as a tensor: reading it waits on the device, so the caller does that on log
+    steps only."""
+    norms = [torch.linalg.vector_norm(p.grad.float()) for p in engine.module.parameters()
+             if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
 def optimizer_parameter_count(engine) -> int:
     """Elements this rank's optimizer was built over (without ZeRO's padding).
 

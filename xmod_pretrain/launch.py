@@ -53,6 +53,8 @@ def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:
     barrier()  # every rank has checked the run directory before rank 0 writes to it
     cfg = recipe.prepare()
     resume_from = resume_point(cfg, info)
+    if info.is_main:
+        print(f"building the model ({cfg.recipe.value}) and its data", flush=True)
     parts = recipe.build(cfg)
     return Trainer(cfg, info, parts, resume_from)
 

@@ -25,14 +25,18 @@ from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.engine import (
     all_reduce_gradients,
     build_engine,
+    gradient_norm,
     optimizer_parameter_count,
     reduces_gradients_itself,
+    reports_gradient_norm,
 )
 from xmod_pretrain.evaluation import masked_lm_loss
 from xmod_pretrain.failures import NonFiniteLoss, classify_failure
 from xmod_pretrain.metrics import (
     MetricsLogger,
+    SpikeWatch,
     format_table,
+    language_line,
     measure_matmul_peak,
     perplexity,
     train_line,
@@ -74,6 +78,13 @@ class Trainer:
     first_valid: dict[str, float] | None  # the first validation, what later tables compare to
     window_loss: torch.Tensor     # per-language loss sums and counts since the last log line
     window_count: torch.Tensor
+    window_start: float           # perf_counter, tokens_seen and step at the window's start
+    window_tokens: int
+    window_step: int
+    train_start: float            # perf_counter when the loop started: wall time and ETA
+    own_grad_norm: bool           # DeepSpeed keeps no gradient norm here: measured on log steps
+    grad_norm: torch.Tensor | None
+    spikes: SpikeWatch            # loss spike warnings
     flops_per_token: float        # model FLOPs of a trained token, and the peak, for MFU
     peak_flops: float
 
@@ -81,6 +92,8 @@ class Trainer:
         self.cfg, self.info, self.run_dir = cfg, info, Path(cfg.run_dir)
         self.languages = cfg.model.languages
         self.sampler, self.valid = parts.sampler, parts.valid
+        self._print(f"starting DeepSpeed: ZeRO-{cfg.deepspeed.zero_stage}, {info.world_size} "
+                    f"rank(s), {cfg.train.precision.value}")
         self.engine, self.optimizer = build_engine(parts.model, cfg, info)
         self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
                     f"of {sum(p.numel() for p in parts.model.parameters()):,}")
@@ -145,11 +158,12 @@ class Trainer:
         if self.first_valid is None:
             self.first_valid = self.validate()
         self._reset_window()  # tokens/s counts training only
+        self.train_start = time.perf_counter()
         last_saved = self.step
         while self.step < cfg.max_steps:
             self.train_step()
             self.step += 1
-            if self.step % cfg.log_every == 0:
+            if self.logs_at(self.step):
                 self._log_window()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 self.validate()
@@ -183,6 +197,8 @@ class Trainer:
             self.engine.backward(loss)
             if self.reduce_gradients and micro == accum - 1:  # ZeRO-0: see engine.py
                 all_reduce_gradients(self.engine)
+            if micro == accum - 1 and self.own_grad_norm and self.logs_at(self.step + 1):
+                self.grad_norm = gradient_norm(self.engine)  # before engine.step() clips
             self.engine.step()
             losses.append(loss.detach().float())
             langs.append(batch.lang)
@@ -190,6 +206,10 @@ class Trainer:
             self.window_count[batch.lang] += 1
         self._check_finite(torch.stack(losses), langs)
         self.tokens_seen += accum * world * batch.input_ids.numel()
+
+    def logs_at(self, step: int) -> bool:
+        """Step 1 (a first line within seconds), then every ``log_every`` steps."""
+        return step == 1 or step % self.cfg.train.log_every == 0
 
     def _check_finite(self, losses: torch.Tensor, langs: list[int]) -> None:
         """Stop before a NaN/inf can reach a checkpoint (one host sync per step)."""
@@ -239,9 +259,12 @@ class Trainer:
         self.window_loss = torch.zeros(len(self.languages), device=device)
         self.window_count = torch.zeros(len(self.languages), device=device)
         self._reset_window()
+        self.own_grad_norm, self.grad_norm = not reports_gradient_norm(self.engine), None
+        self.spikes = SpikeWatch(self.cfg.logging.loss_spike_factor, self.cfg.logging.spike_window)
         model_cfg, data = self.cfg.model, self.cfg.data
         masked = data.masking.prob * (data.seq_len - 2) / data.seq_len
         self.flops_per_token = model_flops_per_token(model_cfg, data.seq_len, masked)
+        self._print("measuring the matmul peak for MFU")
         dtype = torch.bfloat16 if self.cfg.train.precision is Precision.bf16 else torch.float32
         self.peak_flops = measure_matmul_peak(device, dtype) * self.info.world_size
 
@@ -251,22 +274,39 @@ class Trainer:
         if self.info.world_size > 1:
             dist.all_reduce(stats)
         sums, counts = stats.cpu().tolist()
-        elapsed = time.perf_counter() - self.window_start
+        now = time.perf_counter()
+        elapsed = now - self.window_start
         tokens_per_s = (self.tokens_seen - self.window_tokens) / elapsed
-        mfu = tokens_per_s * self.flops_per_token / self.peak_flops
+        updates_per_s = (self.step - self.window_step) / elapsed
         lang_loss = {lang: s / c for lang, s, c in zip(self.languages, sums, counts) if c}
         loss = sum(sums) / max(sum(counts), 1)
-        lr = self.engine.get_lr()[0]
-        record = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s,
-                  "mfu": mfu, "tokens_seen": self.tokens_seen, "lang_loss": lang_loss}
-        self.metrics.log(record, train_line(self.step, self.cfg.train.max_steps, loss, lr,
-                                            tokens_per_s, mfu, lang_loss))
+        record = {"step": self.step, "loss": loss, "grad_norm": self._last_grad_norm(),
+                  "lr": self.engine.get_lr()[0], "tokens_per_s": tokens_per_s,
+                  "updates_per_s": updates_per_s,
+                  "mfu": tokens_per_s * self.flops_per_token / self.peak_flops,
+                  "tokens_seen": self.tokens_seen, "wall_s": now - self.train_start,
+                  "lang_loss": lang_loss}
+        eta = (self.cfg.train.max_steps - self.step) / max(updates_per_s, 1e-9)
+        median = self.spikes.check(loss)
+        if median is not None:
+            record["loss_spike"] = True
+            self.metrics.warn(f"loss spike at step {self.step}: {loss:.4f} is "
+                              f"{loss / median:.1f}x the median {median:.4f} of the last "
+                              f"{len(self.spikes.recent) - 1} log lines")
+        self.metrics.log(record, f"{train_line(record, self.cfg.train.max_steps, eta)}\n"
+                                 f"{language_line(lang_loss)}")
         self._reset_window()
+
+    def _last_grad_norm(self) -> float | None:
+        """The global gradient norm of the step just taken, before clipping."""
+        norm = self.grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
 
     def _reset_window(self) -> None:
         self.window_loss.zero_()
         self.window_count.zero_()
         self.window_start, self.window_tokens = time.perf_counter(), self.tokens_seen
+        self.window_step = self.step
 
     def _report_valid(self, losses: dict[str, float]) -> None:
         record = {"step": self.step, "split": "valid", "lang_loss": losses,

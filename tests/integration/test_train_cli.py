@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.integration.launch import read_metrics, run_training
 
@@ -19,10 +20,23 @@ def mean(values) -> float:
 def test_single_process_trains_and_checkpoints(tiny_data, tmp_path):
     run = tmp_path / "run"
     proc = run_training(run, tiny_data, "train.max_steps=40", "train.log_every=5",
-                        "train.eval_every=20", "train.save_every=20", "deepspeed=zero2")
+                        "train.eval_every=20", "train.save_every=20", "deepspeed=zero2",
+                        "logging.tensorboard=true")
     train, valid = read_metrics(run)
-    assert [r["step"] for r in train] == list(range(5, 41, 5))
-    assert {"loss", "lr", "tokens_per_s", "mfu", "lang_loss"} <= set(train[0])
+    assert [r["step"] for r in train] == [1, *range(5, 41, 5)]  # a first line at step 1
+    assert {"loss", "grad_norm", "lr", "tokens_per_s", "updates_per_s", "mfu", "wall_s",
+            "time", "elapsed_s", "lang_loss"} <= set(train[0])
+    assert all(r["grad_norm"] > 0 for r in train)
+    assert [r["elapsed_s"] for r in train] == sorted(r["elapsed_s"] for r in train)
+    # Start-up says what it is doing before the first step.
+    for line in ("building the model", "starting DeepSpeed: ZeRO-2", "measuring the matmul peak"):
+        assert line in proc.stdout, line
+    assert "gnorm" in proc.stdout and "eta" in proc.stdout
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in train]
+    assert [e.value for e in events.Scalars("grad_norm")] == pytest.approx(
+        [r["grad_norm"] for r in train])
     # Per-language validation at the start, mid-way and the end; every language improves.
     assert [r["step"] for r in valid] == [0, 20, 40]
     first, last = valid[0]["lang_loss"], valid[-1]["lang_loss"]

@@ -1,0 +1,101 @@
+"""What the log shows: the gradient norm, loss spikes, the compact per-language line, and the
+records wandb and TensorBoard get (TensorBoard's event files read back)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from bench.common import Size, engine_config, masked_batch, single_process_group
+from xmod_pretrain.config import LoggingConfig
+from xmod_pretrain.engine import build_engine, gradient_norm, reports_gradient_norm
+from xmod_pretrain.metrics import (
+    MetricsLogger, SpikeWatch, duration, flatten, language_line, train_line,
+)
+from xmod_pretrain.model import XmodForMaskedLM
+
+TINY = Size("tiny", hidden=32, layers=2, heads=2, intermediate=64, vocab=300, languages=3,
+            batch=2, seq=16)
+
+
+def step_norms(stage: int, model: XmodForMaskedLM) -> tuple[float, float | None]:
+    """(the norm the trainer logs for one step, the norm of the gradients computed here: ZeRO-0
+    only, where every parameter holds its whole gradient)."""
+    batch = masked_batch(TINY)
+    with single_process_group() as info:
+        engine, _ = build_engine(model, engine_config(TINY.model_config(), TINY.batch, stage), info)
+        torch.manual_seed(1)  # the same dropout in both steps
+        loss = engine(batch.input_ids, batch.lang, mlm_positions=batch.positions,
+                      mlm_targets=batch.targets).loss
+        engine.backward(loss)
+        expected = ours = None
+        if not reports_gradient_norm(engine):
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            expected = float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads])))
+            ours = float(gradient_norm(engine))
+        engine.step()
+        logged = float(engine.get_global_grad_norm()) if ours is None else ours
+        del engine
+    return logged, expected
+
+
+def test_gradient_norm_is_the_norm_before_clipping_under_zero0_and_zero2():
+    """ZeRO-0 fp32: measured by the trainer; ZeRO-2: DeepSpeed's; the same step, the same norm."""
+    torch.manual_seed(0)
+    model = XmodForMaskedLM(TINY.model_config())
+    zero0, expected = step_norms(0, copy.deepcopy(model))
+    zero2, none = step_norms(2, copy.deepcopy(model))
+    assert none is None and expected > 1.0  # clip_grad_norm is 1.0: this norm is before clipping
+    assert zero0 == pytest.approx(expected, rel=1e-5)
+    assert zero2 == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_spike_is_flagged_against_the_recent_median_and_can_be_turned_off():
+    watch = SpikeWatch(factor=2.0, window=5)
+    assert [watch.check(x) for x in (9.0, 8.0, 7.0, 6.5, 6.0)] == [None] * 5
+    assert watch.check(13.5) is None  # under 2 x 7.0, the median of the five before it
+    assert watch.check(15.0) == 7.0   # the window now holds 8.0 7.0 6.5 6.0 13.5
+    off = SpikeWatch(factor=0, window=5)
+    assert [off.check(x) for x in (1.0, 1.0, 1.0, 100.0)] == [None] * 4
+
+
+def test_the_language_line_stays_short_with_many_languages():
+    few = {"en_XX": 6.5, "de_DE": 6.1}
+    assert language_line(few).split() == ["de_DE", "6.100", "en_XX", "6.500"]
+    many = {f"l{i}_XX": 5.0 + i / 10 for i in range(81)}
+    line = language_line(many)
+    assert "81 languages: best l0_XX 5.000 l1_XX 5.100 l2_XX 5.200 | worst" in line
+    assert line.endswith("l80_XX 13.000") and len(line) < 140
+
+
+def test_the_train_line_reads_like_fairseq_and_torchtitan():
+    record = {"step": 10, "loss": 7.25, "grad_norm": 1.5, "lr": 3e-4, "tokens_per_s": 5300.0,
+              "updates_per_s": 0.52, "mfu": 0.36, "wall_s": 65.0}
+    line = train_line(record, 1000, eta_s=3725)
+    for part in ("step     10/1000", "loss 7.2500", "gnorm 1.500", "lr 3.00e-04",
+                 "tok/s 5,300", "upd/s 0.52", "mfu 36.0%", "1m05s (eta 1h02m)"):
+        assert part in line, part
+    assert "gnorm -" in train_line({**record, "grad_norm": None}, 1000, 0)
+    assert (duration(12.4), duration(245), duration(3725)) == ("12s", "4m05s", "1h02m")
+
+
+def test_records_carry_time_and_tensorboard_gets_the_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = MetricsLogger(tmp_path, LoggingConfig(tensorboard=True), True, {})
+    for step, loss in ((1, 9.0), (5, 7.5)):
+        logger.log({"step": step, "loss": loss, "lang_loss": {"en_XX": loss - 1},
+                    "split": "train", "loss_spike": False})
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["time"] > 1.7e9 and r["elapsed_s"] >= 0 for r in records)
+    assert records[1]["elapsed_s"] >= records[0]["elapsed_s"]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss", "lang_loss/en_XX", "elapsed_s"}
+    for key in ("loss", "lang_loss/en_XX"):
+        read = [(e.step, e.value) for e in events.Scalars(key)]
+        assert read == [(r["step"], pytest.approx(flatten(r, "/")[key])) for r in records]

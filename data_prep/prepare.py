@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (1 on unusable input)."""
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.prepare",
-        description="Raw text per language -> SentencePiece model + uint32 token shards.",
+        description="Raw text per language -> SentencePiece model + uint32 token shards. "
+                    "The same command as xmod_pretrain prepare.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--source", required=True, help="bundled | FOLDER | FILE.json | hf:NAME[:TEMPLATE]"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
@@ -38,6 +39,15 @@ TextSource = str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str]
 
 class TokenizerError(UserError, ValueError):
     """A file that is not a SentencePiece model in XLM-R's id layout."""
+
+
+class VocabularyTooLarge(UserError, ValueError):
+    """More pieces asked for than the training text holds; the message gives the most it does."""
+
+
+# SentencePiece's own words for that: "Vocabulary size too high (8000). Please set it to a
+# value <= 1293."
+_TOO_HIGH = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)")
 
 
 class Tokenizer:
@@ -199,6 +209,13 @@ def train_tokenizer(
     except RuntimeError as e:
         if lines is not None and lines.error is not None:
             raise lines.error  # the caller's own error, which SentencePiece wrapped
+        too_high = _TOO_HIGH.search(str(e))
+        if too_high:
+            raise VocabularyTooLarge(
+                f"a vocabulary of {vocab_size} pieces is more than this text supports (at most "
+                f"{too_high[1]}): lower the vocabulary size (prepare --vocab-size, or "
+                f"data.vocab_size when training prepares the data) to {too_high[1]} or less, "
+                "or give more text") from None
         raise ValueError(f"SentencePiece training failed: {e}") from e
     out_path = Path(out_path)
     write_bytes(out_path, model.getvalue())

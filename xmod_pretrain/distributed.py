@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -29,6 +32,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Unactionable(logging.Filter):
+    """DeepSpeed lines every start prints and no user can act on."""
+
+    # ZeRO with our AdamW: chosen on purpose (engine.py: zero_allow_untested_optimizer).
+    WORDS = ("untested optimizer",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(words in record.getMessage() for words in self.WORDS)
+
+
+def quiet_deepspeed() -> None:
+    """Before DeepSpeed's first import: name the CPU accelerator where torch sees no CUDA (else
+    every start warns "Setting accelerator to CPU ... we were unable to detect it"), drop its
+    untested-optimizer warning, and the FutureWarnings DeepSpeed's own calls of deprecated
+    torch.distributed functions raise (DeepSpeed's to fix, not ours or the user's)."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    logging.getLogger("DeepSpeed").addFilter(_Unactionable())
+
+
+def announce_cpu_comm_build() -> None:
+    """DeepSpeed's CPU path compiles a shared-memory communication op the first time it runs on a
+    machine (about 40 s on 2 cores, then cached): say so, so the start does not look hung."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    if not any(root.glob("**/deepspeed_shm_comm*.so")):  # with or without a py311_cpu/ level
+        print("first start on this machine: DeepSpeed compiles its CPU communication op with the "
+              f"C++ compiler (about 40 s on 2 cores, once; cached in {root})", flush=True)
+
+
 def init_distributed(timeout_s: int) -> DistInfo:
     """Join (or, alone, create) the default process group; gloo on CPU, nccl on GPUs.
 
@@ -45,6 +78,9 @@ def init_distributed(timeout_s: int) -> DistInfo:
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
     )
     if not dist.is_initialized():
+        quiet_deepspeed()
+        if info.is_main and not torch.cuda.is_available():
+            announce_cpu_comm_build()
         import deepspeed  # imported here: it is slow to import and only needed to train
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"

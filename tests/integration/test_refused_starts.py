@@ -134,3 +134,16 @@ def test_language_commands_refuse_an_out_inside_checkpoints(trained, command):
                "--out", str(trained / "checkpoints" / "step_zz"))
     assert proc.returncode == 1 and "inside the checkpoints folder" in proc.stderr
     assert tree_hash(trained) == before
+
+
+def test_base_without_data_says_what_it_needs_and_writes_nothing(tmp_path):
+    """``+exp=base`` on a new machine: one paragraph with the tokenizer, the prepare command and
+    its cost, exit 1, and no run directory or data folder made."""
+    run, data = tmp_path / "run", tmp_path / "xmod-base"
+    line = one_error_line(cli("+exp=base", f"run_dir={run}", f"data.dir={data}"))
+    for part in (f"no prepared data in {data} and data.source is null", "sentencepiece.bpe.model",
+                 "models--FacebookAI--xlm-roberta-base",
+                 f"xmod_pretrain prepare --source CORPUS --tokenizer sentencepiece.bpe.model "
+                 f"--out {data}", "70 s a GB"):
+        assert part in line, part
+    assert not run.exists() and not data.exists()

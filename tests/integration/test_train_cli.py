@@ -32,6 +32,9 @@ def test_single_process_trains_and_checkpoints(tiny_data, tmp_path):
     for line in ("building the model", "starting DeepSpeed: ZeRO-2", "measuring the matmul peak"):
         assert line in proc.stdout, line
     assert "gnorm" in proc.stdout and "eta" in proc.stdout
+    # Warnings no user can act on are not printed.
+    for noise in ("Setting accelerator to CPU", "untested optimizer", "FutureWarning"):
+        assert noise not in proc.stdout + proc.stderr, noise
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in train]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -303,6 +304,27 @@ def test_cli(tmp_path, prepared):
     assert ok.returncode == 0, ok.stderr
     entry = read_manifest(tmp_path / "good")["languages"]["zh_CN"]
     assert entry["valid"]["lines"] == int(0.2 * (entry["train"]["lines"] + entry["valid"]["lines"]))
+
+
+def test_a_vocabulary_the_text_cannot_fill_is_refused_naming_the_largest(tmp_path):
+    """A small corpus with the default 8000 pieces: one line naming the option and the most
+    SentencePiece can make from the text, exit 1, and no output folder left behind."""
+    folder = folder_with(tmp_path, {"en_XX.txt": "".join(
+        f"line {i} of a small corpus, with a few words\n" for i in range(60)).encode()})
+    failed = run_cli("--source", str(folder), "--out", str(tmp_path / "out"))
+    assert failed.returncode == 1
+    found = re.search(r"a vocabulary of 8000 pieces is more than this text supports \(at most "
+                      r"(\d+)\): lower the vocabulary size \(prepare --vocab-size", failed.stderr)
+    assert found and "Traceback" not in failed.stderr, failed.stderr
+    assert not (tmp_path / "out").exists()
+    largest = run_cli("--source", str(folder), "--out", str(tmp_path / "out"),
+                      "--vocab-size", found[1])
+    assert largest.returncode == 0, largest.stderr
+
+
+def test_prepare_help_shows_the_defaults_and_the_console_command():
+    shown = run_cli("--help").stdout
+    assert "xmod_pretrain prepare" in shown and "(default: 8000)" in shown
 
 
 # --- the bundled corpus -----------------------------------------------------------------------

@@ -11,9 +11,15 @@ import torch
 
 from bench.common import Size, engine_config, masked_batch, single_process_group
 from xmod_pretrain.config import LoggingConfig
+from xmod_pretrain.distributed import announce_cpu_comm_build
 from xmod_pretrain.engine import build_engine, gradient_norm, reports_gradient_norm
 from xmod_pretrain.metrics import (
-    MetricsLogger, SpikeWatch, duration, flatten, language_line, train_line,
+    MetricsLogger,
+    SpikeWatch,
+    duration,
+    flatten,
+    language_line,
+    train_line,
 )
 from xmod_pretrain.model import XmodForMaskedLM
 
@@ -99,3 +105,13 @@ def test_records_carry_time_and_tensorboard_gets_the_scalars(tmp_path):
     for key in ("loss", "lang_loss/en_XX"):
         read = [(e.step, e.value) for e in events.Scalars(key)]
         assert read == [(r["step"], pytest.approx(flatten(r, "/")[key])) for r in records]
+
+
+def test_the_first_cpu_start_announces_the_comm_op_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    announce_cpu_comm_build()
+    assert "compiles its CPU communication op with the C++ compiler" in capsys.readouterr().out
+    (tmp_path / "py311_cpu" / "deepspeed_shm_comm").mkdir(parents=True)
+    (tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").touch()
+    announce_cpu_comm_build()
+    assert capsys.readouterr().out == ""  # built once: nothing to say

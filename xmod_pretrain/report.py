@@ -132,18 +132,43 @@ def loss_figure(train: list[dict], valid: list[dict], path: Path) -> Path:
     return path
 
 
+# Up to this many languages every one gets a colour and a legend entry; beyond it the figure
+# shows the mean and the best and worst few in colour, and the rest as thin grey lines.
+ALL_IN_COLOUR = 8
+HIGHLIGHTED = 3
+
+
 def language_figure(records: list[dict], title: str, path: Path, colors: dict[str, tuple]) -> Path:
-    """One line per language of ``records[i]["lang_loss"]`` over steps, legend outside."""
+    """Per-language loss of ``records[i]["lang_loss"]`` over steps, legend outside; with many
+    languages, the mean and the best and worst ``HIGHLIGHTED`` (by last value) stand out."""
     fig, ax = _new_axes(title, "step", "loss (cross-entropy, nats)", size=(10, 5))
-    languages = sorted({lang for r in records for lang in r["lang_loss"]})
+    series = {lang: [(r["step"], r["lang_loss"][lang]) for r in records if lang in r["lang_loss"]]
+              for lang in sorted({lang for r in records for lang in r["lang_loss"]})}
     marker = "o" if len(records) < 30 else None
-    for lang in languages:
-        points = [(r["step"], r["lang_loss"][lang]) for r in records if lang in r["lang_loss"]]
-        ax.plot(*zip(*points), label=lang, color=colors[lang], marker=marker, markersize=3,
-                linewidth=1.2)
-    _legend_outside(ax, len(languages))
+    shown = highlighted_languages(series)
+    for lang, points in series.items():
+        if lang in shown:
+            ax.plot(*zip(*points), label=lang, color=colors[lang], marker=marker, markersize=3,
+                    linewidth=1.4, zorder=3)
+        else:
+            ax.plot(*zip(*points), color="0.75", linewidth=0.7, zorder=1)
+    if len(shown) < len(series):
+        means = [(r["step"], sum(r["lang_loss"].values()) / len(r["lang_loss"]))
+                 for r in records if r["lang_loss"]]
+        ax.plot(*zip(*means), label=f"mean of {len(series)}", color="black", linewidth=2.2,
+                zorder=4)
+        ax.plot([], [], color="0.75", linewidth=0.7, label=f"{len(series) - len(shown)} others")
+    _legend_outside(ax, len(shown) + 2)
     fig.savefig(path)
     return path
+
+
+def highlighted_languages(series: dict[str, list[tuple[int, float]]]) -> list[str]:
+    """Every language when few; else the best and the worst ``HIGHLIGHTED`` by last value."""
+    if len(series) <= ALL_IN_COLOUR:
+        return list(series)
+    ranked = sorted(series, key=lambda lang: series[lang][-1][1])
+    return ranked[:HIGHLIGHTED] + ranked[-HIGHLIGHTED:]
 
 
 def training_figures(train: list[dict], valid: list[dict], out: Path) -> list[Path]:
@@ -189,7 +214,60 @@ def latest_table(run_dir: Path, valid: list[dict]) -> tuple[str, list[dict]]:
 def _table_html(rows: list[dict]) -> str:
     body = "".join(f"<tr><td>{html.escape(r['name'])}</td><td>{r['loss']:.4f}</td>"
                    f"<td>{r['ppl']:,.2f}</td></tr>" for r in rows)
+    if rows:
+        mean = sum(r["loss"] for r in rows) / len(rows)
+        body += (f"<tr><th>mean of {len(rows)}</th><th>{mean:.4f}</th>"
+                 f"<th>{perplexity(mean):,.2f}</th></tr>")
     return f"<table><tr><th>language</th><th>loss</th><th>perplexity</th></tr>{body}</table>"
+
+
+# What each figure shows, under it on the page.
+CAPTIONS = {
+    "evaluation": "Per-language loss of the latest evaluation (xmod_pretrain evaluate).",
+    "loss": "Training loss (window means) and the mean validation loss over languages.",
+    "lang_loss": "Training loss per language, the mean of each log window where it was sampled.",
+    "lr": "Learning rate per step: the linear warmup, then the decay.",
+    "tokens_per_s": "Training throughput over all ranks, per log window.",
+    "valid_loss": "Validation loss per language at each validation.",
+}
+
+
+def run_summary(run_dir: Path, train: list[dict]) -> list[tuple[str, str]]:
+    """(label, value) rows of what the run is: model, parameters, languages, steps, time, tokens."""
+    from xmod_pretrain.model import count_parameters
+    from xmod_pretrain.runs import load_config
+
+    rows = []
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        cfg = load_config(config_file)
+        model, train_cfg = cfg.model, cfg.train
+        rows += [
+            ("kind", cfg.recipe.value),
+            ("model", f"{model.num_hidden_layers} layers, hidden {model.hidden_size}, vocabulary "
+                      f"{model.vocab_size:,}, {'pre' if model.pre_norm else 'post'}-norm"),
+            ("batch", f"{train_cfg.micro_batch_size} x {cfg.data.seq_len} tokens x "
+                      f"{train_cfg.grad_accum_steps} accumulation per rank, "
+                      f"{train_cfg.precision.value}, ZeRO-{cfg.deepspeed.zero_stage}"),
+            ("languages", f"{len(model.languages)}: {', '.join(model.languages)}"),
+        ]
+        if model.vocab_size:
+            total, active = count_parameters(model)
+            rows.append(("parameters", f"{total / 1e6:.1f}M, {active / 1e6:.1f}M active per "
+                                       "language"))
+        rows.append(("steps", f"{train[-1]['step'] if train else 0} of {train_cfg.max_steps}"))
+    if train:
+        last = train[-1]
+        if "wall_s" in last:
+            rows.append(("training time", f"{last['wall_s'] / 60:.1f} min (this start)"))
+        rows.append(("tokens seen", f"{last['tokens_seen']:,}"))
+    return rows
+
+
+def _summary_html(rows: list[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>"
+                   f"{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<h2>Run</h2><table>{body}</table>" if rows else ""
 
 
 def _transfer_html(transfer: list[dict]) -> str:
@@ -209,13 +287,14 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#22
 
 
 def write_page(run_dir: Path, figures: list[Path], caption: str, rows: list[dict],
-               transfer: list[dict], out: Path) -> Path:
-    """``index.html``: the table, then every figure by its file name next to the page."""
+               transfer: list[dict], summary: list[tuple[str, str]], out: Path) -> Path:
+    """``index.html``: what the run is, the table, then every figure with its caption."""
     title = f"Run report: {html.escape(str(run_dir))}"
-    images = "".join(f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
-                     for p in figures)
+    images = "".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
+                     f"<figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption>"
+                     "</figure>" for p in figures)
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{title}</h1>"
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1>{_summary_html(summary)}"
             f"<h2>Latest evaluation</h2><p>{html.escape(caption)}</p>{_table_html(rows)}"
             f"{_transfer_html(transfer)}<h2>Figures</h2>{images}</body></html>\n")
     path = out / "index.html"
@@ -235,7 +314,7 @@ def build_report(run_dir: str | Path) -> Path:
     if (run_dir / "evaluation.png").is_file():  # copied, so the folder stands on its own
         figures.insert(0, Path(shutil.copyfile(run_dir / "evaluation.png", out / "evaluation.png")))
     caption, rows = latest_table(run_dir, valid)
-    return write_page(run_dir, figures, caption, rows, transfer, out)
+    return write_page(run_dir, figures, caption, rows, transfer, run_summary(run_dir, train), out)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -115,3 +115,29 @@ def test_the_first_cpu_start_announces_the_comm_op_build(tmp_path, monkeypatch, 
     (tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").touch()
     announce_cpu_comm_build()
     assert capsys.readouterr().out == ""  # built once: nothing to say
+
+
+def test_many_language_curves_highlight_the_best_and_worst_and_the_page_has_captions(tmp_path):
+    from xmod_pretrain.report import (
+        highlighted_languages,
+        language_colors,
+        language_figure,
+        write_page,
+    )
+
+    few = {f"l{i}_XX": [(0, 9.0), (10, 5.0 + i)] for i in range(8)}
+    assert highlighted_languages(few) == list(few)
+    many = {f"l{i:02d}_XX": [(0, 9.0), (10, 5.0 + i / 10)] for i in range(81)}
+    assert highlighted_languages(many) == ["l00_XX", "l01_XX", "l02_XX",
+                                           "l78_XX", "l79_XX", "l80_XX"]
+    records = [{"step": s, "lang_loss": {lang: dict(p)[s] for lang, p in many.items()}}
+               for s in (0, 10)]
+    figure = language_figure(records, "valid", tmp_path / "valid_loss.png",
+                             language_colors(list(many)))
+    rows = [{"name": "en_XX", "loss": 6.0, "ppl": 403.4}, {"name": "de_DE", "loss": 7.0,
+                                                            "ppl": 1096.6}]
+    page = write_page(tmp_path, [figure], "validation", rows, [], [("kind", "pretrain")],
+                      tmp_path).read_text()
+    assert "<th>mean of 2</th><th>6.5000</th>" in page
+    assert "<figcaption>Validation loss per language at each validation.</figcaption>" in page
+    assert "<td>kind</td>" in page

@@ -48,6 +48,21 @@ def test_base_and_large_recipes():
     assert tuple(large.languages) == XMOD_BASE_LANGUAGES
 
 
+def test_the_large_recipe_gives_each_step_several_languages(tiny_data):
+    """ZeRO-3 shares a micro-step's language over ranks; accumulation still mixes languages."""
+    from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
+
+    cfg = load("+exp=large", f"data.dir={tiny_data}")
+    assert cfg.data.language_per == "step" and cfg.deepspeed.zero_stage == 3
+    langs = ["en_XX", "de_DE", "ru_RU", "el_GR"]
+    sampler = LanguageSampler(ShardSet(tiny_data, "train", langs, verify=False), cfg.data,
+                              Masker(cfg.data.masking, 700), cfg.train.micro_batch_size,
+                              cfg.train.seed, list(range(len(langs))))
+    counts = [len(sampler.step_languages(step, cfg.train.grad_accum_steps, 16))
+              for step in range(50)]
+    assert min(counts) >= 2 and sum(counts) / len(counts) > 3, counts
+
+
 def test_misspelt_key_and_wrong_type_are_named():
     with pytest.raises(ConfigCompositionException) as err:
         load("+exp=demo", "train.max_step=3")

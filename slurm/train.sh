@@ -69,6 +69,11 @@ requeue() {
   echo "job $SLURM_JOB_ID: USR1, checkpointing and requeueing"
   scancel --signal=TERM "$SLURM_JOB_ID"
   wait "$step" || true
+  # torchrun reports the signal it passed on as a SignalException traceback and srun then says
+  # "error: ... exit code 1": both read like a crash, so say what they mean.
+  echo "job $SLURM_JOB_ID: requeued, not failed: the training processes saved a checkpoint and" \
+    "stopped on SIGTERM (the SignalException and srun's exit code 1 above are torchrun reporting" \
+    "that signal); the job resumes from the checkpoint when it runs again"
   scontrol requeue "$SLURM_JOB_ID"  # this ends the shell; the job restarts later with this script
 }
 

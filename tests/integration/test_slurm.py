@@ -126,7 +126,7 @@ def test_two_node_job_trains_and_checkpoints(slurm, tiny_data, tmp_path):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000020"
     assert (saved / "model.safetensors").is_file()
     train, valid = read_metrics(run)
-    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    assert [r["step"] for r in train] == [1, 5, 10, 15, 20]  # a first line at step 1
     assert [r["step"] for r in valid] == [0, 20]
     assert log.count("valid @ step 20") == 1  # rank 0 alone reports
 
@@ -150,6 +150,7 @@ def test_usr1_checkpoints_requeues_and_resumes(slurm, tiny_data, tmp_path):
 
     assert info["Restarts"] == "1", log[-8000:]
     assert "USR1, checkpointing and requeueing" in log
+    assert f"job {job}: requeued, not failed: the training processes saved a checkpoint" in log
     stopped = re.search(r"stopping on SIGTERM after step (\d+)", log)
     assert stopped and int(stopped[1]) < max_steps, log[-8000:]
     step = int(stopped[1])
@@ -158,5 +159,5 @@ def test_usr1_checkpoints_requeues_and_resumes(slurm, tiny_data, tmp_path):
     assert re.findall(rf"^job {job} \(restart (\d)\)", log, re.M) == ["0", "1"]
     # Training went on from the checkpoint: every log window once, to the end.
     train, _ = read_metrics(run)
-    assert [r["step"] for r in train] == list(range(10, max_steps + 1, 10))
+    assert [r["step"] for r in train] == [1, *range(10, max_steps + 1, 10)]
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{max_steps:08d}"

@@ -30,7 +30,7 @@ from bench.common import (
 )
 from data_prep.prepare import prepare
 from data_prep.sources import open_source
-from xmod_core.shards import read_manifest
+from xmod_core.shards import TOKENIZER_FILE, read_manifest
 from xmod_core.tokenizer import train_tokenizer
 from xmod_pretrain.config import CONF_DIR, DataConfig, MaskingConfig, ModelConfig, OptimConfig
 from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
@@ -51,7 +51,7 @@ def run(quick: bool) -> dict:
         texts = cut({lang: list(src.lines()) for lang, src in open_source("bundled").items()},
                     corpus_bytes)
         size = write_corpus(root / "corpus", texts, corpus_bytes)
-        model_path = root / "sentencepiece.bpe.model"
+        model_path = root / TOKENIZER_FILE
         lines = (line for lang_lines in texts.values() for line in lang_lines)
         train_tokenizer(lines, model_path, vocab)  # once, not timed
         raw = sentencepiece_rate(root / "corpus", model_path, size)

@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--source", required=True, help="bundled | FOLDER | FILE.json | hf:NAME[:TEMPLATE]"
+        "--source", required=True,
+        help="bundled | FOLDER | FILE.json | hf:NAME[:TEMPLATE] | FILE (of the one --languages)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--vocab-size", type=int, default=8000, help="pieces of a new tokenizer")

@@ -86,7 +86,7 @@ def write_manifest(
     manifest = {
         "format": FORMAT,
         "version": VERSION,
-        "dtype": "uint32",
+        "dtype": TOKEN_DTYPE.name,  # uint32
         "tokenizer": {
             "file": TOKENIZER_FILE,
             "sha256": tokenizer.sha256,

@@ -357,7 +357,7 @@ def check_config(cfg: Config) -> None:
 
 def _check_combinations(cfg: Config) -> None:
     model, data, ds = cfg.model, cfg.data, cfg.deepspeed
-    if cfg.recipe is RunKind.pretrain and cfg.add_language.languages:
+    if cfg.recipe == RunKind.pretrain and cfg.add_language.languages:
         raise ConfigError(f"recipe={cfg.recipe.value} with add_language.languages="
                           f"{cfg.add_language.languages}: adding languages is recipe=add_language "
                           "with the languages named (xmod_pretrain add-language --lang xx_YY)")

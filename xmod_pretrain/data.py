@@ -46,7 +46,7 @@ def check_first_use(cfg: Config, overrides: Sequence[str]) -> None:
     mistyped path would quietly become a run on the demo corpus. ``overrides`` are Hydra's
     command-line overrides (``data.dir=...``)."""
     data = cfg.data
-    if data.source is None or cfg.recipe is not RunKind.pretrain or is_prepared(data.dir):
+    if data.source is None or cfg.recipe != RunKind.pretrain or is_prepared(data.dir):
         return  # nothing would be prepared here (add-language prepares its own data.dir)
     named = {override.lstrip("+~").partition("=")[0] for override in overrides}
     if "data.dir" in named and "data.source" not in named:

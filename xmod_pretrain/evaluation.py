@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from data_prep.errors import DataPrepError
 from xmod_core.errors import UserError
-from xmod_core.outputs import CONFIG_FILE, inside_checkpoints
+from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, inside_checkpoints
 from xmod_core.shards import MANIFEST, check_run_tokenizer, is_prepared, read_manifest
 from xmod_pretrain.config import Config
 from xmod_pretrain.data import Masker, MicroBatch, ShardSet, validation_batches
@@ -168,9 +167,8 @@ def text_sources(texts: dict[str, Path], tokenizer: Path, work_dir: Path) -> dic
             raise EvaluationError(f"{where}: {path} is empty")
         try:
             ensure_prepared(work_dir / lang, path, tokenizer=tokenizer, languages=[lang],
-                            valid_fraction=TEXT_VALID_FRACTION, option="--text",
-                            announce=f"encoding {path} with the run's tokenizer")
-        except DataPrepError as err:
+                            valid_fraction=TEXT_VALID_FRACTION, option="--text", quiet=True)
+        except UserError as err:  # the text, or its encoding with the run's tokenizer
             raise EvaluationError(f"{where}: {err}") from None
         found[lang] = Source(work_dir / lang, [lang])
     return found
@@ -218,7 +216,7 @@ def nothing_to_evaluate(run: RunCheckpoint) -> str:
     """Why no language of ``run`` has valid text: its data folder's manifest is gone, or the
     folder holds none of its languages."""
     data_dir = Path(run.config.data.dir)
-    if not (data_dir / MANIFEST).is_file():
+    if not is_prepared(data_dir):
         missing = f"{data_dir / MANIFEST} does not exist (data.dir moved or deleted?)"
     else:
         missing = f"{data_dir} holds none of its languages ({', '.join(run.languages)})"
@@ -333,7 +331,7 @@ def check_evaluation_out(out: Path, run: Path) -> Path:
     if inside_checkpoints(out) is not None:
         raise EvaluationError(f"--out {out} is inside the checkpoints folder of a run: "
                               "write the tables somewhere else")
-    if (out / "checkpoints").is_dir() and out.resolve() != run.resolve():
+    if (out / CHECKPOINTS).is_dir() and out.resolve() != run.resolve():
         raise EvaluationError(f"--out {out} is another run: its report would show {run}'s "
                               "numbers; write the tables into the run or a folder of their own")
     return out

@@ -1,8 +1,9 @@
 """A training start, in its fixed order: lock the run directory, let the config's recipe check
 the request and prepare the data, decide where to resume, build the parts, then train.
 
-Every check comes before the first write, so a refused start leaves an existing run as it was,
-and a new run directory it made (half-prepared add-language data) goes entirely.
+Nothing is written into the run directory before the checks that can refuse the start (the
+recipe's, the resume point's) have passed, apart from data prepared on first use; a refused start
+leaves an existing run as it was, and a new run directory it made goes entirely.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def run(cfg: Config) -> None:
         trainer = build_trainer(kind, info)
         started = True
         try:
-            if trainer.train() is not None:  # None: stopped by a signal, after saving
-                kind.after_training(trainer)
+            trainer.train(then=kind.after_training)
         finally:
             trainer.close()
     except NothingToTrain as done:

@@ -23,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from xmod_core.errors import UserError
+from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.metrics import perplexity
 
 REPORT_DIR = "report"
@@ -238,7 +239,7 @@ def run_summary(run_dir: Path, train: list[dict]) -> list[tuple[str, str]]:
     from xmod_pretrain.runs import load_config
 
     rows = []
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / CONFIG_FILE
     if config_file.is_file():
         cfg = load_config(config_file)
         model, train_cfg = cfg.model, cfg.train

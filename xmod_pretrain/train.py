@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,11 +137,15 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------
 
-    def train(self) -> dict[str, float] | None:
+    def train(self, then: Callable[[Trainer], None] | None = None) -> dict[str, float] | None:
         """Train to ``max_steps``; return the final per-language valid loss (None if stopped
-        early by a signal, after saving a checkpoint)."""
+        early by a signal, after saving a checkpoint). ``then`` runs after a run that reached
+        ``max_steps`` (the recipe's own reports), its failures classified like the loop's."""
         try:
-            return self._train()
+            final = self._train()
+            if final is not None and then is not None:
+                then(self)
+            return final
         except RuntimeError as err:
             train = self.cfg.train
             failure = classify_failure(err, self.info, self.step + 1,
@@ -265,7 +270,7 @@ class Trainer:
         masked = data.masking.prob * (data.seq_len - 2) / data.seq_len
         self.flops_per_token = model_flops_per_token(model_cfg, data.seq_len, masked)
         self._print("measuring the matmul peak for MFU")
-        dtype = torch.bfloat16 if self.cfg.train.precision is Precision.bf16 else torch.float32
+        dtype = torch.bfloat16 if self.cfg.train.precision == Precision.bf16 else torch.float32
         self.peak_flops = measure_matmul_peak(device, dtype) * self.info.world_size
 
     def _log_window(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmod_core.shards import read_manifest
+from xmod_core.shards import TOKEN_DTYPE, read_manifest
 from xmod_core.tokenizer import BOS_ID, EOS_ID
 from xmod_pretrain.config import DataConfig, MaskingConfig
 from xmod_pretrain.data import (
@@ -53,7 +53,7 @@ def test_micro_batch_is_one_language_from_its_shard(tiny_data):
         # Unmasking the targets must give windows of that language's shard, every row of them.
         tokens = batch.input_ids.reshape(-1).clone()
         tokens[batch.mlm_positions] = batch.mlm_targets
-        rows = tokens.reshape(4, 32)[:, 1:-1].numpy().astype(np.uint32)
+        rows = tokens.reshape(4, 32)[:, 1:-1].numpy().astype(TOKEN_DTYPE)
         assert all(_contains(sampler.shards.tokens[batch.lang], row) for row in rows)
         langs_seen.add(batch.lang)
     assert len(langs_seen) > 1

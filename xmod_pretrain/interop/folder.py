@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from xmod_core.atomic import atomic_path, follow_umask, write_text
-from xmod_core.outputs import new_output_dir
+from xmod_core.outputs import CHECKPOINTS, new_output_dir
 from xmod_pretrain.checkpoint import WEIGHTS
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.interop.config import HF_CONFIG, hf_config, model_config_from_hf
@@ -93,4 +93,4 @@ def open_hf_folder(folder: str | Path) -> HFCheckpoint:
 
 def is_hf_folder(path: str | Path) -> bool:
     """A transformers folder (config.json, no checkpoints/) rather than a run directory."""
-    return (Path(path) / "config.json").is_file() and not (Path(path) / "checkpoints").exists()
+    return (Path(path) / HF_CONFIG).is_file() and not (Path(path) / CHECKPOINTS).exists()

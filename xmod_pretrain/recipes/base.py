@@ -51,7 +51,7 @@ def train_and_valid(cfg: Config, info: DistInfo, manifest: dict) -> tuple[Langua
     """The train sampler and validation batches over ``cfg.data``'s languages (all of the
     manifest when it names none), each through its own modules or the shared module set."""
     data = cfg.data
-    if data.language_per is LanguagePer.rank and cfg.deepspeed.zero_stage == 3 \
+    if data.language_per == LanguagePer.rank and cfg.deepspeed.zero_stage == 3 \
             and info.world_size > 1:
         raise ConfigError(
             "deepspeed.zero_stage=3 gathers each module's weights with all ranks together, so "

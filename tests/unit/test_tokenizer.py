@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from xmod_core.tokenizer import Tokenizer, train_tokenizer
+from xmod_core.tokenizer import Tokenizer, VocabularyTooLarge, train_tokenizer
 
 CORPUS = Path(__file__).resolve().parents[2] / "data_prep" / "corpus"
 
@@ -136,7 +136,8 @@ def test_training_errors(tmp_path):
 
     with pytest.raises(Broken, match="line 51"):
         train_tokenizer(lines(), tmp_path / "x.model", 300)
-    with pytest.raises(ValueError, match="Vocabulary size"):
+    with pytest.raises(VocabularyTooLarge, match=r"a vocabulary of 5000 pieces is more than this "
+                                                 r"text supports \(at most \d+\)"):
         train_tokenizer(iter(corpus_lines("debian_ig", "en_XX", 20)), tmp_path / "x.model", 5000)
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         train_tokenizer([tmp_path / "missing.txt"], tmp_path / "x.model", 300)

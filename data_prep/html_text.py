@@ -85,10 +85,15 @@ def clean_lines(lines: list[str], min_chars: int = 20) -> list[str]:
     Short lines are mostly headings, table cells and file names; repeats are navigation and
     boilerplate that every page of a manual carries.
     """
+    return [lines[i] for i in kept_line_indices(lines, min_chars)]
+
+
+def kept_line_indices(lines: list[str], min_chars: int = 20) -> list[int]:
+    """Indices of the lines ``clean_lines`` keeps, for callers that carry a tag per line."""
     seen: set[str] = set()
     kept = []
-    for line in lines:
+    for i, line in enumerate(lines):
         if len(line) >= min_chars and line not in seen:
             seen.add(line)
-            kept.append(line)
+            kept.append(i)
     return kept

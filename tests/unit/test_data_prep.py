@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from data_prep import textio
-from data_prep.build_bundle import IG_LANGUAGES, UDHR_FILES, fetch_archive
+from data_prep.build_bundle import IG_LANGUAGES, UDHR_FILES, fetch_archive, topic_of_page
 from data_prep.html_text import clean_lines, html_paragraphs
 from data_prep.prepare import DataPrepError, prepare
 from data_prep.shards import decode_lines, valid_lines
@@ -339,11 +339,25 @@ def test_bundle_holds_19_languages_and_yoruba():
     assert all(LANGUAGE_CODE.match(code) for code in udhr)
     sizes = {p: p.stat().st_size for p in CORPUS.rglob("*") if p.is_file()}
     assert 1_000_000 < sum(sizes.values()) < 4_000_000  # a few MB in the repository
-    for part, minimum in (("debian_ig", 900), ("udhr", 80)):
+    for part, minimum in (("debian_ig", 750), ("guide_topic", 150), ("udhr", 80)):
         for code in ig:
             lines = bundle_lines(part, code)
             assert len(lines) >= minimum
             assert all(line and unicodedata.is_normalized("NFC", line) for line in lines)
+
+
+def test_guide_topic_test_pages_are_held_out_of_the_pretraining_text():
+    splits = json.loads((CORPUS / "guide_topic" / "splits.json").read_text(encoding="utf-8"))
+    for part in ("debian_ig", "guide_topic"):
+        index = json.loads((CORPUS / part / "pages.json").read_text(encoding="utf-8"))
+        for code in IG_LANGUAGES.values():
+            pages = {page for page, _ in index[code]}
+            assert sum(n for _, n in index[code]) == len(bundle_lines(part, code))
+            in_test = {page for page in pages if splits.get(page) == "test"}
+            assert in_test == (pages & set(splits) if part == "guide_topic" else set())
+    chapters = {split: {topic_of_page(page) for page, s in splits.items() if s == split}
+                for split in ("train", "dev", "test")}
+    assert chapters["train"] == chapters["dev"] == chapters["test"] and len(chapters["test"]) == 13
 
 
 def test_bundle_carries_its_licences():

@@ -21,13 +21,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from xmod_pretrain.model import XmodForMaskedLM
+from xmod_pretrain.model import LanguageModel
 
 
 class LanguageAnchor:
     """Attach once to the model; tell it each step's languages with ``set_languages``."""
 
-    def __init__(self, model: XmodForMaskedLM):
+    def __init__(self, model: LanguageModel):
         self.modules = model.trainable_language_parameters()
         self.params: list[nn.Parameter] = []
         model.roberta.embeddings.register_forward_hook(self._add_zero)

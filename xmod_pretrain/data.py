@@ -152,6 +152,16 @@ class MicroBatch:
     mlm_positions: torch.Tensor  # [M] flat indices into B*S
     mlm_targets: torch.Tensor  # [M] original token ids there
 
+    def model_inputs(self) -> dict:
+        """The model's keyword arguments (what the Trainer moves to the device and calls with)."""
+        return {"input_ids": self.input_ids, "lang": self.lang,
+                "mlm_positions": self.mlm_positions, "mlm_targets": self.mlm_targets}
+
+    @property
+    def count(self) -> int:
+        """Targets the batch's mean loss is over."""
+        return len(self.mlm_targets)
+
 
 class Masker:
     """BERT masking: choose ``prob`` of non-special tokens; 80% <mask>, 10% random, 10% kept."""

@@ -56,7 +56,7 @@ def masked_lm_loss(forward: Forward, batches: Sequence[MicroBatch],
     for batch in batches:
         if through is not None:
             batch = dataclasses.replace(batch, lang=through)
-        n = len(batch.mlm_targets)
+        n = batch.count
         total += float(forward(batch)) * n  # the forward returns the mean over these n targets
         count += n
     return total / count

@@ -72,8 +72,13 @@ def encode_padded(tokenizer: Tokenizer, texts: Sequence[str],
     limit = None if max_length is None else max_length - 2
     rows = [[tokenizer.bos_id, *ids[:limit], tokenizer.eos_id]
             for ids in tokenizer.encode_batch(texts)]
+    return pad_rows(rows, tokenizer.pad_id)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) [B, S] of token rows right-padded to the longest."""
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         input_ids[i, :len(row)] = torch.tensor(row)

@@ -310,93 +310,28 @@ class LMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(x))))
 
 
-class XmodForMaskedLM(nn.Module):
-    """X-MOD encoder with a tied masked-LM head; state_dict keys equal transformers'.
+class LanguageModel(nn.Module):
+    """What every X-MOD model (masked LM, classifier) shares: ``roberta`` (the Backbone) with
+    one module set per entry of ``languages``, chosen per forward by a Python int."""
 
-    The state_dict holds ``lm_head.decoder.weight`` (the same tensor as
-    ``roberta.embeddings.word_embeddings.weight``) and ``lm_head.decoder.bias`` (= ``lm_head.bias``)
-    as transformers' does, while ``parameters()`` yields each tied tensor once.
-    """
+    config: ModelConfig
+    languages: tuple[str, ...]
+    roberta: Backbone
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        _check_config(cfg)
-        self.config = cfg
-        self.languages: tuple[str, ...] = tuple(cfg.languages)
-        self.roberta = Backbone(cfg)
-        self.lm_head = LMHead(cfg)
-        self.tie_weights()
-        # Meta tensors hold no values (a meta build is for counting or for deferred
-        # initialisation), and initialising two thousand of them on meta takes seconds.
-        if not self.lm_head.bias.is_meta:
-            self.init_weights()
-
-    def tie_weights(self) -> None:
-        """Share the decoder's weight with the word embeddings and its bias with ``lm_head.bias``.
-
-        Called by the constructor; call it again after anything that re-creates parameters one by
-        one (e.g. ``to_empty`` from the meta device), which would otherwise untie them.
-        """
-        self.lm_head.decoder.weight = self.roberta.embeddings.word_embeddings.weight
-        self.lm_head.decoder.bias = self.lm_head.bias
-
-    def init_weights(self) -> None:
-        """transformers' RoBERTa/X-MOD init: N(0, initializer_range), zero biases and padding rows.
-
-        The constructor calls it; call it yourself after ``to_empty`` + ``tie_weights`` when the
-        model was built on the meta device.
-        """
-        std = self.config.initializer_range
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            if isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.zeros_(self.lm_head.bias)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        lang: int,
-        mlm_positions: torch.Tensor | None = None,
-        mlm_targets: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> MaskedLMOutput:
-        """Encode one single-language micro-batch and predict tokens.
-
-        Args:
-            input_ids: [B, S] token ids.
-            lang: index into ``config.languages`` of the language of the whole micro-batch; a
-                Python int, so choosing its modules never waits on the device.
-            mlm_positions: [M] flat indices into the B * S positions (row * S + column). When
-                given, the head runs on these M rows only and logits are [M, V]; when None, on
-                every position and logits are [B, S, V].
-            mlm_targets: token ids to predict, shaped like the logits without V ([M], or [B, S]
-                without positions); -100 entries are ignored. M must be > 0 (else the mean is NaN).
-            attention_mask: [B, S], 1 keep, 0 padding. None (no padding, as in training windows)
-                skips masking altogether.
-        """
+    def encode(self, input_ids: torch.Tensor, lang: int,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's last hidden states [B, S, H] of a micro-batch of language index ``lang``."""
         language = self._language_code(lang)
         # Real tokens take positions pad+1 .. pad+S, so S is capped below the table size (512 for
         # XLM-R's 514); checked here because on an accelerator an index error is an opaque assert.
-        longest = self.config.max_position_embeddings - self.config.pad_token_id - 1
-        if input_ids.size(1) > longest:
-            raise ValueError(f"sequence length {input_ids.size(1)} exceeds {longest} positions")
-        hidden = self.roberta(input_ids, language, attention_mask)  # [B, S, H]
-        if mlm_positions is not None:
-            hidden = hidden.reshape(-1, hidden.size(-1)).index_select(0, mlm_positions)  # [M, H]
-        logits = self.lm_head(hidden)
-        loss = None
-        if mlm_targets is not None:
-            # fp32 log-softmax over the vocabulary even when the model runs in bf16.
-            loss = F.cross_entropy(logits.flatten(0, -2).float(), mlm_targets.flatten())
-        return MaskedLMOutput(loss=loss, logits=logits)
+        if input_ids.size(1) > self.longest_sequence:
+            raise ValueError(f"sequence length {input_ids.size(1)} exceeds "
+                             f"{self.longest_sequence} positions")
+        return self.roberta(input_ids, language, attention_mask)
+
+    @property
+    def longest_sequence(self) -> int:
+        return self.config.max_position_embeddings - self.config.pad_token_id - 1
 
     def _language_code(self, lang: int) -> str:
         if not isinstance(lang, int):
@@ -425,7 +360,95 @@ class XmodForMaskedLM(nn.Module):
         return modules
 
 
-def _check_config(cfg: ModelConfig) -> None:
+def init_transformers_weights(model: nn.Module, std: float) -> None:
+    """transformers' RoBERTa init of every submodule: Linear and Embedding weights N(0, std),
+    zero biases and padding rows, LayerNorms at weight 1 and bias 0."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class XmodForMaskedLM(LanguageModel):
+    """X-MOD encoder with a tied masked-LM head; state_dict keys equal transformers'.
+
+    The state_dict holds ``lm_head.decoder.weight`` (the same tensor as
+    ``roberta.embeddings.word_embeddings.weight``) and ``lm_head.decoder.bias`` (= ``lm_head.bias``)
+    as transformers' does, while ``parameters()`` yields each tied tensor once.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        check_model_config(cfg)
+        self.config = cfg
+        self.languages: tuple[str, ...] = tuple(cfg.languages)
+        self.roberta = Backbone(cfg)
+        self.lm_head = LMHead(cfg)
+        self.tie_weights()
+        # Meta tensors hold no values (a meta build is for counting or for deferred
+        # initialisation), and initialising two thousand of them on meta takes seconds.
+        if not self.lm_head.bias.is_meta:
+            self.init_weights()
+
+    def tie_weights(self) -> None:
+        """Share the decoder's weight with the word embeddings and its bias with ``lm_head.bias``.
+
+        Called by the constructor; call it again after anything that re-creates parameters one by
+        one (e.g. ``to_empty`` from the meta device), which would otherwise untie them.
+        """
+        self.lm_head.decoder.weight = self.roberta.embeddings.word_embeddings.weight
+        self.lm_head.decoder.bias = self.lm_head.bias
+
+    def init_weights(self) -> None:
+        """transformers' RoBERTa/X-MOD init: N(0, initializer_range), zero biases and padding rows.
+
+        The constructor calls it; call it yourself after ``to_empty`` + ``tie_weights`` when the
+        model was built on the meta device.
+        """
+        init_transformers_weights(self, self.config.initializer_range)
+        nn.init.zeros_(self.lm_head.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lang: int,
+        mlm_positions: torch.Tensor | None = None,
+        mlm_targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """Encode one single-language micro-batch and predict tokens.
+
+        Args:
+            input_ids: [B, S] token ids.
+            lang: index into ``config.languages`` of the language of the whole micro-batch; a
+                Python int, so choosing its modules never waits on the device.
+            mlm_positions: [M] flat indices into the B * S positions (row * S + column). When
+                given, the head runs on these M rows only and logits are [M, V]; when None, on
+                every position and logits are [B, S, V].
+            mlm_targets: token ids to predict, shaped like the logits without V ([M], or [B, S]
+                without positions); -100 entries are ignored. M must be > 0 (else the mean is NaN).
+            attention_mask: [B, S], 1 keep, 0 padding. None (no padding, as in training windows)
+                skips masking altogether.
+        """
+        hidden = self.encode(input_ids, lang, attention_mask)  # [B, S, H]
+        if mlm_positions is not None:
+            hidden = hidden.reshape(-1, hidden.size(-1)).index_select(0, mlm_positions)  # [M, H]
+        logits = self.lm_head(hidden)
+        loss = None
+        if mlm_targets is not None:
+            # fp32 log-softmax over the vocabulary even when the model runs in bf16.
+            loss = F.cross_entropy(logits.flatten(0, -2).float(), mlm_targets.flatten())
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
     """Refuse configurations that would fail later with an unhelpful shape or index error."""
     if not isinstance(cfg.vocab_size, int):
         raise ValueError(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,6 @@ from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.anchor import LanguageAnchor
 from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
 from xmod_pretrain.config import Config, Precision
-from xmod_pretrain.data import LanguageSampler, MicroBatch
 from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.engine import (
     all_reduce_gradients,
@@ -42,10 +42,30 @@ from xmod_pretrain.metrics import (
     perplexity,
     train_line,
 )
-from xmod_pretrain.model import XmodForMaskedLM, model_flops_per_token
+from xmod_pretrain.model import LanguageModel
 from xmod_pretrain.optim import LanguageAdamW
 from xmod_pretrain.runs import sidecars
 from xmod_pretrain.signals import StopRequest, signal_name
+
+
+class Batch(Protocol):
+    """A single-language micro-batch (data.MicroBatch, transfer's ExampleBatch)."""
+
+    lang: int
+    input_ids: torch.Tensor
+
+    def model_inputs(self) -> dict: ...  # the model's keyword arguments, on the host
+
+    @property
+    def count(self) -> int: ...  # targets its mean loss is over
+
+
+class Sampler(Protocol):
+    """Training micro-batches, a pure function of (step, micro-step, position in the batch)."""
+
+    def step_languages(self, step: int, micro_steps: int, world_size: int) -> set[int]: ...
+
+    def micro_batch(self, step: int, micro_step: int, index: int) -> Batch: ...
 
 
 @dataclass
@@ -53,9 +73,10 @@ class RunParts:
     """The Trainer's inputs besides the config. The trainable parameters are the model's with
     ``requires_grad``: the optimizer groups them (shared, and per language: optim.py)."""
 
-    model: XmodForMaskedLM
-    sampler: LanguageSampler             # train micro-batches, deterministic from (seed, step, index)
-    valid: dict[str, list[MicroBatch]]   # fixed validation batches by the name the table shows
+    model: LanguageModel                 # its forward(**batch.model_inputs()) has a .loss
+    sampler: Sampler                     # train micro-batches, deterministic from (seed, step, index)
+    valid: dict[str, list[Batch]]        # fixed validation batches by the name the table shows
+    flops_per_token: float               # training FLOPs of an input token, for MFU
 
 
 class Trainer:
@@ -65,9 +86,9 @@ class Trainer:
     info: DistInfo                # rank, world size
     run_dir: Path
     languages: list[str]          # model module order (index = language id)
-    sampler: LanguageSampler      # train micro-batches, deterministic from (seed, step, index)
-    valid: dict[str, list[MicroBatch]]
-    engine: object                # deepspeed.DeepSpeedEngine around XmodForMaskedLM
+    sampler: Sampler              # train micro-batches, deterministic from (seed, step, index)
+    valid: dict[str, list[Batch]]
+    engine: object                # deepspeed.DeepSpeedEngine around the recipe's model
     optimizer: LanguageAdamW      # inside the engine; told each step's languages
     reduce_gradients: bool        # the trainer averages gradients itself (ZeRO-0: engine.py)
     anchor: LanguageAnchor | None  # one gradient order on every rank (several ranks, ZeRO < 3)
@@ -93,6 +114,7 @@ class Trainer:
         self.cfg, self.info, self.run_dir = cfg, info, Path(cfg.run_dir)
         self.languages = cfg.model.languages
         self.sampler, self.valid = parts.sampler, parts.valid
+        self.flops_per_token = parts.flops_per_token
         self._print(f"starting DeepSpeed: ZeRO-{cfg.deepspeed.zero_stage}, {info.world_size} "
                     f"rank(s), {cfg.train.precision.value}")
         self.engine, self.optimizer = build_engine(parts.model, cfg, info)
@@ -109,7 +131,7 @@ class Trainer:
 
     # ---- construction -------------------------------------------------------------------
 
-    def _build_anchor(self, model: XmodForMaskedLM) -> LanguageAnchor | None:
+    def _build_anchor(self, model: LanguageModel) -> LanguageAnchor | None:
         # Ranks on different languages must hand DeepSpeed the same gradients: see anchor.py.
         # One rank needs no anchor (it cost 9% of the demo's step); ZeRO-3 runs share the language
         # across ranks instead (and its partitioned parameters cannot be read outside the forward).
@@ -227,12 +249,11 @@ class Trainer:
                 f"optim.lr or check the data; {latest_checkpoint(self.run_dir)} is intact."
             )
 
-    def _forward(self, batch: MicroBatch) -> torch.Tensor:
+    def _forward(self, batch: Batch) -> torch.Tensor:
         device = self.engine.device
-        out = self.engine(batch.input_ids.to(device), batch.lang,
-                          mlm_positions=batch.mlm_positions.to(device),
-                          mlm_targets=batch.mlm_targets.to(device))
-        return out.loss
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                  for k, v in batch.model_inputs().items()}
+        return self.engine(**inputs).loss
 
     def validate(self) -> dict[str, float]:
         """Token-weighted valid loss per language; rank 0 prints the table."""
@@ -241,8 +262,8 @@ class Trainer:
         return losses
 
     @torch.no_grad()
-    def evaluate(self, batches: list[MicroBatch], through: int | None = None) -> float:
-        """Token-weighted masked-LM loss of ``batches``, through the modules of language index
+    def evaluate(self, batches: list[Batch], through: int | None = None) -> float:
+        """Target-weighted loss of ``batches`` (masked-LM: per token), through the modules of language index
         ``through`` if given (zero-shot transfer) or of their own language. Every rank runs the
         same batches, so ZeRO-3's collective gathers line up and no reduction is needed."""
         self.engine.eval()
@@ -266,9 +287,6 @@ class Trainer:
         self._reset_window()
         self.own_grad_norm, self.grad_norm = not reports_gradient_norm(self.engine), None
         self.spikes = SpikeWatch(self.cfg.logging.loss_spike_factor, self.cfg.logging.spike_window)
-        model_cfg, data = self.cfg.model, self.cfg.data
-        masked = data.masking.prob * (data.seq_len - 2) / data.seq_len
-        self.flops_per_token = model_flops_per_token(model_cfg, data.seq_len, masked)
         self._print("measuring the matmul peak for MFU")
         dtype = torch.bfloat16 if self.cfg.train.precision == Precision.bf16 else torch.float32
         self.peak_flops = measure_matmul_peak(device, dtype) * self.info.world_size

@@ -14,7 +14,7 @@ from xmod_core.languages import check_language_list, language_index
 from xmod_pretrain.config import Config, ConfigError, LanguagePer
 from xmod_pretrain.data import LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches
 from xmod_pretrain.distributed import DistInfo
-from xmod_pretrain.model import XmodForMaskedLM
+from xmod_pretrain.model import XmodForMaskedLM, model_flops_per_token
 from xmod_pretrain.train import RunParts, Trainer
 
 
@@ -35,7 +35,13 @@ class Recipe:
     def build(self, cfg: Config) -> RunParts:
         sampler, valid = self.build_data(cfg)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        return RunParts(model=self.build_model(cfg), sampler=sampler, valid=valid)
+        return RunParts(model=self.build_model(cfg), sampler=sampler, valid=valid,
+                        flops_per_token=self.flops_per_token(cfg))
+
+    def flops_per_token(self, cfg: Config) -> float:
+        """Training FLOPs of a masked-LM input token (the MLM head on the masked share only)."""
+        masked = cfg.data.masking.prob * (cfg.data.seq_len - 2) / cfg.data.seq_len
+        return model_flops_per_token(cfg.model, cfg.data.seq_len, masked)
 
     def build_data(self, cfg: Config) -> tuple[LanguageSampler, dict[str, list[MicroBatch]]]:
         raise NotImplementedError

@@ -17,10 +17,11 @@ from contextlib import contextmanager
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xmod_core.errors import Aborted, UserError, error_line
-from xmod_pretrain.config import CONF_DIR, check_config, check_known_keys, register_configs
+from xmod_core.languages import check_language_code
+from xmod_pretrain.config import CONF_DIR, register_configs, to_config
 
 # Commands that read a run and write a module file or a derived run (language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
@@ -28,9 +29,7 @@ LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
 def _train(cfg: DictConfig) -> None:
     with user_errors_exit():
-        check_known_keys(cfg)
-        config = OmegaConf.to_object(cfg)
-        check_config(config)  # before the heavy imports: a bad value fails in about a second
+        config = to_config(cfg)  # before the heavy imports: a bad value fails in about a second
         from xmod_pretrain.data import check_first_use
         from xmod_pretrain.launch import run
 
@@ -81,6 +80,8 @@ def add_language_overrides(argv: list[str]) -> list[str]:
     parser.add_argument("--overwrite", action="store_true",
                         help="retrain a language the run already has")
     args, hydra_overrides = parser.parse_known_args(argv)
+    for lang in args.lang:  # before any DeepSpeed start: a typo fails in a second
+        check_language_code(lang, "--lang")
     if args.source is None:
         from xmod_pretrain.runs import default_source_run
 
@@ -107,6 +108,7 @@ TOOLS = {
     "export": "xmod_pretrain.export",
     "evaluate": "xmod_pretrain.evaluation",
     "report": "xmod_pretrain.report",
+    "transfer": "xmod_pretrain.transfer.command",
 }
 
 
@@ -118,6 +120,7 @@ COMMANDS = {
     "export": "write a run's checkpoint as a transformers X-MOD folder",
     "evaluate": "per-language masked-LM loss and perplexity of a run's checkpoint",
     "report": "training curves and the latest evaluation of a run: PNGs and one HTML page",
+    "transfer": "fine-tune on one language, evaluate zero-shot on the others (frozen modules)",
     "save-language": "save one language's modules of a run as a file",
     "load-language": "write a new run: a run plus one saved language module",
     "remove-language": "write a new run: a run without one language's modules",

@@ -34,6 +34,7 @@ class RunKind(str, Enum):
 
     pretrain = "pretrain"
     add_language = "add_language"
+    transfer = "transfer"
 
 
 class LanguagePer(str, Enum):
@@ -225,9 +226,36 @@ class AddLanguageConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Cross-lingual transfer (``xmod_pretrain transfer``): fine-tune a classifier on the source
+    language with the embeddings and every language module frozen, pick its checkpoint on the
+    source dev split, and evaluate it zero-shot on every target through the target's modules."""
+
+    source_run: Optional[str] = None
+    """The pre-trained model (read only): a run, or a transformers X-MOD folder."""
+    task: Optional[str] = None
+    """guide-topic, udhr-retrieval, or a folder / JSON manifest of JSONL files (transfer/tasks.py)."""
+    source: str = "en_XX"
+    """The language fine-tuned on (its train split), whose dev split picks the checkpoint."""
+    targets: list[str] = field(default_factory=list)
+    """Languages evaluated zero-shot; empty: every language with test data."""
+    epochs: float = 3.0
+    """Passes over the source train split (sets train.max_steps; a checkpoint each epoch)."""
+    steps: Optional[int] = None
+    """Optimizer steps instead of ``epochs`` (a checkpoint every steps / epochs of them)."""
+    warmup_fraction: float = 0.1
+    """Share of the steps warming up (sets optim.warmup_steps, as the length is known late)."""
+    classifier_dropout: Optional[float] = None
+    """Dropout of the head; None: model.hidden_dropout_prob, as in transformers."""
+    layer: int = -1
+    """udhr-retrieval: the hidden layer mean-pooled (0 = embeddings, -1 = the last)."""
+
+
+@dataclass
 class Config:
     recipe: RunKind = RunKind.pretrain
-    """pretrain, or add_language (``xmod_pretrain add-language`` sets it, with add_language.*)."""
+    """pretrain, add_language (``xmod_pretrain add-language`` sets it, with add_language.*) or
+    transfer (``xmod_pretrain transfer``, with transfer.*)."""
     name: str = "default"
     run_dir: str = "runs/${name}"
     """Checkpoints, metrics.jsonl, the resolved config. Named, never timestamped, so every rank
@@ -242,6 +270,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     add_language: AddLanguageConfig = field(default_factory=AddLanguageConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 def register_configs() -> None:
@@ -322,6 +351,10 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.threads", _at_least(0), ">= 0 (0: cores / local processes)"),
     ("logging.loss_spike_factor", lambda v: v == 0 or v > 1, "0 (off) or > 1"),
     ("logging.spike_window", _positive, ">= 1"),
+    ("transfer.epochs", _positive, "> 0"),
+    ("transfer.warmup_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("transfer.steps", lambda v: v is None or v >= 1, "null (from transfer.epochs) or >= 1"),
+    ("transfer.classifier_dropout", lambda v: v is None or 0 <= v < 1, "null or in [0, 1)"),
 )
 
 
@@ -341,8 +374,18 @@ def check_known_keys(composed: Any) -> None:
 
     extra = unknown(composed, OmegaConf.structured(Config), "")
     if extra:
-        raise ConfigError(f"unknown config key(s) {', '.join(extra)}: no such setting (see "
-                          "xmod_pretrain/config.py for every key)")
+        raise ConfigError(f"unknown config key(s) {', '.join(extra)}: no such setting ("
+                          "xmod_pretrain train --help lists every key and its value)")
+
+
+def to_config(composed: Any) -> Config:
+    """A composed Hydra config as the typed Config, every key known and every value checked."""
+    from omegaconf import OmegaConf
+
+    check_known_keys(composed)
+    config = OmegaConf.to_object(composed)
+    check_config(config)
+    return config
 
 
 def check_config(cfg: Config) -> None:

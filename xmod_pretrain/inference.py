@@ -18,6 +18,7 @@ from torch import nn
 
 from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.config import ModelConfig
 from xmod_pretrain.interop import run_weights
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.runs import open_run
@@ -55,12 +56,17 @@ def load_run(run_dir: str | Path, step: int | None = None,
     """
     run = open_run(run_dir, step)
     weights = run_weights(run)  # checked against the saved model config
+    return RunModel(masked_lm(run.config.model, weights)).to(device), \
+        Tokenizer.from_file(run.tokenizer)
+
+
+def masked_lm(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> XmodForMaskedLM:
+    """A plain masked LM holding ``weights`` (each tied tensor once), in eval mode, no gradients."""
     with torch.device("meta"):  # no random init of weights about to be replaced
-        model = XmodForMaskedLM(run.config.model)
+        model = XmodForMaskedLM(cfg)
     model.load_state_dict(weights, strict=False, assign=True)  # only the tied decoder is absent
     model.tie_weights()
-    model.requires_grad_(False)
-    return RunModel(model).to(device).eval(), Tokenizer.from_file(run.tokenizer)
+    return model.requires_grad_(False).eval()
 
 
 def encode_padded(tokenizer: Tokenizer, texts: Sequence[str],

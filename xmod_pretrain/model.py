@@ -487,7 +487,8 @@ def count_parameters(cfg: ModelConfig) -> tuple[int, int]:
     return total, total - language + language // len(model.languages)
 
 
-def model_flops_per_token(cfg: ModelConfig, seq_len: int, masked_fraction: float) -> float:
+def model_flops_per_token(cfg: ModelConfig, seq_len: int, masked_fraction: float,
+                          shared_trains: bool = True, modules_train: bool = True) -> float:
     """Training FLOPs (forward + backward) per input token, for MFU.
 
     A matmul with P weights costs 2P FLOPs per row forward and 4P backward (gradients of inputs
@@ -498,7 +499,9 @@ def model_flops_per_token(cfg: ModelConfig, seq_len: int, masked_fraction: float
     - attention itself, per layer: Q K^T and attention x V are 2 S H FLOPs each per token forward,
       so 6 x 2 S H = 12 S H for training;
     - MLM head (H^2 dense + H V decoder), 6 x (H^2 + H V), only on the masked share of tokens;
-    - embedding lookups, biases, LayerNorms, softmax and GELU: not counted (no matmul).
+    - embedding lookups, biases, LayerNorms, softmax and GELU: not counted (no matmul);
+    - frozen weights (``shared_trains`` / ``modules_train`` false: add-language, transfer) cost
+      4P, not 6P: their inputs' gradients only.
 
     With H = hidden_size, F = intermediate_size, r = adapter_reduction_factor, S = seq_len,
     V = vocab_size, L = num_hidden_layers. xmod-base at S = 512 with 15% masked: 0.78 GFLOP per
@@ -508,7 +511,9 @@ def model_flops_per_token(cfg: ModelConfig, seq_len: int, masked_fraction: float
         raise ValueError(f"ModelConfig.vocab_size must be an int, got {cfg.vocab_size!r}")
     h, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     bottleneck = h // cfg.adapter_reduction_factor
-    encoder = 6 * layers * (4 * h * h + 2 * h * f + 2 * h * bottleneck)
+    # A frozen weight still passes gradients to its input (4P) but computes none of its own.
+    shared, module = (6 if shared_trains else 4), (6 if modules_train else 4)
+    encoder = layers * (shared * (4 * h * h + 2 * h * f) + module * 2 * h * bottleneck)
     attention = 12 * layers * h * seq_len
-    head = 6 * (h * h + h * cfg.vocab_size) * masked_fraction
+    head = shared * (h * h + h * cfg.vocab_size) * masked_fraction
     return float(encoder + attention + head)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from xmod_core.errors import UserError
 from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE
-from xmod_core.shards import TOKENIZER_FILE, check_run_tokenizer
+from xmod_core.shards import TOKENIZER_FILE, check_run_tokenizer, is_prepared
 from xmod_pretrain.checkpoint import TRAINER_STATE, complete_checkpoints, resume_checkpoint
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.distributed import DistInfo
@@ -50,13 +50,14 @@ def resume_point(cfg: Config, info: DistInfo) -> Path | None:
         return None
     saved = load_config(latest / CONFIG_FILE)
     check_same_model(latest, saved.model, cfg.model)
-    check_run_tokenizer(latest / TOKENIZER_FILE, cfg.data.dir)
+    if is_prepared(cfg.data.dir):  # recipes on prepared shards (transfer reads its own task)
+        check_run_tokenizer(latest / TOKENIZER_FILE, cfg.data.dir)
     warn_changed_settings(latest, saved, cfg, info)
     step = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
     if step >= cfg.train.max_steps:
         raise NothingToTrain(f"{latest} is at step {step} and train.max_steps="
-                             f"{cfg.train.max_steps}: nothing to train (raise train.max_steps "
-                             "to go on)")
+                             f"{cfg.train.max_steps}: nothing to train (raise train.max_steps, "
+                             "or --steps of add-language and transfer, to go on)")
     return latest
 
 

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from xmod_core.outputs import CONFIG_FILE
-from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.anchor import LanguageAnchor
 from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
 from xmod_pretrain.config import Config, Precision
@@ -77,6 +76,7 @@ class RunParts:
     sampler: Sampler                     # train micro-batches, deterministic from (seed, step, index)
     valid: dict[str, list[Batch]]        # fixed validation batches by the name the table shows
     flops_per_token: float               # training FLOPs of an input token, for MFU
+    tokenizer: Path                      # the SentencePiece model every checkpoint carries
 
 
 class Trainer:
@@ -122,7 +122,7 @@ class Trainer:
                     f"of {sum(p.numel() for p in parts.model.parameters()):,}")
         self.reduce_gradients = info.world_size > 1 and reduces_gradients_itself(cfg)
         self.anchor = self._build_anchor(parts.model)
-        self.checkpointer = self._build_checkpointer()
+        self.checkpointer = self._build_checkpointer(parts.tokenizer)
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, info.is_main, dataclasses.asdict(cfg))
         self.step, self.tokens_seen, self.first_valid = 0, 0, None
         self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main)
@@ -138,8 +138,8 @@ class Trainer:
         anchored = self.info.world_size > 1 and self.cfg.deepspeed.zero_stage < 3
         return LanguageAnchor(model) if anchored else None
 
-    def _build_checkpointer(self) -> Checkpointer:
-        files = sidecars(self.cfg, Path(self.cfg.data.dir) / TOKENIZER_FILE)
+    def _build_checkpointer(self, tokenizer: Path) -> Checkpointer:
+        files = sidecars(self.cfg, tokenizer)
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(files[CONFIG_FILE], encoding="utf-8")

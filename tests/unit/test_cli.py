@@ -10,7 +10,8 @@ import pytest
 
 from xmod_pretrain.cli import COMMANDS, LANGUAGE_COMMANDS, TOOLS, add_language_overrides
 
-EXPECTED = ("train", "add-language", "prepare", "export", "evaluate", "report", "save-language",
+EXPECTED = ("train", "add-language", "prepare", "export", "evaluate", "report", "transfer",
+            "save-language",
             "load-language", "remove-language")
 
 

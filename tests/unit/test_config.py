@@ -109,7 +109,7 @@ def test_check_config_names_the_key_the_value_and_what_is_allowed(override, mess
     ("data.language_per=node", "[rank, step]"),
     ("train.precision=fp16", "[fp32, bf16]"),
     ("logging.wandb_mode=on", "[offline, online, disabled]"),
-    ("recipe=finetune", "[pretrain, add_language]"),
+    ("recipe=finetune", "[pretrain, add_language, transfer]"),
 ])
 def test_hydra_refuses_a_choice_outside_the_schema_enum(override, choices):
     """String choices are enums in the schema: composing a bad one fails, naming the choices."""

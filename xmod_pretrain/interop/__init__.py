@@ -3,7 +3,8 @@
     config      XmodConfig (config.json) <-> ModelConfig
     weights     weight import (``init_from``, add-language from a folder) and export
     tokenizer   tokenizer.json with byte fallback, and the folder's SentencePiece model
-    folder      whole folders: ``export_model`` / ``export_run``, ``open_hf_folder``
+    folder      whole folders: ``export_model`` / ``export_run`` / ``export_classifier``,
+                ``open_hf_folder``
 
 Callers import from this package; the command ``xmod_pretrain export`` is ``export.py``.
 """
@@ -16,6 +17,7 @@ from xmod_pretrain.interop.config import (
 )
 from xmod_pretrain.interop.folder import (
     HFCheckpoint,
+    export_classifier,
     export_model,
     export_run,
     is_hf_folder,
@@ -39,7 +41,7 @@ from xmod_pretrain.interop.weights import (
 
 __all__ = [
     "HF_CONFIG", "HFCheckpoint", "TransformersFolderError", "WeightMismatchError",
-    "build_tokenizer", "check_weights", "expected_shapes", "export_model", "export_run",
+    "build_tokenizer", "check_weights", "expected_shapes", "export_classifier", "export_model", "export_run",
     "hf_config", "hf_tokenizer_file", "is_hf_folder", "load_hf_weights", "model_config_from_hf",
     "model_weights", "open_hf_folder", "read_hf_weights", "read_sentencepiece", "run_weights",
     "write_tokenizer_files",

@@ -35,10 +35,12 @@ from xmod_pretrain.runs import RunCheckpoint, open_run
 
 def write_folder(weights: Mapping[str, torch.Tensor], cfg: ModelConfig,
                   tokenizer_path: str | Path, out_dir: str | Path,
-                  default_language: str | None) -> None:
-    """Write config.json, model.safetensors and the tokenizer files into ``out_dir``."""
+                  default_language: str | None, head: Mapping | None = None) -> None:
+    """Write config.json, model.safetensors and the tokenizer files into ``out_dir``; ``head``
+    adds to (or replaces in) config.json what a model other than the masked LM needs."""
     out_dir = Path(out_dir)
     config = hf_config(cfg, default_language)  # first: an unknown default language writes nothing
+    config.update(head or {})
     # Real tokens take positions pad+1 .. pad+L, so L stops below the table size (512 of 514).
     write_tokenizer_files(tokenizer_path, out_dir, cfg.max_position_embeddings - cfg.pad_token_id - 1)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()}
@@ -71,6 +73,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
         run = open_run(run_dir, step)
         write_folder(run_weights(run), run.config.model, run.tokenizer, out, default_language)
     return run
+
+
+def export_classifier(checkpoint: RunCheckpoint, labels: list[str], out_dir: str | Path,
+                      default_language: str | None = None, overwrite: bool = False) -> None:
+    """A fine-tuned classifier checkpoint (recipes/transfer.py) as a transformers folder that
+    ``AutoModelForSequenceClassification`` loads: ``roberta.*`` and ``classifier.*`` weights,
+    the labels as ``id2label``."""
+    head = {"architectures": ["XmodForSequenceClassification"], "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+            "classifier_dropout": checkpoint.config.transfer.classifier_dropout,
+            "problem_type": "single_label_classification"}
+    with new_output_dir(out_dir, overwrite) as out:
+        write_folder(checkpoint.weights(), checkpoint.config.model, checkpoint.tokenizer, out,
+                     default_language, head)
 
 
 class HFCheckpoint(RunCheckpoint):

@@ -183,6 +183,8 @@ class AddLanguage(Recipe):
     ``add_language.languages``: their shards are made with the source's tokenizer, only their
     modules train, and the source's languages are validated beside them."""
 
+    shared_trains = False  # for MFU: every shared weight is frozen
+
     def __init__(self, cfg: Config, info: DistInfo):
         super().__init__(cfg, info)
         if cfg.data.shared_module is not None:

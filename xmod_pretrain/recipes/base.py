@@ -8,9 +8,12 @@ parts; ``after_training`` reports what the kind of run promises beyond the valid
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from xmod_core.languages import check_language_list, language_index
+from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.config import Config, ConfigError, LanguagePer
 from xmod_pretrain.data import LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches
 from xmod_pretrain.distributed import DistInfo
@@ -20,6 +23,8 @@ from xmod_pretrain.train import RunParts, Trainer
 
 class Recipe:
     """One kind of run; subclasses implement ``prepare``, ``build_data`` and ``build_model``."""
+
+    shared_trains = True  # every shared weight trains (MFU counts their weight gradients)
 
     def __init__(self, cfg: Config, info: DistInfo):
         self.cfg, self.info = cfg, info
@@ -36,12 +41,16 @@ class Recipe:
         sampler, valid = self.build_data(cfg)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         return RunParts(model=self.build_model(cfg), sampler=sampler, valid=valid,
-                        flops_per_token=self.flops_per_token(cfg))
+                        flops_per_token=self.flops_per_token(cfg), tokenizer=self.tokenizer(cfg))
+
+    def tokenizer(self, cfg: Config) -> Path:
+        """The SentencePiece model of the run: the prepared data's."""
+        return Path(cfg.data.dir) / TOKENIZER_FILE
 
     def flops_per_token(self, cfg: Config) -> float:
         """Training FLOPs of a masked-LM input token (the MLM head on the masked share only)."""
         masked = cfg.data.masking.prob * (cfg.data.seq_len - 2) / cfg.data.seq_len
-        return model_flops_per_token(cfg.model, cfg.data.seq_len, masked)
+        return model_flops_per_token(cfg.model, cfg.data.seq_len, masked, self.shared_trains)
 
     def build_data(self, cfg: Config) -> tuple[LanguageSampler, dict[str, list[MicroBatch]]]:
         raise NotImplementedError

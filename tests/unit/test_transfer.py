@@ -1,0 +1,168 @@
+"""Transfer: the frozen set, the classifier's parity with transformers, zero-shot through the
+target's modules, the checkpoint choice, the sampler, the scores and the task readers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.unit.test_model import FLAG_SETS, TINY
+from xmod_core.shards import TOKENIZER_FILE
+from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.classifier import (
+    XmodForSequenceClassification,
+    freeze_embeddings_and_language_adapters,
+)
+from xmod_pretrain.interop import hf_config
+from xmod_pretrain.interop.folder import write_folder
+from xmod_pretrain.recipes.transfer import choose_checkpoint
+from xmod_pretrain.transfer.batches import ExampleSampler, fixed_batches
+from xmod_pretrain.transfer.scoring import predictions, top1, wilson_interval
+from xmod_pretrain.transfer.tasks import (
+    GUIDE_TOPIC,
+    UDHR_RETRIEVAL,
+    TransferTaskError,
+    check_targets,
+    load_task,
+)
+
+transformers = pytest.importorskip("transformers")
+
+
+def classifier(flags: dict, num_labels: int = 3) -> XmodForSequenceClassification:
+    torch.manual_seed(0)
+    return XmodForSequenceClassification(dataclasses.replace(TINY, **flags), num_labels).eval()
+
+
+def hf_classifier(model: XmodForSequenceClassification):
+    config = transformers.XmodConfig(**hf_config(model.config), num_labels=model.num_labels)
+    return transformers.XmodForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS.values(), ids=FLAG_SETS.keys())
+def test_frozen_set_is_transformers_freeze_embeddings_and_language_adapters(flags):
+    ours = classifier(flags)
+    theirs = hf_classifier(ours)
+    freeze_embeddings_and_language_adapters(ours)
+    theirs.freeze_embeddings_and_language_adapters()
+    assert {n: p.requires_grad for n, p in ours.named_parameters()} == \
+        {n: p.requires_grad for n, p in theirs.named_parameters()}
+    assert any(p.requires_grad for p in ours.parameters())  # the encoder and head still train
+
+
+def test_exported_classifier_logits_equal_ours(tiny_data, tmp_path):
+    vocab = Tokenizer.from_file(Path(tiny_data) / TOKENIZER_FILE).vocab_size
+    torch.manual_seed(0)
+    ours = XmodForSequenceClassification(dataclasses.replace(TINY, vocab_size=vocab), 3).eval()
+    write_folder(ours.state_dict(), ours.config, Path(tiny_data) / TOKENIZER_FILE, tmp_path,
+                 "de_DE", {"architectures": ["XmodForSequenceClassification"], "num_labels": 3})
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    ids = torch.randint(4, 600, (2, 9))
+    for lang, code in enumerate(ours.languages):
+        lang_ids = torch.full((2,), theirs.config.languages.index(code))
+        expected = theirs(input_ids=ids, lang_ids=lang_ids).logits
+        torch.testing.assert_close(ours(ids, lang).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_zero_shot_runs_through_the_targets_modules():
+    model = classifier(FLAG_SETS["base-postnorm"])
+    ids = torch.randint(4, 100, (6, 7))
+    batches = fixed_batches(ids.tolist(), [0, 1, 2, 0, 1, 2], lang=1, pad_id=1, batch_size=3)
+    before = [model(b.input_ids, 1).logits for b in batches]
+    with torch.no_grad():  # another language's modules: the target's scores do not move
+        for name, param in model.named_parameters():
+            if ".adapter_modules.en_XX." in name:
+                param.add_(1.0)
+    assert all(torch.equal(model(b.input_ids, 1).logits, x) for b, x in zip(batches, before))
+    with torch.no_grad():  # the target's own modules: they do
+        for name, param in model.named_parameters():
+            if ".adapter_modules.de_DE." in name:
+                param.mul_(50.0)
+    assert not all(torch.equal(model(b.input_ids, 1).logits, x) for b, x in zip(batches, before))
+    own = [model(b.input_ids, 1).logits.argmax(-1).tolist() for b in batches]
+    assert predictions(model, batches) == sum(own, [])  # a batch runs through its own language
+
+
+def test_the_checkpoint_is_the_best_on_source_dev_the_earliest_of_equals():
+    assert choose_checkpoint({10: 0.4, 20: 0.6, 30: 0.6, 40: 0.5}) == 20
+    assert choose_checkpoint({5: 0.1}) == 5
+
+
+def test_sampler_gives_the_same_examples_for_any_split_of_the_global_batch():
+    rows, labels = [[0, i, 2] for i in range(10)], list(range(10))
+    one = ExampleSampler(rows, labels, 0, 1, batch_size=4, per_step=2, seed=3)
+    seen_one = [one.micro_batch(s, 0, i).labels.tolist() for s in range(3) for i in range(2)]
+    two = ExampleSampler(rows, labels, 0, 1, batch_size=4, per_step=2, seed=3)
+    seen_two = [two.micro_batch(s, i, i).labels.tolist() for s in range(3) for i in range(2)]
+    assert seen_one == seen_two
+    first_epoch = sum(seen_one, [])[:10]
+    assert sorted(first_epoch) == labels  # every example once per epoch
+    other_seed = ExampleSampler(rows, labels, 0, 1, batch_size=4, per_step=2, seed=4)
+    assert other_seed.micro_batch(0, 0, 0).labels.tolist() != seen_one[0]
+
+
+def test_wilson_interval_and_top1():
+    low, high = wilson_interval(0.5, 100)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+    assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0) and wilson_interval(0.0, 10)[0] == 0.0
+    x = torch.randn(5, 8)
+    assert top1(x, x + 0.01 * torch.randn(5, 8)) == 1.0
+    assert top1(x, x.flip(0)) < 1.0
+
+
+def test_bundled_tasks():
+    task = load_task(GUIDE_TOPIC, "en_XX")
+    assert len(task.labels) == 13 and len(task.test) == 19
+    assert not {e.text for e in task.train} & {e.text for e in task.test["en_XX"]}
+    assert not {e.text for e in task.dev} & {e.text for e in task.test["en_XX"]}
+    udhr = load_task(UDHR_RETRIEVAL, "en_XX")
+    assert len(udhr.keys) == 31 and "yo_NG" in udhr.items
+    assert all(len(items) == 31 for items in udhr.items.values())
+    assert not any(text.startswith("Article") for text in udhr.items["en_XX"])
+
+
+def write_task(root: Path, rows: dict[str, list[dict]]) -> Path:
+    for name, lines in rows.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    return root
+
+
+GOOD = {"train/en_XX.jsonl": [{"text": "a b", "label": "x"}, {"text": "c", "label": "y"}],
+        "dev/en_XX.jsonl": [{"text": "d", "label": "x"}],
+        "test/de_DE.jsonl": [{"text_a": "e", "text_b": "f", "label": "y"}]}
+
+
+def test_a_user_task_folder_and_manifest(tmp_path):
+    task = load_task(str(write_task(tmp_path / "t", GOOD)), "en_XX")
+    assert task.labels == ["x", "y"] and task.test["de_DE"][0].text_b == "f"
+    manifest = tmp_path / "t" / "task.json"
+    manifest.write_text(json.dumps({"train": {"en_XX": "train/en_XX.jsonl"},
+                                    "dev": {"en_XX": "dev/en_XX.jsonl"},
+                                    "test": {"de_DE": "test/de_DE.jsonl"}}))
+    assert load_task(str(manifest), "en_XX").test == task.test
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"test/de_DE.jsonl": [{"text": "e", "label": "z"}]}, "label 'z' is not in"),
+    ({"dev/en_XX.jsonl": [{"text": "d"}]}, "dev/en_XX.jsonl:1: no \"label\""),
+    ({"test/de_DE.jsonl": []}, "test/de_DE.jsonl holds no examples"),
+    ({"train/en_XX.jsonl": [{"text": "a", "label": "x"}]}, "one label only"),
+])
+def test_bad_user_tasks_are_refused_naming_the_file(tmp_path, change, named):
+    with pytest.raises(TransferTaskError, match=named.replace("(", r"\(")):
+        load_task(str(write_task(tmp_path / "t", {**GOOD, **change})), "en_XX")
+
+
+def test_unknown_task_and_language_without_test_data():
+    with pytest.raises(TransferTaskError, match="neither a bundled task"):
+        load_task("no-such-task", "en_XX")
+    with pytest.raises(TransferTaskError, match="no test data for fi_FI"):
+        check_targets(load_task(GUIDE_TOPIC, "en_XX"), ["fi_FI"])
+    with pytest.raises(TransferTaskError, match="has no yo_NG"):
+        load_task(GUIDE_TOPIC, "yo_NG")

@@ -1,0 +1,193 @@
+"""Transfer: fine-tune a classifier on the source language, evaluate it zero-shot on the others.
+
+As X-MOD is used (transformers' and fairseq's documentation): the pre-trained encoder gets a
+classification head, the embeddings and every language module are frozen
+(``freeze_embeddings_and_language_adapters``), and the rest trains on the source language's
+train split through the source language's modules. A checkpoint is saved each epoch; the one
+with the best source dev accuracy is chosen (no target language is looked at), then evaluated
+on every target's test split through the target's own modules, and through the source's as the
+ablation. One run is one seed; ``xmod_pretrain transfer`` runs the seeds and the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from xmod_core.atomic import write_text
+from xmod_core.languages import language_index
+from xmod_core.outputs import CONFIG_FILE, inside_checkpoints
+from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.classifier import (
+    XmodForSequenceClassification,
+    freeze_embeddings_and_language_adapters,
+    load_encoder,
+)
+from xmod_pretrain.config import Config, ConfigError, RunKind
+from xmod_pretrain.distributed import DistInfo, barrier
+from xmod_pretrain.interop import is_hf_folder, open_hf_folder
+from xmod_pretrain.model import model_flops_per_token
+from xmod_pretrain.recipes.base import Recipe
+from xmod_pretrain.runlock import LOCK_NAME
+from xmod_pretrain.runs import RunCheckpoint, available_steps, load_config, open_run
+from xmod_pretrain.train import Trainer
+from xmod_pretrain.transfer.batches import ExampleSampler, encode_rows, fixed_batches
+from xmod_pretrain.transfer.scoring import accuracy, predictions, wilson_interval
+from xmod_pretrain.transfer.tasks import (
+    ClassificationTask,
+    TransferTaskError,
+    check_targets,
+    load_task,
+)
+
+SEED_RESULT = "transfer.json"  # one seed's evaluation, in its run directory
+EVAL_BATCH = 64
+
+
+class Transfer(Recipe):
+    """Fine-tune ``transfer.source_run`` on ``transfer.task`` in ``transfer.source``."""
+
+    def __init__(self, cfg: Config, info: DistInfo):
+        super().__init__(cfg, info)
+        req = cfg.transfer
+        if req.task is None or req.source_run is None:
+            raise ConfigError("recipe=transfer needs transfer.task and transfer.source_run "
+                              "(xmod_pretrain transfer --from RUN --task TASK)")
+        self.source = open_source_model(req.source_run)
+        task = load_task(req.task, req.source)
+        if not isinstance(task, ClassificationTask):
+            raise ConfigError(f"transfer.task={req.task} trains nothing: run it with "
+                              "xmod_pretrain transfer, which scores it directly")
+        self.task = task
+        self.targets = check_targets(task, req.targets)
+        check_model_languages(self.source, [req.source, *self.targets])
+        check_run_dir(cfg)
+
+    def prepare(self) -> Config:
+        cfg, req = self.cfg, self.cfg.transfer
+        per_step = self.cfg.train.micro_batch_size * cfg.train.grad_accum_steps * self.info.world_size
+        steps_per_epoch = max(1, math.ceil(len(self.task.train) / per_step))
+        steps = req.steps or max(1, round(req.epochs * steps_per_epoch))
+        every = max(1, round(steps / req.epochs)) if req.steps else steps_per_epoch
+        train = dataclasses.replace(cfg.train, max_steps=steps, eval_every=every, save_every=every,
+                                    keep_checkpoints=0)  # every epoch's: the choice needs them
+        optim = dataclasses.replace(cfg.optim, warmup_steps=round(req.warmup_fraction * steps))
+        return dataclasses.replace(cfg, model=self.source.config.model, train=train, optim=optim)
+
+    def tokenizer(self, cfg: Config) -> Path:
+        return self.source.tokenizer
+
+    def build_data(self, cfg: Config):
+        tokenizer, task = Tokenizer.from_file(self.source.tokenizer), self.task
+        source = language_index(cfg.model.languages, task.source)
+        rows = encode_rows(tokenizer, task.train, cfg.data.seq_len)
+        train = cfg.train
+        sampler = ExampleSampler(rows, task.label_ids(task.train), source, tokenizer.pad_id,
+                                 train.micro_batch_size,
+                                 train.grad_accum_steps * self.info.world_size, train.seed)
+        dev = fixed_batches(encode_rows(tokenizer, task.dev, cfg.data.seq_len),
+                            task.label_ids(task.dev), source, tokenizer.pad_id, EVAL_BATCH)
+        return sampler, {f"{task.source} dev": dev}
+
+    def build_model(self, cfg: Config) -> XmodForSequenceClassification:
+        model = XmodForSequenceClassification(cfg.model, len(self.task.labels),
+                                              cfg.transfer.classifier_dropout)
+        load_encoder(model, self.source.weights())
+        freeze_embeddings_and_language_adapters(model)
+        return model
+
+    def flops_per_token(self, cfg: Config) -> float:
+        return model_flops_per_token(cfg.model, cfg.data.seq_len, masked_fraction=0.0,
+                                     modules_train=False)
+
+    def after_training(self, trainer: Trainer) -> None:
+        if trainer.info.is_main:
+            result = evaluate_seed(trainer.cfg, trainer.run_dir, self.task, self.targets)
+            write_text(trainer.run_dir / SEED_RESULT, json.dumps(result, indent=1) + "\n")
+            chosen = result["chosen_step"]
+            print(f"chose step {chosen} (source dev accuracy {result['dev'][str(chosen)]:.4f}); "
+                  f"wrote {trainer.run_dir / SEED_RESULT}", flush=True)
+        barrier()
+
+
+def open_source_model(path: str) -> RunCheckpoint:
+    """The pre-trained model: a run's latest checkpoint, or a transformers X-MOD folder."""
+    return open_hf_folder(path) if is_hf_folder(path) else open_run(path)
+
+
+def check_model_languages(source: RunCheckpoint, languages: list[str]) -> None:
+    missing = [lang for lang in languages if lang not in source.languages]
+    if missing:
+        raise TransferTaskError(f"{source.run_dir} has no modules for {', '.join(missing)} (it "
+                                f"has {', '.join(source.languages)}); add them with "
+                                "xmod_pretrain add-language, or choose --targets")
+
+
+def check_run_dir(cfg: Config) -> None:
+    """The run directory is new, empty, or this same request started before (resumed)."""
+    run_dir = Path(cfg.run_dir)
+    if inside_checkpoints(run_dir) is not None:
+        raise ConfigError(f"--out {run_dir} is inside a run's checkpoints folder")
+    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != LOCK_NAME]:
+        return
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file():
+        before = load_config(saved)
+        same = ("source_run", "task", "source")
+        if before.recipe == RunKind.transfer and all(
+                getattr(before.transfer, k) == getattr(cfg.transfer, k) for k in same):
+            return
+    raise ConfigError(f"{run_dir} already holds something else (not a transfer run of "
+                      f"{cfg.transfer.task} from {cfg.transfer.source_run}): pick a new --out")
+
+
+def load_classifier(checkpoint: RunCheckpoint) -> XmodForSequenceClassification:
+    """A fine-tuned checkpoint as a plain classifier (fp32, eval mode, no gradients)."""
+    weights = checkpoint.weights()
+    num_labels = weights["classifier.out_proj.weight"].size(0)
+    with torch.device("meta"):
+        model = XmodForSequenceClassification(checkpoint.config.model, num_labels)
+    model.load_state_dict(weights, assign=True)
+    return model.requires_grad_(False).eval()
+
+
+def choose_checkpoint(dev_accuracy: dict[int, float]) -> int:
+    """The step with the best source dev accuracy; the earliest of equals."""
+    return max(sorted(dev_accuracy), key=lambda step: dev_accuracy[step])
+
+
+def evaluate_seed(cfg: Config, run_dir: Path, task: ClassificationTask,
+                  targets: list[str]) -> dict:
+    """Choose the checkpoint on the source dev split, then score every language's test split
+    through its own modules and through the source's."""
+    tokenizer = Tokenizer.from_file(open_run(run_dir).tokenizer)
+    languages = cfg.model.languages
+    source = language_index(languages, task.source)
+
+    def batches(examples, lang):
+        return fixed_batches(encode_rows(tokenizer, examples, cfg.data.seq_len),
+                             task.label_ids(examples), language_index(languages, lang),
+                             tokenizer.pad_id, EVAL_BATCH)
+
+    dev = batches(task.dev, task.source)
+    gold_dev = task.label_ids(task.dev)
+    dev_accuracy = {step: accuracy(predictions(load_classifier(open_run(run_dir, step)), dev),
+                                   gold_dev) for step in available_steps(run_dir)}
+    chosen = choose_checkpoint(dev_accuracy)
+    model = load_classifier(open_run(run_dir, chosen))
+    rows = []
+    for lang in [task.source, *targets]:
+        test, gold = batches(task.test[lang], lang), task.label_ids(task.test[lang])
+        for modules, through in ((lang, None), (task.source, source)):
+            if modules == lang and through is not None:
+                continue  # the source through its own modules is already the first row
+            acc = accuracy(predictions(model, test, through), gold)
+            rows.append({"language": lang, "modules": modules, "accuracy": acc, "n": len(gold),
+                         "ci95": wilson_interval(acc, len(gold))})
+    return {"task": task.name, "source": task.source, "seed": cfg.train.seed,
+            "labels": task.labels, "dev": {str(k): v for k, v in dev_accuracy.items()},
+            "chosen_step": chosen, "rows": rows}

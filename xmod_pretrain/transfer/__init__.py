@@ -1,0 +1,1 @@
+"""Cross-lingual transfer: tasks, classifier batches, scores, and the ``transfer`` command."""

@@ -1,0 +1,207 @@
+"""``xmod_pretrain transfer``: zero-shot cross-lingual transfer of a pre-trained run.
+
+    xmod_pretrain transfer --from runs/demo --task guide-topic [--source en_XX] [--targets ...]
+        [--epochs 3 | --steps N] [--seeds 3] [--out DIR] [--export DIR] [Hydra overrides]
+    xmod_pretrain transfer --from runs/demo+yo_NG --task udhr-retrieval [--layer -1]
+
+A classification task runs the ``transfer`` recipe once per seed (``OUT/seed<k>``, resumable
+like any run, under torchrun and any ZeRO stage), then prints and writes the table over seeds
+with the baselines. A retrieval task trains nothing: it scores the model directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from xmod_core.languages import language_index
+from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.config import CONF_DIR, Config, register_configs, to_config
+from xmod_pretrain.inference import encode_padded, masked_lm
+from xmod_pretrain.recipes.transfer import check_model_languages, open_source_model
+from xmod_pretrain.transfer.batches import encode_rows
+from xmod_pretrain.transfer.scoring import (
+    accuracy,
+    bag_of_ids,
+    bag_of_ids_classifier,
+    bag_of_ids_predictions,
+    majority_label,
+    pooled_states,
+    top1,
+)
+from xmod_pretrain.transfer.summary import aggregate, baseline_row, format_table, write_summary
+from xmod_pretrain.transfer.tasks import (
+    BUNDLED_TASKS,
+    ClassificationTask,
+    RetrievalTask,
+    check_targets,
+    load_task,
+)
+
+BAG_OF_IDS, MAJORITY = "bag-of-ids", "majority class"
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    tasks = "; ".join(f"{name}: {line}" for name, line in BUNDLED_TASKS.items())
+    parser = argparse.ArgumentParser(
+        prog="xmod_pretrain transfer",
+        description="Fine-tune on one language with the embeddings and language modules frozen, "
+                    "evaluate zero-shot on every other through its own modules.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--from", dest="source_run", required=True,
+                        help="pre-trained run, or a transformers X-MOD folder (read only)")
+    parser.add_argument("--task", required=True,
+                        help=f"{tasks}; or a folder / JSON manifest of JSONL files")
+    parser.add_argument("--source", default="en_XX", help="the language fine-tuned on")
+    parser.add_argument("--targets", nargs="+", default=[],
+                        help="languages evaluated (default: every one with test data)")
+    parser.add_argument("--epochs", type=float, default=3.0, help="passes over the source train split")
+    parser.add_argument("--steps", type=int, help="optimizer steps instead of --epochs")
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning runs, seeds 1..N")
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="retrieval: hidden layer mean-pooled (0 embeddings, -1 last)")
+    parser.add_argument("--out", help="output folder (default: FROM-TASK)")
+    parser.add_argument("--export", help="write the best seed's classifier as a transformers folder")
+    args, overrides = parser.parse_known_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: at least 1")
+    args.out = Path(args.out or f"{str(args.source_run).rstrip('/')}-{Path(args.task).stem}")
+    return args, overrides
+
+
+def main(argv: list[str]) -> int:
+    args, overrides = parse(argv)
+    task = load_task(args.task, args.source)
+    targets = check_targets(task, args.targets)
+    if isinstance(task, RetrievalTask):
+        retrieval(args, task, targets, open_source_model(args.source_run))
+    else:
+        classification(args, task, targets, overrides)
+    return 0
+
+
+# ---- classification ------------------------------------------------------------------------
+
+
+def seed_config(args: argparse.Namespace, seed: int, overrides: list[str]) -> Config:
+    """The ``transfer`` experiment for one seed, with the user's Hydra overrides."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    fixed = ["+exp=transfer", f"run_dir={args.out / f'seed{seed}'}", f"train.seed={seed}",
+             f"transfer.source_run={args.source_run}", f"transfer.task={args.task}",
+             f"transfer.source={args.source}", f"transfer.targets=[{','.join(args.targets)}]",
+             f"transfer.epochs={args.epochs}"]
+    if args.steps is not None:
+        fixed.append(f"transfer.steps={args.steps}")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_config(compose("config", fixed + overrides))
+
+
+def classification(args: argparse.Namespace, task: ClassificationTask, targets: list[str],
+                   overrides: list[str]) -> None:
+    from xmod_pretrain.distributed import barrier, init_distributed
+    from xmod_pretrain.launch import run
+    from xmod_pretrain.recipes.transfer import SEED_RESULT
+
+    configs = [seed_config(args, seed, overrides) for seed in range(1, args.seeds + 1)]
+    for cfg in configs:  # every seed's config is checked before the first trains
+        run(cfg)
+    info = init_distributed(configs[0].deepspeed.dist_timeout_s)
+    if info.is_main:
+        results = [json.loads((Path(c.run_dir) / SEED_RESULT).read_text(encoding="utf-8"))
+                   for c in configs]
+        source = open_source_model(args.source_run)
+        rows = aggregate(results) + classification_baselines(task, [task.source, *targets],
+                                                             source.tokenizer, configs[0])
+        columns = ["own modules", f"{task.source} modules", BAG_OF_IDS, MAJORITY]
+        meta = {"task": task.name, "model": str(args.source_run), "source": task.source,
+                "metric": "accuracy", "seeds": args.seeds, "labels": task.labels,
+                "chosen_steps": [r["chosen_step"] for r in results]}
+        title = (f"{args.source_run} -> {task.name}, fine-tuned on {task.source}: accuracy, mean "
+                 f"±std over {args.seeds} seed(s) [95% interval over the test set]")
+        print(format_table(rows, title, columns), flush=True)
+        for path in write_summary(args.out, meta, rows, columns, 1 / len(task.labels)):
+            print(f"wrote {path}", flush=True)
+        if args.export:
+            export_best(args, results, configs, task.labels)
+    barrier()
+
+
+def classification_baselines(task: ClassificationTask, languages: list[str], tokenizer_path: Path,
+                             cfg: Config) -> list[dict]:
+    """Bag-of-ids logistic regression fitted on the source train split, and the source train
+    split's majority class, on each language's test split."""
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    train_rows = encode_rows(tokenizer, task.train, cfg.data.seq_len)
+    train_labels = task.label_ids(task.train)
+    weights = bag_of_ids_classifier(train_rows, train_labels, len(task.labels), tokenizer.vocab_size)
+    majority = majority_label(train_labels)
+    rows = []
+    for lang in languages:
+        gold = task.label_ids(task.test[lang])
+        predicted = bag_of_ids_predictions(
+            weights, encode_rows(tokenizer, task.test[lang], cfg.data.seq_len))
+        rows.append(baseline_row(lang, BAG_OF_IDS, accuracy(predicted, gold), len(gold)))
+        rows.append(baseline_row(lang, MAJORITY, accuracy([majority] * len(gold), gold), len(gold)))
+    return rows
+
+
+def export_best(args: argparse.Namespace, results: list[dict], configs: list[Config],
+                labels: list[str]) -> None:
+    """The chosen checkpoint of the seed with the best source dev accuracy."""
+    from xmod_pretrain.interop import export_classifier
+    from xmod_pretrain.runs import open_run
+
+    best = max(range(len(results)),
+               key=lambda i: results[i]["dev"][str(results[i]["chosen_step"])])
+    checkpoint = open_run(configs[best].run_dir, results[best]["chosen_step"])
+    export_classifier(checkpoint, labels, args.export, default_language=args.source)
+    print(f"exported seed {configs[best].train.seed}'s step {checkpoint.step} to {args.export}",
+          flush=True)
+
+
+# ---- retrieval -----------------------------------------------------------------------------
+
+
+def retrieval(args: argparse.Namespace, task: RetrievalTask, targets: list[str], source) -> None:
+    """Top-1 accuracy of finding each part's translation, source -> target and back, from
+    mean-pooled hidden states, each side through its own modules; the ablation: the target
+    through the source's modules."""
+    model = masked_lm(source.config.model, source.weights())
+    tokenizer = Tokenizer.from_file(source.tokenizer)
+    languages = list(model.languages)
+    check_model_languages(source, [task.source, *targets])
+    encoded = {lang: encode_padded(tokenizer, task.items[lang], model.longest_sequence)
+               for lang in [task.source, *targets]}
+
+    def states(lang: str, modules: str) -> torch.Tensor:
+        return pooled_states(model, *encoded[lang], language_index(languages, modules), args.layer)
+
+    src = states(task.source, task.source)
+    n = len(task.keys)
+    rows = []
+
+    def both_ways(tgt: torch.Tensor) -> float:
+        return (top1(src, tgt) + top1(tgt, src)) / 2
+
+    for lang in targets:
+        src_ids, tgt_ids = (bag_of_ids(encoded[x][0].tolist(), tokenizer.vocab_size)
+                            for x in (task.source, lang))
+        overlap = (top1(src_ids, tgt_ids) + top1(tgt_ids, src_ids)) / 2
+        rows += [baseline_row(lang, "own modules", both_ways(states(lang, lang)), n),
+                 baseline_row(lang, f"{task.source} modules", both_ways(states(lang, task.source)),
+                              n),
+                 baseline_row(lang, BAG_OF_IDS, overlap, n)]
+    columns = ["own modules", f"{task.source} modules", BAG_OF_IDS]
+    meta = {"task": task.name, "model": str(args.source_run), "source": task.source,
+            "metric": "top-1 accuracy", "layer": args.layer, "parts": n}
+    title = (f"{args.source_run} -> {task.name}: top-1 accuracy {task.source} <-> target over "
+             f"{n} parts (mean of both directions) [95% interval], layer {args.layer}; chance "
+             f"{1 / n:.3f}")
+    print(format_table(rows, title, columns), flush=True)
+    for path in write_summary(args.out, meta, rows, columns, 1 / n):
+        print(f"wrote {path}", flush=True)

@@ -56,8 +56,8 @@ def load_run(run_dir: str | Path, step: int | None = None,
     """
     run = open_run(run_dir, step)
     weights = run_weights(run)  # checked against the saved model config
-    return RunModel(masked_lm(run.config.model, weights)).to(device), \
-        Tokenizer.from_file(run.tokenizer)
+    model = RunModel(masked_lm(run.config.model, weights)).to(device).eval()
+    return model, Tokenizer.from_file(run.tokenizer)
 
 
 def masked_lm(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> XmodForMaskedLM:

@@ -76,8 +76,10 @@ def main(argv: list[str]) -> int:
     args, overrides = parse(argv)
     task = load_task(args.task, args.source)
     targets = check_targets(task, args.targets)
+    source = open_source_model(args.source_run)  # before any DeepSpeed start: fails in a second
+    check_model_languages(source, [task.source, *targets])
     if isinstance(task, RetrievalTask):
-        retrieval(args, task, targets, open_source_model(args.source_run))
+        retrieval(args, task, targets, source)
     else:
         classification(args, task, targets, overrides)
     return 0
@@ -174,7 +176,6 @@ def retrieval(args: argparse.Namespace, task: RetrievalTask, targets: list[str],
     model = masked_lm(source.config.model, source.weights())
     tokenizer = Tokenizer.from_file(source.tokenizer)
     languages = list(model.languages)
-    check_model_languages(source, [task.source, *targets])
     encoded = {lang: encode_padded(tokenizer, task.items[lang], model.longest_sequence)
                for lang in [task.source, *targets]}
 

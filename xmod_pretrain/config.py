@@ -234,7 +234,8 @@ class TransferConfig:
     source_run: Optional[str] = None
     """The pre-trained model (read only): a run, or a transformers X-MOD folder."""
     task: Optional[str] = None
-    """guide-topic, udhr-retrieval, or a folder / JSON manifest of JSONL files (transfer/tasks.py)."""
+    """guide-topic, udhr-retrieval, a folder / JSON manifest of JSONL files, or hf:NAME[:CONFIG]
+    (transfer/tasks.py)."""
     source: str = "en_XX"
     """The language fine-tuned on (its train split), whose dev split picks the checkpoint."""
     targets: list[str] = field(default_factory=list)

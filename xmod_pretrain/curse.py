@@ -10,9 +10,11 @@ perplexity is compared as languages are added.
 
     python -m xmod_pretrain.curse                          # 8 runs into runs/curse, then the report
     python -m xmod_pretrain.curse --ns 2 5 train.max_steps=100   # any Hydra override, every run
+    python -m xmod_pretrain.curse --transfer 19    # and zero-shot transfer of the n=19 runs
 
 A run that finished is kept, so the same command continues after an interruption. Writes
-``curse.json``, ``curse.csv``, ``curse.md`` and ``curse.png`` into ``--out``.
+``curse.json``, ``curse.csv``, ``curse.md`` and ``curse.png`` into ``--out`` (with
+``--transfer``, also ``curse_transfer.json`` and ``.md``, and the transfers in ``OUT/transfer/``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -38,6 +40,9 @@ from xmod_core.languages import check_language_list
 from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.config import CONF_DIR, Config, register_configs
+from xmod_pretrain.curse_transfer import TransferRequest, check_transfer_ns, compare
+from xmod_pretrain.curse_transfer import markdown as transfer_markdown
+from xmod_pretrain.curse_transfer import write as write_transfer
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.model import count_parameters
 from xmod_pretrain.paths import resolve_paths
@@ -69,6 +74,12 @@ class Plan:
     ns: list[int]
     overrides: list[str]
     """Hydra overrides for every run, after ``+exp=curse``."""
+    transfer_ns: list[int] = field(default_factory=list)
+    """The ns whose two runs are also compared by zero-shot transfer (curse_transfer.py)."""
+    seeds: int = 3
+    """Fine-tuning seeds of each classification transfer."""
+    transfer_steps: int | None = None
+    """Fine-tuning steps (None: transfer's default epochs)."""
 
     def run_dir(self, variant: str, n: int) -> Path:
         return self.out / f"{variant}-{n}"
@@ -139,6 +150,7 @@ def check_plan(plan: Plan, available: list[str]) -> None:
         raise CurseError(f"evaluation language(s) {', '.join(outside) or '(none)'} must be among "
                          f"the first {min(plan.ns)} of the order ({', '.join(first)}), so that "
                          "every run has them")
+    check_transfer_ns(plan.order, plan.transfer_ns, plan.ns, CurseError)
     fixed = [o for o in plan.overrides if o.lstrip("+~").split("=")[0] in DRIVER_KEYS]
     if fixed:
         raise CurseError(f"{', '.join(fixed)}: the driver sets {', '.join(DRIVER_KEYS)} per run")
@@ -312,10 +324,20 @@ def parse_args(argv: Sequence[str]) -> Plan:
     parser.add_argument("--eval-languages", nargs="+", default=list(EVAL_LANGUAGES),
                         help="the languages compared (among the first min(ns) of the order)")
     parser.add_argument("--out", default="runs/curse", help="runs and report (default runs/curse)")
+    parser.add_argument("--transfer", type=int, nargs="+", default=[], metavar="N",
+                        help="also compare zero-shot transfer (guide-topic, udhr-retrieval, "
+                             "fine-tuned on en_XX) of the two runs of each such n")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="fine-tuning seeds of each guide-topic transfer (default 3)")
+    parser.add_argument("--transfer-steps", type=int,
+                        help="fine-tuning steps instead of transfer's default 3 epochs")
     # Overrides first, so that --ns 2 5 train.max_steps=100 does not read an override as an n.
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = parser.parse_args([a for a in argv if a not in overrides])
-    return Plan(Path(args.out), args.languages, args.eval_languages, sorted(set(args.ns)), overrides)
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: at least 1")
+    return Plan(Path(args.out), args.languages, args.eval_languages, sorted(set(args.ns)), overrides,
+                sorted(set(args.transfer)), args.seeds, args.transfer_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,10 +349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_plan(plan, prepare_data(cfg))
         results = run_all(plan)
         paths = write_outputs(plan, results, compose_config(plan.run_overrides("xmod", plan.ns[0])))
+        print(markdown_table(table_rows(results, plan.eval_languages), plan.ns), end="")
+        if plan.transfer_ns:
+            rows = compare(plan.out, plan.order, plan.transfer_ns, VARIANTS,
+                           TransferRequest(plan.seeds, plan.transfer_steps), CurseError)
+            paths += write_transfer(plan.out, rows, plan.transfer_ns, LABELS)
+            print(transfer_markdown(rows, plan.transfer_ns, LABELS), end="")
     except UserError as err:  # CurseError, and the data's own errors on first use
         print(f"xmod_pretrain.curse: error: {err}", file=sys.stderr, flush=True)
         return 1
-    print(markdown_table(table_rows(results, plan.eval_languages), plan.ns), end="")
     print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -105,6 +105,11 @@ def optimizer_parameter_count(engine) -> int:
     return sum(_numel(p) for group in inner.param_groups for p in group["params"])
 
 
+def parameter_count(module: torch.nn.Module) -> int:
+    """Elements of every parameter of ``module``, partitioned by ZeRO-3 or not."""
+    return sum(_numel(p) for p in module.parameters())
+
+
 def _numel(param) -> int:
     # ZeRO-3 replaces a partitioned parameter's data with an empty tensor; ds_numel keeps its size.
     return getattr(param, "ds_numel", param.numel())

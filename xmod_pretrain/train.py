@@ -27,6 +27,7 @@ from xmod_pretrain.engine import (
     build_engine,
     gradient_norm,
     optimizer_parameter_count,
+    parameter_count,
     reduces_gradients_itself,
     reports_gradient_norm,
 )
@@ -119,7 +120,7 @@ class Trainer:
                     f"rank(s), {cfg.train.precision.value}")
         self.engine, self.optimizer = build_engine(parts.model, cfg, info)
         self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
-                    f"of {sum(p.numel() for p in parts.model.parameters()):,}")
+                    f"of {parameter_count(parts.model):,}")
         self.reduce_gradients = info.world_size > 1 and reduces_gradients_itself(cfg)
         self.anchor = self._build_anchor(parts.model)
         self.checkpointer = self._build_checkpointer(parts.tokenizer)

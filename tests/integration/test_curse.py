@@ -135,9 +135,35 @@ def test_other_settings_are_refused(experiment, tiny_data, capsys):
     (["--languages", "en_XX", "english"], "'english' in --languages is not of the form"),
     (["--languages", "en_XX", "de_DE", "--ns", "2", "data.languages=[en_XX]"], "sets run_dir"),
     (["--languages", "en_XX", "de_DE", "--ns", "2", "train.max_step=3"], "bad override"),
+    (["--languages", "en_XX", "de_DE", "--ns", "2", "--transfer", "3"], "not one of --ns"),
+    (["--languages", "de_DE", "ru_RU", "en_XX", "--eval-languages", "de_DE", "--ns", "2",
+      "--transfer", "2"], "lack en_XX"),
 ])
 def test_bad_input_stops_before_training(tiny_data, tmp_path, capsys, args, named):
     code, _, err = in_process(capsys, tmp_path / "out", tiny_data, "--eval-languages", "en_XX",
                               *args)
     assert code == 1 and named in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_transfer_comparison_of_the_two_runs(experiment, tiny_data, capsys):
+    """--transfer fine-tunes both n=3 runs on en_XX and scores de_DE and ru_RU: X-MOD through
+    each target's modules, the shared run through its one set (no ablation column to show)."""
+    out, _ = experiment
+    code, stdout, err = in_process(capsys, out, tiny_data, "--languages", *ORDER,
+                                   "--eval-languages", *EVAL, "--ns", *map(str, NS),
+                                   "--transfer", "3", "--transfer-steps", "2", "--seeds", "1")
+    assert code == 0, err
+    summary = json.loads((out / "curse_transfer.json").read_text())
+    assert {(r["task"], r["variant"]) for r in summary["rows"]} == {
+        (task, variant) for task in ("guide-topic", "udhr-retrieval")
+        for variant in ("xmod", "shared")}
+    for row in summary["rows"]:
+        table = json.loads((out / "transfer" / f"{row['variant']}-3-{row['task']}"
+                            / "transfer.json").read_text())["rows"]
+        own = [r["accuracy"] for r in table if r["scored_by"] == "own modules"
+               and r["language"] != "en_XX"]
+        assert len(own) == 2 and row["accuracy"] == pytest.approx(sum(own) / 2)
+        ablation = {r["language"] for r in table if r["scored_by"] == "en_XX modules"}
+        assert ablation == (set() if row["variant"] == "shared" else {"de_DE", "ru_RU"})
+    assert "| guide-topic | X-MOD |" in (out / "curse_transfer.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY_LANGUAGES
 from tests.integration.launch import run_training
+from tests.xnli_folder import XNLI_LABELS, write_xnli_folder
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.inference import encode_padded
 from xmod_pretrain.recipes.transfer import choose_checkpoint, load_classifier
@@ -24,9 +26,11 @@ pytestmark = pytest.mark.integration
 TARGETS = [lang for lang in TINY_LANGUAGES if lang != "en_XX"]
 
 
-def transfer(*argv: str) -> subprocess.CompletedProcess:
+def transfer(*argv: str, nproc: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "xmod_pretrain", "transfer", *argv],
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone",
+                                      f"--nproc_per_node={nproc}"]
+    return subprocess.run([sys.executable, *launcher, "-m", "xmod_pretrain", "transfer", *argv],
                           capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -63,14 +67,35 @@ def test_the_checkpoint_is_chosen_on_source_dev(transferred):
     assert seed["chosen_step"] == choose_checkpoint({int(k): v for k, v in seed["dev"].items()})
 
 
-def test_frozen_weights_are_bit_identical_and_the_rest_trained(pretrained, transferred):
-    out, _ = transferred
+def assert_only_the_unfrozen_trained(pretrained, seed_run):
     before = open_run(pretrained).weights()
-    after = load_file(str(open_run(out / "seed1").path / "model.safetensors"))
+    after = load_file(str(open_run(seed_run).path / "model.safetensors"))
     frozen = [k for k in after if k.startswith("roberta.embeddings.") or ".adapter_modules." in k]
     trained = [k for k in after if k.startswith("roberta.") and k not in frozen]
     assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)
     assert any(not torch.equal(after[k], before[k]) for k in trained)
+
+
+def test_frozen_weights_are_bit_identical_and_the_rest_trained(pretrained, transferred):
+    assert_only_the_unfrozen_trained(pretrained, transferred[0] / "seed1")
+
+
+def test_an_hf_task_on_two_ranks_under_zero3(pretrained, tmp_path):
+    """A local datasets folder in XNLI's layout (sentence pairs, class labels), fine-tuned by
+    torchrun on 2 ranks with ZeRO-3: the frozen weights still do not move by a bit."""
+    xnli = write_xnli_folder(tmp_path / "xnli", {"en": "en_XX", "de": "de_DE"})
+    out = tmp_path / "out"
+    proc = transfer("--from", str(pretrained), "--task", f"hf:{xnli}", "--steps", "4",
+                    "--epochs", "2", "--seeds", "1", "--out", str(out), "deepspeed=zero3",
+                    "train.micro_batch_size=4", nproc=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts = re.search(r"optimizer: ([\d,]+) trainable parameters of ([\d,]+)", proc.stdout)
+    trainable, total = (int(g.replace(",", "")) for g in counts.groups())
+    assert 0 < trainable < total  # ZeRO-3 partitions: the total counts the full parameters
+    summary = json.loads((out / "transfer.json").read_text())
+    assert summary["labels"] == XNLI_LABELS
+    assert {r["language"] for r in summary["rows"]} == {"en_XX", "de_DE"}
+    assert_only_the_unfrozen_trained(pretrained, out / "seed1")
 
 
 def test_the_export_loads_in_transformers_with_our_logits(transferred):

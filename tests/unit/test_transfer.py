@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.unit.test_model import FLAG_SETS, TINY
+from tests.xnli_folder import XNLI_LABELS, write_xnli_folder, xnli_rows
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.classifier import (
@@ -25,6 +26,7 @@ from xmod_pretrain.transfer.scoring import predictions, top1, wilson_interval
 from xmod_pretrain.transfer.tasks import (
     GUIDE_TOPIC,
     UDHR_RETRIEVAL,
+    Example,
     TransferTaskError,
     check_targets,
     load_task,
@@ -108,7 +110,9 @@ def test_sampler_gives_the_same_examples_for_any_split_of_the_global_batch():
 def test_wilson_interval_and_top1():
     low, high = wilson_interval(0.5, 100)
     assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
-    assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0) and wilson_interval(0.0, 10)[0] == 0.0
+    # the interval always holds the estimate (1.0 over 24 rounds to 0.999... unclamped)
+    assert all(low <= a <= high for n in range(1, 100) for a in (0.0, 1.0)
+               for low, high in [wilson_interval(a, n)])
     x = torch.randn(5, 8)
     assert top1(x, x + 0.01 * torch.randn(5, 8)) == 1.0
     assert top1(x, x.flip(0)) < 1.0
@@ -166,3 +170,42 @@ def test_unknown_task_and_language_without_test_data():
         check_targets(load_task(GUIDE_TOPIC, "en_XX"), ["fi_FI"])
     with pytest.raises(TransferTaskError, match="has no yo_NG"):
         load_task(GUIDE_TOPIC, "yo_NG")
+
+
+@pytest.fixture(scope="module")
+def xnli(tmp_path_factory):
+    pytest.importorskip("datasets")
+    return write_xnli_folder(tmp_path_factory.mktemp("hf") / "xnli",
+                             {"en": "en_XX", "de": "de_DE", "ru": "ru_RU"})
+
+
+def test_an_hf_task_in_xnli_layout(xnli):
+    task = load_task(f"hf:{xnli}", "en_XX", ["de_DE", "el_GR"])
+    assert task.labels == XNLI_LABELS  # the class label's own ids, not sorted names
+    assert len(task.train) == len(task.dev) == 24
+    assert sorted(task.test) == ["de_DE", "en_XX"]  # el_GR has no config: no test data
+    first = xnli_rows("de_DE", 1)
+    assert task.test["de_DE"][0] == Example(text=first["premise"][0], label="entailment",
+                                            text_b=first["hypothesis"][0])
+    with pytest.raises(TransferTaskError, match="no test data for el_GR"):
+        check_targets(task, ["el_GR"])
+    # {lang} names a config by the full code: the folder has none of them
+    with pytest.raises(TransferTaskError, match="no config 'en_XX' for the source language"):
+        load_task(f"hf:{xnli}:{{lang}}", "en_XX")
+
+
+def test_bad_hf_tasks_are_refused_naming_the_problem(xnli, tmp_path):
+    with pytest.raises(TransferTaskError, match="cannot read the dataset"):
+        load_task(f"hf:{tmp_path / 'missing'}", "en_XX")
+    with pytest.raises(TransferTaskError, match="bad config field 'code'"):
+        load_task(f"hf:{xnli}:{{code}}", "en_XX")
+    import datasets
+
+    unlabelled = datasets.load_dataset(str(xnli), "en")
+    unlabelled["validation"] = unlabelled["validation"].map(lambda row: {"label": -1})
+    folder = tmp_path / "unlabelled"
+    for split, rows in unlabelled.items():
+        rows.to_parquet(str(folder / "en" / f"{split}-00000-of-00001.parquet"))
+    (folder / "README.md").write_text((xnli / "README.md").read_text())
+    with pytest.raises(TransferTaskError, match=r"en/validation row 0: no \"label\""):
+        load_task(f"hf:{folder}", "en_XX")

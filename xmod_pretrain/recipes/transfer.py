@@ -58,13 +58,13 @@ class Transfer(Recipe):
             raise ConfigError("recipe=transfer needs transfer.task and transfer.source_run "
                               "(xmod_pretrain transfer --from RUN --task TASK)")
         self.source = open_source_model(req.source_run)
-        task = load_task(req.task, req.source)
+        task = load_task(req.task, req.source, req.targets or list(self.source.languages))
         if not isinstance(task, ClassificationTask):
             raise ConfigError(f"transfer.task={req.task} trains nothing: run it with "
                               "xmod_pretrain transfer, which scores it directly")
         self.task = task
         self.targets = check_targets(task, req.targets)
-        check_model_languages(self.source, [req.source, *self.targets])
+        self.modules = module_indices(self.source, [req.source, *self.targets])
         check_run_dir(cfg)
 
     def prepare(self) -> Config:
@@ -83,7 +83,7 @@ class Transfer(Recipe):
 
     def build_data(self, cfg: Config):
         tokenizer, task = Tokenizer.from_file(self.source.tokenizer), self.task
-        source = language_index(cfg.model.languages, task.source)
+        source = self.modules[task.source]
         rows = encode_rows(tokenizer, task.train, cfg.data.seq_len)
         train = cfg.train
         sampler = ExampleSampler(rows, task.label_ids(task.train), source, tokenizer.pad_id,
@@ -106,7 +106,8 @@ class Transfer(Recipe):
 
     def after_training(self, trainer: Trainer) -> None:
         if trainer.info.is_main:
-            result = evaluate_seed(trainer.cfg, trainer.run_dir, self.task, self.targets)
+            result = evaluate_seed(trainer.cfg, trainer.run_dir, self.task, self.targets,
+                                   self.modules)
             write_text(trainer.run_dir / SEED_RESULT, json.dumps(result, indent=1) + "\n")
             chosen = result["chosen_step"]
             print(f"chose step {chosen} (source dev accuracy {result['dev'][str(chosen)]:.4f}); "
@@ -119,12 +120,16 @@ def open_source_model(path: str) -> RunCheckpoint:
     return open_hf_folder(path) if is_hf_folder(path) else open_run(path)
 
 
-def check_model_languages(source: RunCheckpoint, languages: list[str]) -> None:
-    missing = [lang for lang in languages if lang not in source.languages]
+def module_indices(source: RunCheckpoint, languages: list[str]) -> dict[str, int]:
+    """The module index each language runs through: its own, or, in a run pre-trained with
+    ``data.shared_module`` (the curse's baseline), that one set for every language."""
+    shared = source.config.data.shared_module
+    missing = [lang for lang in languages if (shared or lang) not in source.languages]
     if missing:
         raise TransferTaskError(f"{source.run_dir} has no modules for {', '.join(missing)} (it "
                                 f"has {', '.join(source.languages)}); add them with "
                                 "xmod_pretrain add-language, or choose --targets")
+    return {lang: language_index(source.languages, shared or lang) for lang in languages}
 
 
 def check_run_dir(cfg: Config) -> None:
@@ -160,18 +165,17 @@ def choose_checkpoint(dev_accuracy: dict[int, float]) -> int:
     return max(sorted(dev_accuracy), key=lambda step: dev_accuracy[step])
 
 
-def evaluate_seed(cfg: Config, run_dir: Path, task: ClassificationTask,
-                  targets: list[str]) -> dict:
+def evaluate_seed(cfg: Config, run_dir: Path, task: ClassificationTask, targets: list[str],
+                  modules: dict[str, int]) -> dict:
     """Choose the checkpoint on the source dev split, then score every language's test split
-    through its own modules and through the source's."""
+    through its own modules (``modules``: language -> index) and through the source's."""
     tokenizer = Tokenizer.from_file(open_run(run_dir).tokenizer)
-    languages = cfg.model.languages
-    source = language_index(languages, task.source)
+    source = modules[task.source]
 
     def batches(examples, lang):
         return fixed_batches(encode_rows(tokenizer, examples, cfg.data.seq_len),
-                             task.label_ids(examples), language_index(languages, lang),
-                             tokenizer.pad_id, EVAL_BATCH)
+                             task.label_ids(examples), modules[lang], tokenizer.pad_id,
+                             EVAL_BATCH)
 
     dev = batches(task.dev, task.source)
     gold_dev = task.label_ids(task.dev)
@@ -182,11 +186,11 @@ def evaluate_seed(cfg: Config, run_dir: Path, task: ClassificationTask,
     rows = []
     for lang in [task.source, *targets]:
         test, gold = batches(task.test[lang], lang), task.label_ids(task.test[lang])
-        for modules, through in ((lang, None), (task.source, source)):
-            if modules == lang and through is not None:
-                continue  # the source through its own modules is already the first row
+        for scored_by, through in ((lang, None), (task.source, source)):
+            if through is not None and modules[lang] == source:
+                continue  # the same modules as the first row: the source, or a shared set
             acc = accuracy(predictions(model, test, through), gold)
-            rows.append({"language": lang, "modules": modules, "accuracy": acc, "n": len(gold),
+            rows.append({"language": lang, "modules": scored_by, "accuracy": acc, "n": len(gold),
                          "ci95": wilson_interval(acc, len(gold))})
     return {"task": task.name, "source": task.source, "seed": cfg.train.seed,
             "labels": task.labels, "dev": {str(k): v for k, v in dev_accuracy.items()},

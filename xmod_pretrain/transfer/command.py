@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import CONF_DIR, Config, register_configs, to_config
 from xmod_pretrain.inference import encode_padded, masked_lm
-from xmod_pretrain.recipes.transfer import check_model_languages, open_source_model
+from xmod_pretrain.recipes.transfer import module_indices, open_source_model
 from xmod_pretrain.transfer.batches import encode_rows
 from xmod_pretrain.transfer.scoring import (
     accuracy,
@@ -42,6 +43,7 @@ from xmod_pretrain.transfer.tasks import (
 )
 
 BAG_OF_IDS, MAJORITY = "bag-of-ids", "majority class"
+BEST_EXISTING = "best existing modules"
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -54,7 +56,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--from", dest="source_run", required=True,
                         help="pre-trained run, or a transformers X-MOD folder (read only)")
     parser.add_argument("--task", required=True,
-                        help=f"{tasks}; or a folder / JSON manifest of JSONL files")
+                        help=f"{tasks}; or a folder / JSON manifest of JSONL files; or "
+                             "hf:NAME[:CONFIG], a datasets source with a config per language "
+                             "(XNLI's layout)")
     parser.add_argument("--source", default="en_XX", help="the language fine-tuned on")
     parser.add_argument("--targets", nargs="+", default=[],
                         help="languages evaluated (default: every one with test data)")
@@ -74,12 +78,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str]) -> int:
     args, overrides = parse(argv)
-    task = load_task(args.task, args.source)
-    targets = check_targets(task, args.targets)
     source = open_source_model(args.source_run)  # before any DeepSpeed start: fails in a second
-    check_model_languages(source, [task.source, *targets])
+    task = load_task(args.task, args.source, args.targets or list(source.languages))
+    targets = check_targets(task, args.targets)
+    modules = module_indices(source, [task.source, *targets])
     if isinstance(task, RetrievalTask):
-        retrieval(args, task, targets, source)
+        retrieval(args, task, targets, source, modules)
     else:
         classification(args, task, targets, overrides)
     return 0
@@ -93,14 +97,22 @@ def seed_config(args: argparse.Namespace, seed: int, overrides: list[str]) -> Co
     from hydra import compose, initialize_config_dir
 
     register_configs()
-    fixed = ["+exp=transfer", f"run_dir={args.out / f'seed{seed}'}", f"train.seed={seed}",
-             f"transfer.source_run={args.source_run}", f"transfer.task={args.task}",
+    fixed = ["+exp=transfer", f"run_dir={quoted(args.out / f'seed{seed}')}", f"train.seed={seed}",
+             f"transfer.source_run={quoted(args.source_run)}", f"transfer.task={quoted(args.task)}",
              f"transfer.source={args.source}", f"transfer.targets=[{','.join(args.targets)}]",
              f"transfer.epochs={args.epochs}"]
     if args.steps is not None:
         fixed.append(f"transfer.steps={args.steps}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return to_config(compose("config", fixed + overrides))
+
+
+def quoted(value: object) -> str:
+    """``value`` as a quoted Hydra override value: paths and ``hf:x:{iso}`` hold characters
+    (``:``, braces, spaces) that the override grammar would read otherwise. The grammar's
+    escapes: a quote, and backslashes before a quote or the closing quote, are backslashed."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), str(value))
+    return f"'{escaped}'"
 
 
 def classification(args: argparse.Namespace, task: ClassificationTask, targets: list[str],
@@ -169,40 +181,59 @@ def export_best(args: argparse.Namespace, results: list[dict], configs: list[Con
 # ---- retrieval -----------------------------------------------------------------------------
 
 
-def retrieval(args: argparse.Namespace, task: RetrievalTask, targets: list[str], source) -> None:
+def retrieval(args: argparse.Namespace, task: RetrievalTask, targets: list[str], source,
+              modules: dict[str, int]) -> None:
     """Top-1 accuracy of finding each part's translation, source -> target and back, from
-    mean-pooled hidden states, each side through its own modules; the ablation: the target
-    through the source's modules."""
+    mean-pooled hidden states, each side through its own modules; the ablations: the target
+    through the source's modules, and a language added post-hoc through the existing language
+    whose modules served its text best when it was added (by masked-LM loss, not this task)."""
     model = masked_lm(source.config.model, source.weights())
     tokenizer = Tokenizer.from_file(source.tokenizer)
-    languages = list(model.languages)
     encoded = {lang: encode_padded(tokenizer, task.items[lang], model.longest_sequence)
                for lang in [task.source, *targets]}
 
-    def states(lang: str, modules: str) -> torch.Tensor:
-        return pooled_states(model, *encoded[lang], language_index(languages, modules), args.layer)
+    def states(lang: str, index: int) -> torch.Tensor:
+        return pooled_states(model, *encoded[lang], index, args.layer)
 
-    src = states(task.source, task.source)
+    src = states(task.source, modules[task.source])
     n = len(task.keys)
+    best_existing = added_languages_best_existing(source)
     rows = []
 
-    def both_ways(tgt: torch.Tensor) -> float:
-        return (top1(src, tgt) + top1(tgt, src)) / 2
+    def row(lang: str, scored_by: str, index: int) -> dict:
+        tgt = states(lang, index)
+        return baseline_row(lang, scored_by, (top1(src, tgt) + top1(tgt, src)) / 2, n)
 
     for lang in targets:
         src_ids, tgt_ids = (bag_of_ids(encoded[x][0].tolist(), tokenizer.vocab_size)
                             for x in (task.source, lang))
         overlap = (top1(src_ids, tgt_ids) + top1(tgt_ids, src_ids)) / 2
-        rows += [baseline_row(lang, "own modules", both_ways(states(lang, lang)), n),
-                 baseline_row(lang, f"{task.source} modules", both_ways(states(lang, task.source)),
-                              n),
-                 baseline_row(lang, BAG_OF_IDS, overlap, n)]
-    columns = ["own modules", f"{task.source} modules", BAG_OF_IDS]
+        rows += [row(lang, "own modules", modules[lang]), baseline_row(lang, BAG_OF_IDS, overlap, n)]
+        if modules[lang] != modules[task.source]:  # a shared-module run has one set for all
+            rows.append(row(lang, f"{task.source} modules", modules[task.source]))
+        if lang in best_existing:
+            rows.append(row(lang, BEST_EXISTING, language_index(source.languages,
+                                                                best_existing[lang])))
+    columns = ["own modules", f"{task.source} modules", *([BEST_EXISTING] * bool(best_existing)),
+               BAG_OF_IDS]
     meta = {"task": task.name, "model": str(args.source_run), "source": task.source,
-            "metric": "top-1 accuracy", "layer": args.layer, "parts": n}
+            "metric": "top-1 accuracy", "layer": args.layer, "parts": n,
+            "shared_module": source.config.data.shared_module, "best_existing": best_existing}
     title = (f"{args.source_run} -> {task.name}: top-1 accuracy {task.source} <-> target over "
              f"{n} parts (mean of both directions) [95% interval], layer {args.layer}; chance "
              f"{1 / n:.3f}")
-    print(format_table(rows, title, columns), flush=True)
+    notes = [f"  {BEST_EXISTING}: {lang} through {other}'s, the best existing for its text when "
+             "it was added" for lang, other in best_existing.items() if lang in targets]
+    print("\n".join([format_table(rows, title, columns), *notes]), flush=True)
     for path in write_summary(args.out, meta, rows, columns, 1 / n):
         print(f"wrote {path}", flush=True)
+
+
+def added_languages_best_existing(source) -> dict[str, str]:
+    """Language added post-hoc -> the existing language whose modules gave its valid text the
+    lowest masked-LM loss at the end of add-language (its ``transfer`` record)."""
+    from xmod_pretrain.report import read_metrics
+
+    if not (Path(source.run_dir) / "metrics.jsonl").is_file():  # a transformers folder
+        return {}
+    return {r["language"]: r["best_existing"] for r in read_metrics(Path(source.run_dir))[2]}

@@ -28,7 +28,8 @@ def wilson_interval(accuracy: float, n: int) -> tuple[float, float]:
     z2 = Z95 * Z95
     centre = (accuracy + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The interval holds the estimate; clamping to it undoes rounding at 0 and 1.
+    return (max(0.0, min(accuracy, centre - half)), min(1.0, max(accuracy, centre + half)))
 
 
 @torch.no_grad()

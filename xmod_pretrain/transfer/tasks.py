@@ -8,7 +8,8 @@ task is a folder or JSON manifest of per-language JSONL files::
 or ``{"train": {"en_XX": "a.jsonl"}, "dev": {...}, "test": {"de_DE": "b.jsonl", ...}}`` with
 paths relative to the manifest. One example a line: ``{"text": ..., "label": ...}``, or
 ``{"text_a": ..., "text_b": ..., "label": ...}`` for sentence pairs (XNLI's premise and
-hypothesis). Labels are strings or ints; the label set is the source train file's.
+hypothesis). Labels are strings or ints; the label set is the source train file's. A
+``datasets`` source, ``hf:NAME[:CONFIG]``, is read by ``xmod_pretrain.transfer.hf_task``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.sources import CORPUS_DIR
+from data_prep.sources import CORPUS_DIR, HF_PREFIX
 from xmod_core.errors import UserError
 from xmod_core.languages import check_language_code
 
@@ -53,7 +54,7 @@ class ClassificationTask:
 
     name: str
     source: str
-    labels: list[str]                      # the source train labels, sorted: index = class id
+    labels: list[str]                      # the source train labels: index = class id
     train: list[Example]
     dev: list[Example]
     test: dict[str, list[Example]]         # every language with test data, the source included
@@ -73,9 +74,16 @@ class RetrievalTask:
     items: dict[str, list[str]] = field(default_factory=dict)
 
 
-def load_task(spec: str, source: str) -> ClassificationTask | RetrievalTask:
-    """The task named by ``spec``: a bundled task's name, a folder or a JSON manifest."""
+def load_task(spec: str, source: str,
+              languages: list[str] | None = None) -> ClassificationTask | RetrievalTask:
+    """The task named by ``spec``: a bundled task's name, a folder, a JSON manifest, or
+    ``hf:NAME[:CONFIG]``; ``languages``: the test languages to look for where the task cannot
+    list its own (``hf:``; default: the source only)."""
     check_language_code(source, "transfer.source")
+    if spec.startswith(HF_PREFIX):
+        from xmod_pretrain.transfer.hf_task import hf_task  # datasets is heavy: only here
+
+        return hf_task(spec, source, languages or [])
     if spec == GUIDE_TOPIC:
         return guide_topic(source)
     if spec == UDHR_RETRIEVAL:
@@ -84,8 +92,8 @@ def load_task(spec: str, source: str) -> ClassificationTask | RetrievalTask:
     if path.is_dir() or (path.is_file() and path.suffix == ".json"):
         return user_task(path, source)
     known = ", ".join(BUNDLED_TASKS)
-    raise TransferTaskError(f"transfer.task={spec!r} is neither a bundled task ({known}) nor a "
-                            f"folder or .json manifest of JSONL files")
+    raise TransferTaskError(f"transfer.task={spec!r} is neither a bundled task ({known}), a "
+                            f"folder or .json manifest of JSONL files, nor {HF_PREFIX}NAME")
 
 
 # ---- bundled ------------------------------------------------------------------------------
@@ -191,18 +199,31 @@ def _example(line: str, where: str, labels: set[str] | None) -> Example:
         raise TransferTaskError(f"{where}: not a JSON object ({err.msg})") from None
     if not isinstance(row, dict):
         raise TransferTaskError(f"{where}: not a JSON object")
+    return row_example(row, where, labels)
+
+
+# Column names read as the text, the second text of a pair, in this order: ours first, then
+# those of XNLI (premise, hypothesis) and of GLUE-style pair tasks (sentence1, sentence2).
+TEXT_COLUMNS = ("text", "text_a", "premise", "sentence1", "sentence")
+TEXT_B_COLUMNS = ("text_b", "hypothesis", "sentence2")
+
+
+def row_example(row: dict, where: str, labels: set[str] | None) -> Example:
+    """One example from a row's ``label`` and text columns; names ``where`` when it has none."""
     if row.get("label") is None:
         raise TransferTaskError(f"{where}: no \"label\"")
     label = str(row["label"])
     if labels is not None and label not in labels:
         raise TransferTaskError(f"{where}: label {label!r} is not in the source train set's "
                                 f"labels ({', '.join(sorted(labels))})")
-    text = row.get("text", row.get("text_a"))
+    text = next((row[c] for c in TEXT_COLUMNS if c in row), None)
     if not isinstance(text, str) or not text.strip():
-        raise TransferTaskError(f"{where}: no \"text\" (or \"text_a\") string")
-    text_b = row.get("text_b")
+        raise TransferTaskError(f"{where}: no text string (a column of "
+                                f"{', '.join(TEXT_COLUMNS)})")
+    text_b = next((row[c] for c in TEXT_B_COLUMNS if c in row), None)
     if text_b is not None and not isinstance(text_b, str):
-        raise TransferTaskError(f"{where}: \"text_b\" is not a string")
+        raise TransferTaskError(f"{where}: \"{next(c for c in TEXT_B_COLUMNS if c in row)}\" "
+                                "is not a string")
     return Example(text=text, label=label, text_b=text_b)
 
 
@@ -215,14 +236,19 @@ def user_task(path: Path, source: str) -> ClassificationTask:
     if not files["test"]:
         raise TransferTaskError(f"{path}: no test files (test/<xx_YY>.jsonl)")
     train = read_examples(files["train"][source])
-    labels = {e.label for e in train}
-    if len(labels) < 2:
-        raise TransferTaskError(f"{files['train'][source]}: one label only ({', '.join(labels)}); "
-                                "a classifier needs at least two")
+    labels = train_labels(train, files["train"][source])
     return ClassificationTask(
         name=path.stem, source=source, labels=sorted(labels), train=train,
         dev=read_examples(files["dev"][source], labels),
         test={lang: read_examples(file, labels) for lang, file in files["test"].items()})
+
+
+def train_labels(train: list[Example], where: object) -> set[str]:
+    labels = {e.label for e in train}
+    if len(labels) < 2:
+        raise TransferTaskError(f"{where}: one label only ({', '.join(labels)}); a classifier "
+                                "needs at least two")
+    return labels
 
 
 def check_targets(task: ClassificationTask | RetrievalTask, targets: list[str]) -> list[str]:

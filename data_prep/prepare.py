@@ -30,6 +30,7 @@ from data_prep.sources import LanguageSource, open_source
 from data_prep.textio import LineTally, TextBlock
 from xmod_core.atomic import write_bytes
 from xmod_core.errors import UserError
+from xmod_core.help import DefaultsHelpFormatter
 from xmod_core.shards import MANIFEST, TOKENIZER_FILE
 from xmod_core.tokenizer import Tokenizer, train_tokenizer
 
@@ -147,10 +148,10 @@ def _counts(entry: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (1 on unusable input)."""
     parser = argparse.ArgumentParser(
-        prog="python -m data_prep.prepare",
+        prog="xmod_pretrain prepare",
         description="Raw text per language -> SentencePiece model + uint32 token shards. "
-                    "The same command as xmod_pretrain prepare.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    "The same command as python -m data_prep.prepare.",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--source", required=True,
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.languages, args.workers, args.tokenizer,
             )  # fmt: skip
     except UserError as e:  # unusable input, or an --out that must not be written
-        print(f"prepare: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {manifest}")
     return 0

@@ -159,7 +159,8 @@ def _files_by_language(spec: str) -> dict[str, FileSource]:
     else:
         path = Path(spec)
     if not path.exists():
-        raise DataPrepError(f"source {spec} does not exist ({path})")
+        where = "" if str(path) == spec else f" ({path})"
+        raise DataPrepError(f"source {spec} does not exist{where}")
     if path.is_dir():
         return _folder_sources(path)
     if path.suffix == ".json":

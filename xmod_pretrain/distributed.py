@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -54,12 +55,26 @@ def quiet_deepspeed() -> None:
 
 
 def announce_cpu_comm_build() -> None:
-    """DeepSpeed's CPU path compiles a shared-memory communication op the first time it runs on a
-    machine (about 40 s on 2 cores, then cached): say so, so the start does not look hung."""
+    """DeepSpeed's CPU path compiles a shared-memory communication op the first time it runs
+    with an install (about 40 s on 2 cores, then cached): say so, so the start does not look
+    hung. A cached build from another install (another venv) is rebuilt, and said so too."""
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    if not any(root.glob("**/deepspeed_shm_comm*.so")):  # with or without a py311_cpu/ level
-        print("first start on this machine: DeepSpeed compiles its CPU communication op with the "
-              f"C++ compiler (about 40 s on 2 cores, once; cached in {root})", flush=True)
+    if not cpu_comm_build_is_current(root):
+        print("DeepSpeed compiles its CPU communication op for this install with the C++ "
+              f"compiler (about 40 s on 2 cores, once; cached in {root})", flush=True)
+
+
+def cpu_comm_build_is_current(root: Path) -> bool:
+    """A built op whose build file names this DeepSpeed's sources and this torch's headers:
+    torch rebuilds an extension whose sources or flags changed (the paths are in the flags)."""
+    installs = [importlib.util.find_spec(name).submodule_search_locations[0]
+                for name in ("deepspeed", "torch")]
+    for ninja in root.glob("**/deepspeed_shm_comm/build.ninja"):  # with or without py311_cpu/
+        if ninja.with_name("deepspeed_shm_comm.so").is_file():
+            text = ninja.read_text(encoding="utf-8", errors="replace")
+            if all(f"{path}/" in text for path in installs):
+                return True
+    return False
 
 
 def init_distributed(timeout_s: int) -> DistInfo:

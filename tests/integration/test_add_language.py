@@ -76,6 +76,16 @@ def test_add_yoruba_trains_only_its_modules(source_run, tmp_path):
                     if r.get("split") == "transfer")
     assert transfer["own"] < transfer["via"][transfer["best_existing"]]
     assert "through" in proc.stdout and "yo_NG" in proc.stdout
+    # Retrieval scores the added language through the best existing modules recorded here too.
+    proc = subprocess.run([sys.executable, "-m", "xmod_pretrain", "transfer", "--from", str(out),
+                           "--task", "udhr-retrieval", "--targets", "yo_NG", "de_DE"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "grown-udhr-retrieval" / "transfer.json").read_text())
+    assert summary["best_existing"] == {"yo_NG": transfer["best_existing"]}
+    assert {r["language"] for r in summary["rows"]
+            if r["scored_by"] == "best existing modules"} == {"yo_NG"}
+    assert f"yo_NG through {transfer['best_existing']}'s" in proc.stdout
 
 
 def _model(run: Path) -> XmodForMaskedLM:

@@ -169,3 +169,15 @@ def test_dry_run_prints_the_parameter_count(exp, total, active, tmp_path):
     assert printed_active == pytest.approx(active, rel=0.01)
     assert "hidden_size:" in proc.stdout  # the resolved config
     assert list(tmp_path.iterdir()) == []  # nothing written: no outputs/, no run_dir
+
+
+def test_a_model_and_data_that_do_not_belong_together_name_the_experiments():
+    """No +exp: the default model is xmod-base (XLM-R's 250,002 ids), the default data the demo's."""
+    from xmod_pretrain.recipes.pretrain import resolve_model_config
+
+    cfg = load()
+    manifest = {"tokenizer": {"vocab_size": 8002}, "languages": ["en_XX", "de_DE"]}
+    with pytest.raises(ConfigError, match=r"model.vocab_size=250002 .* 8002 ids.*\+exp=demo"):
+        resolve_model_config(cfg, manifest)
+    fitted = resolve_model_config(load("model.vocab_size=null", "model.languages=[]"), manifest)
+    assert fitted.vocab_size == 8002 and fitted.languages == ["en_XX", "de_DE"]

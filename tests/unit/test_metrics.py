@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,13 +109,24 @@ def test_records_carry_time_and_tensorboard_gets_the_scalars(tmp_path):
 
 
 def test_the_first_cpu_start_announces_the_comm_op_build(tmp_path, monkeypatch, capsys):
+    import deepspeed
+
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     announce_cpu_comm_build()
-    assert "compiles its CPU communication op with the C++ compiler" in capsys.readouterr().out
-    (tmp_path / "py311_cpu" / "deepspeed_shm_comm").mkdir(parents=True)
-    (tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").touch()
+    assert "compiles its CPU communication op for this install" in capsys.readouterr().out
+    build = tmp_path / "py311_cpu" / "deepspeed_shm_comm"
+    build.mkdir(parents=True)
+    (build / "deepspeed_shm_comm.so").touch()
+    # built by another install (another venv): torch rebuilds it, so it is announced
+    (build / "build.ninja").write_text("build shm.o: compile /other/venv/deepspeed/ops/shm.cpp\n")
     announce_cpu_comm_build()
-    assert capsys.readouterr().out == ""  # built once: nothing to say
+    assert "compiles" in capsys.readouterr().out
+    sources = Path(deepspeed.__file__).parent / "ops" / "csrc" / "cpu" / "comm" / "shm.cpp"
+    headers = Path(torch.__file__).parent / "include"
+    (build / "build.ninja").write_text(f"cflags = -isystem {headers}\nbuild shm.o: compile "
+                                       f"{sources}\n")
+    announce_cpu_comm_build()
+    assert capsys.readouterr().out == ""  # built for this install: nothing to say
 
 
 def test_many_language_curves_highlight_the_best_and_worst_and_the_page_has_captions(tmp_path):

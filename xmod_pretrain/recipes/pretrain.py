@@ -62,7 +62,10 @@ def resolve_model_config(cfg: Config, manifest: dict) -> ModelConfig:
     model = cfg.model
     if model.vocab_size is not None and model.vocab_size != vocab:
         raise ConfigError(f"model.vocab_size={model.vocab_size} but the tokenizer in "
-                          f"{cfg.data.dir} has {vocab} ids")
+                          f"{cfg.data.dir} has {vocab} ids: the model config and the data do not "
+                          "belong together. An experiment sets both (+exp=demo for the demo's "
+                          "data, +exp=base for XLM-R's tokenizer); model.vocab_size=null takes "
+                          "the size from the data")
     languages = model.languages or list(manifest["languages"])
     shared = cfg.data.shared_module
     if shared is not None:  # the shared baseline: one module set, named by a language code

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from xmod_core.help import DefaultsHelpFormatter
 from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import CONF_DIR, Config, register_configs, to_config
@@ -52,7 +53,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         prog="xmod_pretrain transfer",
         description="Fine-tune on one language with the embeddings and language modules frozen, "
                     "evaluate zero-shot on every other through its own modules.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--from", dest="source_run", required=True,
                         help="pre-trained run, or a transformers X-MOD folder (read only)")
     parser.add_argument("--task", required=True,

@@ -32,6 +32,9 @@ HF_PREFIX = "hf:"
 # datasets' packaged builders read local or remote files: for them the template is data_files.
 HF_FILE_BUILDERS = frozenset({"text", "json", "csv", "parquet", "arrow"})
 HF_TEXT_COLUMN = "text"
+# What datasets raises for a dataset it cannot read: missing files or configs, an offline hub,
+# and (RuntimeError, datasets 4 and later) a hub dataset that still needs a loading script.
+HF_ERRORS = (OSError, ValueError, ConnectionError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class HFSource:
     def _rows(self) -> Iterator[dict]:
         try:
             yield from self._stream()
-        except (OSError, ValueError, ConnectionError) as e:  # missing files, configs, offline hub
+        except HF_ERRORS as e:
             raise DataPrepError(f"{self}: {type(e).__name__}: {e}") from e
 
     def _stream(self) -> Iterable[dict]:
@@ -206,26 +209,33 @@ def _json_files(path: Path, code: str, value: object) -> tuple[Path, ...]:
     return files
 
 
-def _hf_sources(spec: str, languages: list[str] | None) -> dict[str, LanguageSource]:
+def parse_hf_spec(spec: str) -> tuple[str, str]:
+    """(NAME, TEMPLATE) of ``hf:NAME[:TEMPLATE]``; TEMPLATE is empty when not given."""
     name, _, template = spec.removeprefix(HF_PREFIX).partition(":")
     if not name:
         raise DataPrepError(f"source {spec!r}: expected hf:NAME[:TEMPLATE]")
-    if not languages:
-        raise DataPrepError(f"source {spec!r} cannot list its languages: pass --languages")
-    if name in HF_FILE_BUILDERS and not template:
-        example = f"hf:{name}:/data/{{lang}}.txt"
-        raise DataPrepError(f"source {spec!r}: the {name} builder needs data_files, e.g. {example}")
-    template = template or "{lang}"
-    return {lang: HFSource(lang, name, _fill(template, lang, spec)) for lang in languages}
+    return name, template
 
 
-def _fill(template: str, lang: str, spec: str) -> str:
+def fill_template(template: str, lang: str, spec: str) -> str:
+    """A per-language config or file name: ``{lang}`` -> ``en_XX``, ``{iso}`` -> ``en``."""
     try:
         return template.format(lang=lang, iso=lang.split("_")[0])
     except (KeyError, IndexError, ValueError) as e:
         raise DataPrepError(
             f"source {spec!r}: bad template field {e}; use {{lang}} or {{iso}}"
         ) from None
+
+
+def _hf_sources(spec: str, languages: list[str] | None) -> dict[str, LanguageSource]:
+    name, template = parse_hf_spec(spec)
+    if not languages:
+        raise DataPrepError(f"source {spec!r} cannot list its languages: pass --languages")
+    if name in HF_FILE_BUILDERS and not template:
+        example = f"hf:{name}:/data/{{lang}}.txt"
+        raise DataPrepError(f"source {spec!r}: the {name} builder needs data_files, e.g. {example}")
+    template = template or "{lang}"
+    return {lang: HFSource(lang, name, fill_template(template, lang, spec)) for lang in languages}
 
 
 def _select(

@@ -10,17 +10,20 @@ from xmod_pretrain.transfer.tasks import GUIDE_TOPIC, load_task
 
 XNLI_LABELS = ["entailment", "neutral", "contradiction"]
 SPLITS = ("train", "validation", "test")
+ROWS_PER_SPLIT = 24
 
 
-def xnli_rows(lang: str, count: int) -> dict[str, list]:
-    """Pairs of real text (consecutive held-out guide-topic lines of ``lang``) with labels that
-    cycle through XNLI's three; what matters here is the format, not the task."""
-    lines = [e.text for e in load_task(GUIDE_TOPIC, "en_XX").test[lang]][: count + 1]
+def xnli_rows(lang: str, split: str, count: int = ROWS_PER_SPLIT) -> dict[str, list]:
+    """The first ``count`` pairs of a split: real text (consecutive held-out guide-topic lines
+    of ``lang``, other lines for each split) with labels that cycle through XNLI's three; what
+    matters is the format."""
+    start = SPLITS.index(split) * ROWS_PER_SPLIT
+    lines = [e.text for e in load_task(GUIDE_TOPIC, "en_XX").test[lang]][start: start + count + 1]
     return {"premise": lines[:count], "hypothesis": lines[1: count + 1],
             "label": [i % len(XNLI_LABELS) for i in range(count)]}
 
 
-def write_xnli_folder(root: Path, configs: dict[str, str], rows_per_split: int = 24) -> Path:
+def write_xnli_folder(root: Path, configs: dict[str, str]) -> Path:
     """``configs``: XNLI config name (``en``) -> bundled language whose text fills it."""
     import datasets
 
@@ -30,8 +33,8 @@ def write_xnli_folder(root: Path, configs: dict[str, str], rows_per_split: int =
     yaml = ["---", "configs:"]
     for config, lang in configs.items():
         yaml.append(f"- config_name: {config}\n  data_files:")
-        rows = xnli_rows(lang, rows_per_split)
         for split in SPLITS:
+            rows = xnli_rows(lang, split)
             path = root / config / f"{split}-00000-of-00001.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))

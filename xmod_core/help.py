@@ -11,7 +11,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     already says its default."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        empty = action.default in (None, False, argparse.SUPPRESS, [], "")
+        default = action.default  # by identity too: 0 == False, and a default of 0 is shown
+        empty = default is None or default is False or default in (argparse.SUPPRESS, [], "")
         if action.required or empty or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from xmod_core.errors import Aborted, UserError, error_line
 from xmod_core.languages import check_language_code
-from xmod_pretrain.config import CONF_DIR, register_configs, to_config
+from xmod_pretrain.config import CONF_DIR, quoted, register_configs, to_config
 
 # Commands that read a run and write a module file or a derived run (language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
@@ -87,10 +87,11 @@ def add_language_overrides(argv: list[str]) -> list[str]:
 
         args.source = default_source_run()
     out = args.out or f"{str(args.source).rstrip('/')}+{'+'.join(args.lang)}"
-    overrides = ["+exp=add_language", f"run_dir={out}", f"add_language.source_run={args.source}",
+    overrides = ["+exp=add_language", f"run_dir={quoted(out)}",
+                 f"add_language.source_run={quoted(args.source)}",
                  f"add_language.languages=[{','.join(args.lang)}]", f"add_language.init={args.init}"]
     if args.text:
-        overrides.append(f"add_language.text={args.text}")
+        overrides.append(f"add_language.text={quoted(args.text)}")
     if args.steps is not None:
         overrides.append(f"train.max_steps={args.steps}")
         if not any(o.startswith("optim.warmup_steps=") for o in hydra_overrides):

@@ -8,6 +8,7 @@ fails at start with a message that names it. The YAML is converted once, with
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -272,6 +273,14 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     add_language: AddLanguageConfig = field(default_factory=AddLanguageConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+
+
+def quoted(value: object) -> str:
+    """``value`` as a quoted Hydra override value: paths and ``hf:x:{iso}`` hold characters
+    (``:``, braces, spaces) that the override grammar would read otherwise. The grammar's
+    escapes: a quote, and backslashes before a quote or the closing quote, are backslashed."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), str(value))
+    return f"'{escaped}'"
 
 
 def register_configs() -> None:

@@ -39,7 +39,7 @@ from xmod_core.errors import UserError
 from xmod_core.languages import check_language_list
 from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.checkpoint import latest_checkpoint
-from xmod_pretrain.config import CONF_DIR, Config, register_configs
+from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs
 from xmod_pretrain.curse_transfer import TransferRequest, check_transfer_ns, compare
 from xmod_pretrain.curse_transfer import markdown as transfer_markdown
 from xmod_pretrain.curse_transfer import write as write_transfer
@@ -86,7 +86,7 @@ class Plan:
 
     def run_overrides(self, variant: str, n: int) -> list[str]:
         languages = f"[{','.join(self.order[:n])}]"
-        own = [f"run_dir={self.run_dir(variant, n)}", f"data.languages={languages}"]
+        own = [f"run_dir={quoted(self.run_dir(variant, n))}", f"data.languages={languages}"]
         # X-MOD: modules for the n languages only (not for every language of the data).
         own.append(f"model.languages={languages}" if variant == "xmod"
                    else f"data.shared_module={SHARED_MODULE}")
@@ -150,7 +150,8 @@ def check_plan(plan: Plan, available: list[str]) -> None:
         raise CurseError(f"evaluation language(s) {', '.join(outside) or '(none)'} must be among "
                          f"the first {min(plan.ns)} of the order ({', '.join(first)}), so that "
                          "every run has them")
-    check_transfer_ns(plan.order, plan.transfer_ns, plan.ns, CurseError)
+    check_transfer_ns(plan.order, plan.transfer_ns, plan.ns,
+                      TransferRequest(plan.seeds, plan.transfer_steps), CurseError)
     fixed = [o for o in plan.overrides if o.lstrip("+~").split("=")[0] in DRIVER_KEYS]
     if fixed:
         raise CurseError(f"{', '.join(fixed)}: the driver sets {', '.join(DRIVER_KEYS)} per run")
@@ -334,8 +335,6 @@ def parse_args(argv: Sequence[str]) -> Plan:
     # Overrides first, so that --ns 2 5 train.max_steps=100 does not read an override as an n.
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = parser.parse_args([a for a in argv if a not in overrides])
-    if args.seeds < 1:
-        parser.error(f"--seeds {args.seeds}: at least 1")
     return Plan(Path(args.out), args.languages, args.eval_languages, sorted(set(args.ns)), overrides,
                 sorted(set(args.transfer)), args.seeds, args.transfer_steps)
 

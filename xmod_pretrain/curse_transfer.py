@@ -21,7 +21,7 @@ from pathlib import Path
 
 from xmod_pretrain.transfer.scoring import wilson_interval
 from xmod_pretrain.transfer.summary import SUMMARY
-from xmod_pretrain.transfer.tasks import GUIDE_TOPIC, UDHR_RETRIEVAL
+from xmod_pretrain.transfer.tasks import GUIDE_TOPIC, UDHR_RETRIEVAL, load_task
 
 TASKS = (GUIDE_TOPIC, UDHR_RETRIEVAL)
 SOURCE = "en_XX"
@@ -41,8 +41,16 @@ class TransferRequest:
 def run_transfer(run_dir: Path, out_dir: Path, task: str, targets: Sequence[str],
                  request: TransferRequest, label: str, error: type[Exception]) -> None:
     """One ``transfer`` command, its output in ``out_dir.log``; kept when its summary exists
-    (each seed resumes like any run, so an interrupted one continues)."""
-    if (out_dir / f"{SUMMARY}.json").is_file():
+    and was made with the same seeds and steps (each seed resumes like any run, so an
+    interrupted one continues)."""
+    summary = out_dir / f"{SUMMARY}.json"
+    if summary.is_file():
+        made = json.loads(summary.read_text(encoding="utf-8"))
+        if task != UDHR_RETRIEVAL and (made.get("seeds"), made.get("steps")) != (request.seeds,
+                                                                                request.steps):
+            raise error(f"{out_dir} holds a transfer with {made.get('seeds')} seed(s) and steps "
+                        f"{made.get('steps')}, not {request.seeds} and {request.steps}: delete "
+                        "it or pick another --out")
         print(f"{label}: complete in {out_dir}, kept", flush=True)
         return
     cmd = [sys.executable, "-m", "xmod_pretrain", "transfer", "--from", str(run_dir),
@@ -67,7 +75,7 @@ def target_mean(out_dir: Path) -> dict:
     summary = json.loads((out_dir / f"{SUMMARY}.json").read_text(encoding="utf-8"))
     rows = [r for r in summary["rows"] if r["language"] != summary["source"]]
     own = [r for r in rows if r["scored_by"] == OWN]
-    seeds = sorted(out_dir.glob("seed*/transfer.json"))
+    seeds = [out_dir / f"seed{k}" / "transfer.json" for k in range(1, summary.get("seeds", 0) + 1)]
     per_seed = [statistics.fmean(r["accuracy"] for r in json.loads(p.read_text())["rows"]
                                  if r["language"] != summary["source"]
                                  and r["modules"] == r["language"]) for p in seeds]
@@ -95,9 +103,19 @@ def compare(out: Path, order: Sequence[str], ns: Sequence[int], variants: Sequen
 
 
 def check_transfer_ns(order: Sequence[str], ns: Sequence[int], trained: Sequence[int],
-                      error: type[Exception]) -> None:
-    """Each n is one of the trained ones and its runs hold the source language."""
+                      request: TransferRequest, error: type[Exception]) -> None:
+    """Each n is one of the trained ones, its runs hold the source language, and both tasks
+    have test data for every language of them."""
+    if request.steps is not None and request.steps < 1:
+        raise error(f"--transfer-steps {request.steps}: at least 1")
+    if request.seeds < 1:
+        raise error(f"--seeds {request.seeds}: at least 1")
+    covered = task_languages() if ns else set()
     for n in ns:
+        missing = sorted({lang for lang in order[:n] if lang not in covered})
+        if missing:
+            raise error(f"--transfer {n}: {', '.join(missing)} not in both bundled transfer tasks "
+                        f"(guide-topic and udhr-retrieval share {', '.join(sorted(covered))})")
         if n not in trained:
             raise error(f"--transfer {n}: not one of --ns ({' '.join(map(str, trained))})")
         if SOURCE not in order[:n]:
@@ -105,6 +123,12 @@ def check_transfer_ns(order: Sequence[str], ns: Sequence[int], trained: Sequence
                         f"({', '.join(order[:n])}) lack {SOURCE}, the language fine-tuned on")
         if n < 2:
             raise error(f"--transfer {n}: a run of one language has no target to transfer to")
+
+
+def task_languages() -> set[str]:
+    """The languages with test data in both bundled tasks."""
+    topic, udhr = (load_task(task, SOURCE) for task in TASKS)
+    return set(topic.test) & set(udhr.items)
 
 
 def markdown(rows: list[dict], ns: Sequence[int], labels: dict[str, str]) -> str:

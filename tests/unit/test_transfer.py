@@ -12,6 +12,7 @@ import torch
 
 from tests.unit.test_model import FLAG_SETS, TINY
 from tests.xnli_folder import XNLI_LABELS, write_xnli_folder, xnli_rows
+from xmod_core.errors import UserError
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.classifier import (
@@ -167,9 +168,12 @@ def test_unknown_task_and_language_without_test_data():
     with pytest.raises(TransferTaskError, match="neither a bundled task"):
         load_task("no-such-task", "en_XX")
     with pytest.raises(TransferTaskError, match="no test data for fi_FI"):
-        check_targets(load_task(GUIDE_TOPIC, "en_XX"), ["fi_FI"])
+        check_targets(load_task(GUIDE_TOPIC, "en_XX"), ["fi_FI"], [])
     with pytest.raises(TransferTaskError, match="has no yo_NG"):
         load_task(GUIDE_TOPIC, "yo_NG")
+    # by default the targets are the model's languages with test data (not yo_NG on the demo)
+    udhr = load_task(UDHR_RETRIEVAL, "en_XX")
+    assert check_targets(udhr, [], ["en_XX", "de_DE", "el_GR"]) == ["de_DE", "el_GR"]
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +188,13 @@ def test_an_hf_task_in_xnli_layout(xnli):
     assert task.labels == XNLI_LABELS  # the class label's own ids, not sorted names
     assert len(task.train) == len(task.dev) == 24
     assert sorted(task.test) == ["de_DE", "en_XX"]  # el_GR has no config: no test data
-    first = xnli_rows("de_DE", 1)
-    assert task.test["de_DE"][0] == Example(text=first["premise"][0], label="entailment",
-                                            text_b=first["hypothesis"][0])
+    for examples, lang, split in ((task.train, "en_XX", "train"), (task.dev, "en_XX", "validation"),
+                                  (task.test["de_DE"], "de_DE", "test")):
+        first = xnli_rows(lang, split, 1)  # each split's own rows, in order
+        assert examples[0] == Example(text=first["premise"][0], label="entailment",
+                                      text_b=first["hypothesis"][0])
     with pytest.raises(TransferTaskError, match="no test data for el_GR"):
-        check_targets(task, ["el_GR"])
+        check_targets(task, ["el_GR"], [])
     # {lang} names a config by the full code: the folder has none of them
     with pytest.raises(TransferTaskError, match="no config 'en_XX' for the source language"):
         load_task(f"hf:{xnli}:{{lang}}", "en_XX")
@@ -197,8 +203,10 @@ def test_an_hf_task_in_xnli_layout(xnli):
 def test_bad_hf_tasks_are_refused_naming_the_problem(xnli, tmp_path):
     with pytest.raises(TransferTaskError, match="cannot read the dataset"):
         load_task(f"hf:{tmp_path / 'missing'}", "en_XX")
-    with pytest.raises(TransferTaskError, match="bad config field 'code'"):
+    with pytest.raises(UserError, match="bad template field 'code'"):
         load_task(f"hf:{xnli}:{{code}}", "en_XX")
+    with pytest.raises(TransferTaskError, match="the same config for every language"):
+        load_task(f"hf:{xnli}:en", "en_XX")
     import datasets
 
     unlabelled = datasets.load_dataset(str(xnli), "en")
@@ -207,5 +215,18 @@ def test_bad_hf_tasks_are_refused_naming_the_problem(xnli, tmp_path):
     for split, rows in unlabelled.items():
         rows.to_parquet(str(folder / "en" / f"{split}-00000-of-00001.parquet"))
     (folder / "README.md").write_text((xnli / "README.md").read_text())
-    with pytest.raises(TransferTaskError, match=r"en/validation row 0: no \"label\""):
+    with pytest.raises(TransferTaskError, match=r"en/validation row 0: unlabelled \(label -1\)"):
         load_task(f"hf:{folder}", "en_XX")
+
+
+@pytest.mark.parametrize("value", ["hf:/data/x y/xnli:{iso}", "a'b\\c", "ends\\", "q\\'q",
+                                   "x,y=[1]"])
+def test_quoted_override_values_compose_back_unchanged(value):
+    from hydra import compose, initialize_config_dir
+
+    from xmod_pretrain.config import CONF_DIR, quoted, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", ["+exp=transfer", f"transfer.task={quoted(value)}"])
+    assert cfg.transfer.task == value

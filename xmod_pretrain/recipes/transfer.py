@@ -21,6 +21,7 @@ import torch
 from xmod_core.atomic import write_text
 from xmod_core.languages import language_index
 from xmod_core.outputs import CONFIG_FILE, inside_checkpoints
+from xmod_core.shards import read_manifest
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.classifier import (
     XmodForSequenceClassification,
@@ -58,12 +59,12 @@ class Transfer(Recipe):
             raise ConfigError("recipe=transfer needs transfer.task and transfer.source_run "
                               "(xmod_pretrain transfer --from RUN --task TASK)")
         self.source = open_source_model(req.source_run)
-        task = load_task(req.task, req.source, req.targets or list(self.source.languages))
+        task = load_task(req.task, req.source, req.targets or text_languages(self.source))
         if not isinstance(task, ClassificationTask):
             raise ConfigError(f"transfer.task={req.task} trains nothing: run it with "
                               "xmod_pretrain transfer, which scores it directly")
         self.task = task
-        self.targets = check_targets(task, req.targets)
+        self.targets = check_targets(task, req.targets, text_languages(self.source))
         self.modules = module_indices(self.source, [req.source, *self.targets])
         check_run_dir(cfg)
 
@@ -118,6 +119,15 @@ class Transfer(Recipe):
 def open_source_model(path: str) -> RunCheckpoint:
     """The pre-trained model: a run's latest checkpoint, or a transformers X-MOD folder."""
     return open_hf_folder(path) if is_hf_folder(path) else open_run(path)
+
+
+def text_languages(source: RunCheckpoint) -> list[str]:
+    """The languages a model can read through modules: its own, or, in a shared-module run,
+    those it was pre-trained on (all run through the one set)."""
+    data = source.config.data
+    if not data.shared_module:
+        return list(source.languages)
+    return list(data.languages) or list(read_manifest(data.dir)["languages"])
 
 
 def module_indices(source: RunCheckpoint, languages: list[str]) -> dict[str, int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -21,9 +20,9 @@ import torch
 from xmod_core.help import DefaultsHelpFormatter
 from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.config import CONF_DIR, Config, register_configs, to_config
+from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs, to_config
 from xmod_pretrain.inference import encode_padded, masked_lm
-from xmod_pretrain.recipes.transfer import module_indices, open_source_model
+from xmod_pretrain.recipes.transfer import module_indices, open_source_model, text_languages
 from xmod_pretrain.transfer.batches import encode_rows
 from xmod_pretrain.transfer.scoring import (
     accuracy,
@@ -73,16 +72,16 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args, overrides = parser.parse_known_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: at least 1")
-    args.out = Path(args.out or f"{str(args.source_run).rstrip('/')}-{Path(args.task).stem}")
     return args, overrides
 
 
 def main(argv: list[str]) -> int:
     args, overrides = parse(argv)
     source = open_source_model(args.source_run)  # before any DeepSpeed start: fails in a second
-    task = load_task(args.task, args.source, args.targets or list(source.languages))
-    targets = check_targets(task, args.targets)
+    task = load_task(args.task, args.source, args.targets or text_languages(source))
+    targets = check_targets(task, args.targets, text_languages(source))
     modules = module_indices(source, [task.source, *targets])
+    args.out = Path(args.out or f"{str(args.source_run).rstrip('/')}-{task.name}")
     if isinstance(task, RetrievalTask):
         retrieval(args, task, targets, source, modules)
     else:
@@ -108,14 +107,6 @@ def seed_config(args: argparse.Namespace, seed: int, overrides: list[str]) -> Co
         return to_config(compose("config", fixed + overrides))
 
 
-def quoted(value: object) -> str:
-    """``value`` as a quoted Hydra override value: paths and ``hf:x:{iso}`` hold characters
-    (``:``, braces, spaces) that the override grammar would read otherwise. The grammar's
-    escapes: a quote, and backslashes before a quote or the closing quote, are backslashed."""
-    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), str(value))
-    return f"'{escaped}'"
-
-
 def classification(args: argparse.Namespace, task: ClassificationTask, targets: list[str],
                    overrides: list[str]) -> None:
     from xmod_pretrain.distributed import barrier, init_distributed
@@ -132,9 +123,11 @@ def classification(args: argparse.Namespace, task: ClassificationTask, targets: 
         source = open_source_model(args.source_run)
         rows = aggregate(results) + classification_baselines(task, [task.source, *targets],
                                                              source.tokenizer, configs[0])
-        columns = ["own modules", f"{task.source} modules", BAG_OF_IDS, MAJORITY]
+        columns = present_columns(rows, ["own modules", f"{task.source} modules", BAG_OF_IDS,
+                                         MAJORITY])
         meta = {"task": task.name, "model": str(args.source_run), "source": task.source,
-                "metric": "accuracy", "seeds": args.seeds, "labels": task.labels,
+                "metric": "accuracy", "seeds": args.seeds, "epochs": args.epochs,
+                "steps": args.steps, "labels": task.labels,
                 "chosen_steps": [r["chosen_step"] for r in results]}
         title = (f"{args.source_run} -> {task.name}, fine-tuned on {task.source}: accuracy, mean "
                  f"±std over {args.seeds} seed(s) [95% interval over the test set]")
@@ -144,6 +137,12 @@ def classification(args: argparse.Namespace, task: ClassificationTask, targets: 
         if args.export:
             export_best(args, results, configs, task.labels)
     barrier()
+
+
+def present_columns(rows: list[dict], columns: list[str]) -> list[str]:
+    """The columns some row is scored by: a shared-module run has no source-modules ablation,
+    a run without added languages no best-existing one."""
+    return [c for c in columns if any(r["scored_by"] == c for r in rows)]
 
 
 def classification_baselines(task: ClassificationTask, languages: list[str], tokenizer_path: Path,
@@ -215,8 +214,8 @@ def retrieval(args: argparse.Namespace, task: RetrievalTask, targets: list[str],
         if lang in best_existing:
             rows.append(row(lang, BEST_EXISTING, language_index(source.languages,
                                                                 best_existing[lang])))
-    columns = ["own modules", f"{task.source} modules", *([BEST_EXISTING] * bool(best_existing)),
-               BAG_OF_IDS]
+    columns = present_columns(rows, ["own modules", f"{task.source} modules", BEST_EXISTING,
+                                     BAG_OF_IDS])
     meta = {"task": task.name, "model": str(args.source_run), "source": task.source,
             "metric": "top-1 accuracy", "layer": args.layer, "parts": n,
             "shared_module": source.config.data.shared_module, "best_existing": best_existing}

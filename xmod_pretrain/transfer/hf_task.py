@@ -4,15 +4,20 @@ of one, with one config per language, the way XNLI is laid out.
 XNLI (``facebook/xnli``) has a config per language (``en``, ``de``, ``zh``, ...), each with the
 splits ``train``, ``validation`` and ``test`` and the columns ``premise``, ``hypothesis`` and
 ``label`` (a class label: entailment, neutral, contradiction). ``CONFIG`` is the config name of
-a language, with ``{lang}`` -> ``en_XX`` and ``{iso}`` -> ``en`` (default ``{iso}``, XNLI's),
-as in data preparation's ``hf:`` sources. The source language's ``train`` and ``validation``
-(or ``dev``) splits train and pick the checkpoint; every language's ``test`` split is scored.
+a language, with ``{lang}`` -> ``en_XX`` and ``{iso}`` -> ``en``, as in data preparation's
+``hf:`` sources, but with XNLI's ``{iso}`` as the default (data preparation's is ``{lang}``).
+The source language's ``train`` and ``validation`` (or ``dev``) splits train and pick the
+checkpoint; every language's ``test`` split is scored.
 """
 
 from __future__ import annotations
 
-from data_prep.sources import HF_PREFIX
+from pathlib import Path
+
+from data_prep.sources import HF_ERRORS, fill_template, parse_hf_spec
 from xmod_pretrain.transfer.tasks import (
+    TEXT_B_COLUMNS,
+    TEXT_COLUMNS,
     ClassificationTask,
     Example,
     TransferTaskError,
@@ -27,32 +32,29 @@ SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev"), "test": ("test
 def hf_task(spec: str, source: str, languages: list[str]) -> ClassificationTask:
     """The task ``hf:NAME[:CONFIG]``: train and dev of ``source``, test of every language of
     ``source`` and ``languages`` whose config the dataset has."""
-    name, _, template = spec.removeprefix(HF_PREFIX).partition(":")
-    if not name:
-        raise TransferTaskError(f"transfer.task={spec!r}: expected {HF_PREFIX}NAME[:CONFIG]")
+    name, template = parse_hf_spec(spec)
+    template = template or DEFAULT_CONFIG
+    if fill_template(template, "aa_AA", spec) == fill_template(template, "bb_BB", spec):
+        raise TransferTaskError(f"{spec}: CONFIG {template!r} names the same config for every "
+                                "language; name each language's with {lang} or {iso}")
     configs = _config_names(name, spec)
-    wanted = {lang: _config(template or DEFAULT_CONFIG, lang, spec)
+    wanted = {lang: fill_template(template, lang, spec)
               for lang in dict.fromkeys([source, *languages])}
     if wanted[source] not in configs:
         raise TransferTaskError(f"{spec}: no config {wanted[source]!r} for the source language "
                                 f"{source} (it has {', '.join(configs)})")
-    source_splits = _load(name, wanted[source], spec)
-    train = _examples(source_splits, "train", f"{spec} {wanted[source]}", None)
-    labels = train_labels(train, f"{spec} {wanted[source]}/train")
+    loaded = {lang: _load(name, config, spec) for lang, config in wanted.items()
+              if config in configs}
+    where = {lang: f"{spec} {config}" for lang, config in wanted.items()}
+    train = _examples(loaded[source], "train", where[source], None)
+    labels = train_labels(train, f"{where[source]}/train")
     # A class label keeps the dataset's ids (XNLI: 0 entailment, 1 neutral, 2 contradiction).
-    order = [n for n in _label_names(source_splits["train"]) if n in labels] or sorted(labels)
-    dev = _examples(source_splits, "dev", f"{spec} {wanted[source]}", labels)
-    test = {lang: _examples(_load(name, config, spec), "test", f"{spec} {config}", labels)
-            for lang, config in wanted.items() if config in configs}
-    return ClassificationTask(name=name.rstrip("/").rsplit("/", 1)[-1], source=source,
-                              labels=order, train=train, dev=dev, test=test)
-
-
-def _config(template: str, lang: str, spec: str) -> str:
-    try:
-        return template.format(lang=lang, iso=lang.split("_")[0])
-    except (KeyError, IndexError, ValueError) as e:
-        raise TransferTaskError(f"{spec}: bad config field {e}; use {{lang}} or {{iso}}") from None
+    order = [n for n in _label_names(loaded[source]["train"]) if n in labels] or sorted(labels)
+    return ClassificationTask(
+        name=name.rstrip("/").rsplit("/", 1)[-1], source=source, labels=order, train=train,
+        dev=_examples(loaded[source], "dev", where[source], labels),
+        test={lang: _examples(splits, "test", where[lang], labels)
+              for lang, splits in loaded.items()})
 
 
 def _config_names(name: str, spec: str) -> list[str]:
@@ -60,7 +62,7 @@ def _config_names(name: str, spec: str) -> list[str]:
 
     try:
         return list(datasets.get_dataset_config_names(name))
-    except (OSError, ValueError, ConnectionError) as e:  # not found, offline, not a dataset
+    except HF_ERRORS as e:
         raise TransferTaskError(f"{spec}: cannot read the dataset ({type(e).__name__}: {e})") \
             from None
 
@@ -68,29 +70,40 @@ def _config_names(name: str, spec: str) -> list[str]:
 def _load(name: str, config: str, spec: str):
     import datasets
 
+    # datasets keys its cache of a local folder by the config's file patterns, not by the files'
+    # contents: a folder edited (or another folder of the same name) would be served stale.
+    local = Path(name).is_dir()
     try:
-        return datasets.load_dataset(name, config)
-    except (OSError, ValueError, ConnectionError) as e:
+        return datasets.load_dataset(name, config,
+                                     download_mode="force_redownload" if local else None)
+    except HF_ERRORS as e:
         raise TransferTaskError(f"{spec}: cannot load config {config!r} "
                                 f"({type(e).__name__}: {e})") from None
 
 
 def _examples(splits, split: str, where: str, labels: set[str] | None) -> list[Example]:
-    """The examples of ``split``; class-label ids become their names, and -1 (unlabelled, as in
-    GLUE's test splits) is refused."""
+    """The examples of ``split``, its columns read at once; class-label ids become their names,
+    and -1 (unlabelled, as in GLUE's test splits) is refused."""
     found = next((s for s in SPLIT_NAMES[split] if s in splits), None)
     if found is None:
         raise TransferTaskError(f"{where}: no {' or '.join(SPLIT_NAMES[split])} split "
                                 f"(it has {', '.join(splits)})")
-    rows = splits[found]
+    rows, where = splits[found], f"{where}/{found}"
+    if "label" not in rows.column_names:
+        raise TransferTaskError(f"{where}: no label column (it has {', '.join(rows.column_names)})")
     names = _label_names(rows)
+    kept = [c for c in ("label", *TEXT_COLUMNS, *TEXT_B_COLUMNS) if c in rows.column_names]
+    columns = rows.select_columns(kept).to_dict()
     examples = []
-    for number, row in enumerate(rows):
+    for number, values in enumerate(zip(*columns.values())):
+        row = dict(zip(columns, values))
         if names and row["label"] is not None:
-            row = {**row, "label": names[row["label"]] if row["label"] >= 0 else None}
-        examples.append(row_example(row, f"{where}/{found} row {number}", labels))
+            if row["label"] < 0:
+                raise TransferTaskError(f"{where} row {number}: unlabelled (label {row['label']})")
+            row["label"] = names[row["label"]]
+        examples.append(row_example(row, f"{where} row {number}", labels))
     if not examples:
-        raise TransferTaskError(f"{where}/{found} holds no examples")
+        raise TransferTaskError(f"{where} holds no examples")
     return examples
 
 

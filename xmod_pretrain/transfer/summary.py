@@ -47,8 +47,6 @@ def format_table(rows: list[dict], title: str, columns: list[str]) -> str:
     """Languages down, ways of scoring across: ``0.612 ±0.010 [0.55,0.67]``; a mean row last."""
     cell = {(r["language"], r["scored_by"]): r for r in rows}
     languages = list(dict.fromkeys(r["language"] for r in rows))
-    width = max(21, *(len(c) + 2 for c in columns))
-    lines = [title, "  language  " + "".join(f"{c:<{width}}" for c in columns) + "n"]
 
     def shown(row: dict | None) -> str:
         if row is None:
@@ -56,6 +54,9 @@ def format_table(rows: list[dict], title: str, columns: list[str]) -> str:
         spread = f" ±{row['std']:.3f}" if row["seeds"] > 1 else ""
         low, high = row["ci95"]
         return f"{row['accuracy']:.3f}{spread} [{low:.2f},{high:.2f}]"
+
+    width = 2 + max(len(text) for text in [*columns, *map(shown, rows)])
+    lines = [title, "  language  " + "".join(f"{c:<{width}}" for c in columns) + "n"]
 
     for lang in languages:
         n = next(r["n"] for r in rows if r["language"] == lang)

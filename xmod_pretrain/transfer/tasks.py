@@ -251,12 +251,14 @@ def train_labels(train: list[Example], where: object) -> set[str]:
     return labels
 
 
-def check_targets(task: ClassificationTask | RetrievalTask, targets: list[str]) -> list[str]:
-    """The target languages: ``targets``, or every language with test data but the source."""
+def check_targets(task: ClassificationTask | RetrievalTask, targets: list[str],
+                  known: list[str]) -> list[str]:
+    """The target languages: ``targets``, or every language of ``known`` (the model's) with
+    test data but the source."""
     available = sorted(task.test if isinstance(task, ClassificationTask) else task.items)
     for lang in targets:
         check_language_code(lang, "transfer.targets")
         if lang not in available:
             raise TransferTaskError(f"{task.name} has no test data for {lang} (it has "
                                     f"{', '.join(available)})")
-    return list(targets) or [lang for lang in available if lang != task.source]
+    return list(targets) or [lang for lang in available if lang != task.source and lang in known]

@@ -30,6 +30,7 @@ import resource
 import shutil
 import signal
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -372,41 +373,83 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
     follow_umask(path)
 
 
-def full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """Every weight of the model, whole, on the CPU in fp32; each tied tensor once.
+def consolidated_weights(engine, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """Every weight of the model, whole, in fp32 on the CPU, on rank 0 (None elsewhere); each
+    tied tensor once.
 
-    Under ZeRO-3 each rank holds a slice of every parameter: all ranks gather them together
-    (a collective, so every rank must call this), and the result is meant for rank 0.
+    Without ZeRO-3 rank 0 holds every weight and copies them alone. Under ZeRO-3 each rank holds
+    a slice: the ranks gather one parameter at a time (a collective, so every rank calls this)
+    and only rank 0 keeps it, so the other ranks never hold more than one whole parameter.
     """
     import deepspeed
 
     module = engine.module
-    params = list(module.parameters())
-    gather = engine.zero_optimization_partition_weights()
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
-        return {name: p.detach().to("cpu", torch.float32).clone()
+    if not engine.zero_optimization_partition_weights():
+        if not info.is_main:
+            return None
+        return {name: p.detach().to("cpu", torch.float32, copy=True)
                 for name, p in module.named_parameters()}
+    weights = {}
+    for name, p in module.named_parameters():
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+            if info.is_main:
+                weights[name] = p.detach().to("cpu", torch.float32, copy=True)
+    return weights if info.is_main else None
 
 
-def check_replicas_agree(weights: dict[str, torch.Tensor], info: DistInfo) -> None:
+def check_replicas_agree(module: torch.nn.Module, info: DistInfo) -> None:
     """Refuse to save if data-parallel ranks hold different weights (a silent divergence).
 
-    Each rank hashes its full weights; the hashes are gathered and compared. All ranks call it.
+    The parameters are cut into ``world_size`` parts of about equal size; rank r hashes parts r
+    and r + 1 (mod world size), so every part is hashed on two ranks and each rank reads 2 /
+    world_size of the model, a parameter at a time. Digests are gathered and compared part by
+    part. All ranks call it; not under ZeRO-3, whose ranks hold different slices by design.
     """
     if info.world_size == 1:
         return
     import torch.distributed as dist
 
-    digest = hashlib.sha256()
-    for name in sorted(weights):
-        digest.update(weights[name].numpy().tobytes())
-    hashes: list[str] = [""] * info.world_size
-    dist.all_gather_object(hashes, digest.hexdigest())
-    if len(set(hashes)) != 1:
-        raise RuntimeError(f"ranks hold different weights (sha256 per rank: {hashes}); not saving")
+    parts = _parts(list(module.named_parameters()), info.world_size)
+    mine = {k: _digest(parts[k]) for k in {info.rank, (info.rank + 1) % info.world_size}}
+    gathered: list[dict[int, str]] = [{}] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    for part in range(info.world_size):
+        digests = {rank: d[part] for rank, d in enumerate(gathered) if part in d}
+        if len(set(digests.values())) != 1:
+            names = f"{parts[part][0][0]} .. {parts[part][-1][0]}" if parts[part] else "?"
+            raise RuntimeError(f"ranks hold different weights in {names} (sha256 by rank: "
+                               f"{digests}); not saving")
     if info.is_main:
-        print(f"weights identical on all {info.world_size} ranks (sha256 {hashes[0][:12]})",
+        print(f"weights identical on all {info.world_size} ranks (each part hashed on two)",
               flush=True)
+
+
+Slice = tuple[str, torch.Tensor, int, int]  # (name, parameter, first element, end element)
+
+
+def _parts(named: list[tuple[str, torch.Tensor]], count: int) -> list[list[Slice]]:
+    """The parameters, flattened and laid end to end in order, cut into ``count`` runs of equal
+    element count (a large embedding is split across parts)."""
+    total = sum(p.numel() for _, p in named)
+    bounds = [total * k // count for k in range(count + 1)]
+    parts: list[list[Slice]] = [[] for _ in range(count)]
+    start = 0
+    for name, p in named:
+        end = start + p.numel()
+        for k in range(count):
+            lo, hi = max(start, bounds[k]), min(end, bounds[k + 1])
+            if lo < hi:
+                parts[k].append((name, p, lo - start, hi - start))
+        start = end
+    return parts
+
+
+def _digest(part: list[Slice]) -> str:
+    digest = hashlib.sha256()
+    for _, p, lo, hi in part:  # one slice on the host at a time
+        flat = p.detach().reshape(-1)[lo:hi]
+        digest.update(flat.cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _safe_globals() -> list:
@@ -448,27 +491,66 @@ class Checkpointer:
         self.info = info
         self.keep = keep
         self.sidecars = sidecars
+        self.publishing: tuple[Path, threading.Thread] | None = None  # rank 0's last save
+        self.publish_failure: str | None = None
         ignore_file_size_signal()
 
     def save(self, engine, step: int, trainer_state: dict[str, Any]) -> Path:
         """Engine state + consolidated weights + sidecars, published atomically. All ranks call.
 
-        Out of space (or past a file-size limit), every rank raises CheckpointWriteError and
+        DeepSpeed's files are written here, by every rank. Rank 0 then copies the weights and
+        returns: its publishing thread writes model.safetensors and the sidecars, checksums and
+        flushes everything, renames the folder into place and moves ``latest``, while training
+        goes on. ``finish`` (which the next save calls first) waits for it. Out of space (or
+        past a file-size limit), every rank raises CheckpointWriteError there or here, and
         ``latest`` stays where it was.
         """
+        self.finish()
         tmp = self._fresh_tmp(step)
         barrier()
         failure = write_failure(tmp, lambda: engine.save_checkpoint(
             str(self.root), tag=tmp.name, save_latest=False))
-        weights = full_state_dict(engine)
-        check_replicas_agree(weights, self.info)
+        if not engine.zero_optimization_partition_weights():
+            check_replicas_agree(engine.module, self.info)
+        weights = consolidated_weights(engine, self.info)
         failure = self._any_rank(failure)  # also the barrier before rank 0 publishes
-        if failure is None and self.info.is_main:
-            failure = write_failure(tmp, lambda: self._publish(tmp, step, weights, trainer_state))
-        failure = _from_rank0(failure, self.info)  # no rank may wait for a save that failed
         if failure is not None:
             self._abandon(tmp, failure)
+        if self.info.is_main:
+            self.publishing = (tmp, threading.Thread(
+                target=self._publish_in_background, args=(tmp, step, weights, trainer_state),
+                name="checkpoint-publish"))
+            self.publishing[1].start()
         return self.root / step_tag(step)
+
+    def finish(self) -> None:
+        """Wait until the last save is published; CheckpointWriteError on every rank if it
+        failed. All ranks call it (rank 0 tells the others)."""
+        failed = self.wait_here() if self.info.is_main else None
+        failed = _from_rank0(failed, self.info)
+        if failed is not None:
+            self._abandon(*failed)
+
+    def wait_here(self) -> tuple[Path, str] | None:
+        """Rank 0: wait for the publishing thread, telling no other rank (for a run that is
+        failing anyway); (its folder, why) if it failed, else None."""
+        if self.publishing is None:
+            return None
+        tmp, thread = self.publishing
+        thread.join()
+        self.publishing = None
+        failure, self.publish_failure = self.publish_failure, None
+        return None if failure is None else (tmp, failure)
+
+    def _publish_in_background(self, tmp: Path, step: int, weights: dict[str, torch.Tensor],
+                               trainer_state: dict[str, Any]) -> None:
+        try:
+            self.publish_failure = write_failure(
+                tmp, lambda: self._publish(tmp, step, weights, trainer_state))
+        except BaseException as err:  # not a disk error: reported as what it is
+            self.publish_failure = f"publishing {tmp.name} failed: {type(err).__name__}: {err}"
+        if self.publish_failure is None:
+            print(f"saved checkpoint {self.root / step_tag(step)}", flush=True)
 
     def save_weights(self, weights: dict[str, torch.Tensor], step: int,
                      trainer_state: dict[str, Any]) -> Path:

@@ -43,6 +43,10 @@ def user_errors_exit() -> Iterator[None]:
     a second Ctrl-C during training (or one before it starts) one line and exit status 130."""
     try:
         yield
+    except SystemExit as done:  # a tool's own exit status
+        if not done.code:
+            _leave_process_group()
+        raise
     except UserError as err:
         print(error_line(err), file=sys.stderr, flush=True)
         sys.exit(1)
@@ -52,6 +56,16 @@ def user_errors_exit() -> Iterator[None]:
     except KeyboardInterrupt:
         print("interrupted by Ctrl-C", file=sys.stderr, flush=True)
         sys.exit(Aborted.exit_status)
+    else:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """After a command that succeeded (not after a failure: a peer may be gone)."""
+    if "torch.distributed" in sys.modules:  # only commands that trained joined a group
+        from xmod_pretrain.distributed import shutdown_distributed
+
+        shutdown_distributed()
 
 
 def train_main() -> None:

@@ -191,6 +191,15 @@ class TrainConfig:
     """Build the model on the meta device, print its size and the resolved config, exit."""
     threads: int = 0
     """torch intra-op threads per process; 0: cores / local processes."""
+    compile: Optional[bool] = None
+    """``torch.compile`` each transformer layer (one graph for every language). None: on for
+    CUDA with ZeRO 0-2, off elsewhere (on this project's 2-core CPU the compile takes longer
+    than it saves: bench/README.md). ZeRO-3 gathers parameters in module hooks and is not
+    compiled."""
+    tf32: bool = True
+    """fp32 matmuls and convolutions on CUDA run on tensor cores in tf32 (10-bit mantissa
+    inputs, fp32 accumulation), as torchtitan and transformers' Trainer allow; no effect in bf16
+    or on a CPU."""
 
 
 @dataclass
@@ -429,6 +438,10 @@ def _check_combinations(cfg: Config) -> None:
     if data.seq_len > longest:
         raise ConfigError(f"data.seq_len={data.seq_len} is not allowed: model.max_position_embeddings="
                           f"{model.max_position_embeddings} gives at most {longest} positions")
+    if cfg.train.compile and ds.zero_stage == 3:
+        raise ConfigError("train.compile=true with deepspeed.zero_stage=3 is not supported: "
+                          "ZeRO-3 gathers each parameter in module hooks that a compiled layer "
+                          "would bypass; use ZeRO 0-2 to compile, or train.compile=false")
     if ds.offload_param and ds.zero_stage != 3:
         raise ConfigError("deepspeed.offload_param=true needs deepspeed.zero_stage=3 "
                           f"(it is {ds.zero_stage})")

@@ -49,7 +49,7 @@ def run(cfg: Config) -> None:
 
 def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:
     """The Trainer over ``recipe``'s parts, resumed where the run directory says."""
-    set_threads(recipe.cfg, info)
+    configure_torch(recipe.cfg, info)
     barrier()  # every rank has checked the run directory before rank 0 writes to it
     cfg = recipe.prepare()
     resume_from = resume_point(cfg, info)
@@ -59,6 +59,9 @@ def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:
     return Trainer(cfg, info, parts, resume_from)
 
 
-def set_threads(cfg: Config, info: DistInfo) -> None:
+def configure_torch(cfg: Config, info: DistInfo) -> None:
+    """CPU threads per process, and tf32 for fp32 matmuls on CUDA (``train.tf32``)."""
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
     torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.train.tf32

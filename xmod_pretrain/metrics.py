@@ -12,32 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from xmod_pretrain.config import LoggingConfig
-
-
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
-                        size: int = 1024, trials: int = 5, seconds: float = 0.1) -> float:
-    """Achievable matmul FLOP/s of this process on ``device``: the denominator of MFU.
-
-    Measured rather than looked up, so MFU compares against what this machine can do with the
-    threads this process has (2 cores here give about 200 GFLOP/s in fp32). The best of a few
-    short trials, so a moment of contention from another process does not lower the peak.
-    """
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up
-    best = 0.0
-    for _ in range(trials):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            done += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2 * size**3 * done / (time.perf_counter() - start))
-    return best
 
 
 def perplexity(loss: float) -> float:

@@ -9,7 +9,9 @@ the two unchanged (``tests/unit/test_model.py`` checks the logits match). What d
 transformers:
 
 - A micro-batch holds one language, given as a plain Python int: the forward indexes that
-  language's modules directly, with no host sync and no per-language loop.
+  language's modules directly, with no host sync and no per-language loop. The encoder picks
+  each layer's module and hands it to the layer, so a compiled layer (``compile_layers``) sees
+  a module argument, not a language name to specialise on: one graph serves every language.
 - During training the MLM head runs only on the masked positions (``mlm_positions``). Projecting
   every token onto XLM-R's 250k vocabulary would cost more than the whole encoder.
 - Attention is ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels where available).
@@ -213,13 +215,15 @@ class Output(nn.Module):
         )
         self.adapter_modules = nn.ModuleDict({code: LanguageModule(cfg) for code in cfg.languages})
 
-    def forward(self, ffn: torch.Tensor, residual: torch.Tensor, language: str) -> torch.Tensor:
+    def forward(self, ffn: torch.Tensor, residual: torch.Tensor,
+                module: LanguageModule) -> torch.Tensor:
         h = residual + self.dropout(self.dense(ffn))
-        h = self.language_module(h, language)
+        h = self.language_module(h, module)
         return h if self.pre_norm else self.LayerNorm(h)
 
-    def language_module(self, h: torch.Tensor, language: str) -> torch.Tensor:
-        """Residual bottleneck of ``language``; the three flags decide where its LayerNorm sits."""
+    def language_module(self, h: torch.Tensor, module: LanguageModule) -> torch.Tensor:
+        """Residual bottleneck ``module`` (one of ``adapter_modules``); the three flags decide
+        where its LayerNorm sits."""
         if self.adapter_layer_norm is not None:
             z = self.adapter_layer_norm(h)
         elif self.adapter_reuse_layer_norm:
@@ -227,7 +231,7 @@ class Output(nn.Module):
         else:
             z = h
         residual = z if self.ln_before_adapter else h
-        return residual + self.dropout(self.adapter_modules[language](z))
+        return residual + self.dropout(module(z))
 
 
 class Layer(nn.Module):
@@ -240,10 +244,12 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(cfg)
         self.output = Output(cfg)
 
-    def forward(self, x: torch.Tensor, language: str, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, module: LanguageModule,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """``module``: this layer's module of the micro-batch's language."""
         a = self.attention(x, mask)
         ffn = self.intermediate(self.output.LayerNorm(a) if self.pre_norm else a)
-        return self.output(ffn, a, language)
+        return self.output(ffn, a, module)
 
 
 class Encoder(nn.Module):
@@ -259,7 +265,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, language: str, mask: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layer:
-            x = layer(x, language, mask)
+            x = layer(x, layer.output.adapter_modules[language], mask)
         return x if self.LayerNorm is None else self.LayerNorm(x)
 
 
@@ -344,6 +350,18 @@ class LanguageModel(nn.Module):
             n = len(self.languages)
             raise IndexError(f"lang {lang} out of range; this model has {n} languages: {listed}")
         return self.languages[lang]
+
+    def compile_layers(self, **options) -> None:
+        """``torch.compile`` each transformer layer in place (``options`` go to it).
+
+        Per layer, not the whole model: the layers share one graph (dynamo guards on their
+        type, not their identity, and the language's module comes in as an argument), the
+        language lookup and the embeddings stay eager, and the parameter names do not change
+        (no ``_orig_mod.`` prefix). Training compiles once and validation (eval mode, no
+        gradients) once more, for any number of languages.
+        """
+        for layer in self.roberta.encoder.layer:
+            layer.compile(**options)
 
     def language_parameters(self, code: str) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of every module of language ``code``, across all layers."""

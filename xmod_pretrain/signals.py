@@ -39,16 +39,31 @@ def under_torchrun() -> bool:
 
 
 class StopRequest:
-    """Records stop signals. ``step`` gives the step in progress and ``run_dir`` the checkpoints
-    named when a second Ctrl-C aborts; ``announce`` prints the first Ctrl-C's notice."""
+    """Records stop signals and agrees on them over ranks. ``step`` gives the step in progress
+    and ``run_dir`` the checkpoints named when a second Ctrl-C aborts; ``announce`` prints the
+    first Ctrl-C's notice.
 
-    def __init__(self, run_dir: Path, step: Callable[[], int], announce: bool) -> None:
+    With several ranks the agreement is an all-reduce on a host-side (gloo) group, started after
+    one step and read after the next: no step waits on the device or on the other ranks for it,
+    and a signal stops the run one step later than a single process would (``delay``).
+    """
+
+    def __init__(self, run_dir: Path, step: Callable[[], int], announce: bool,
+                 world_size: int) -> None:
         self.signum = 0
         self.run_dir, self.step, self.announce = run_dir, step, announce
         self.first_ctrl_c: float | None = None
+        # A collective: every rank builds its StopRequest at the same point.
+        self.group = dist.new_group(backend="gloo") if world_size > 1 else None
+        self.pending: tuple[dist.Work, torch.Tensor] | None = None
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self._record)
+
+    @property
+    def delay(self) -> int:
+        """Steps between the one a signal arrives in and the one the run stops after."""
+        return 0 if self.group is None else 1
 
     def _record(self, signum: int, frame) -> None:
         if signum == signal.SIGINT:
@@ -60,8 +75,8 @@ class StopRequest:
         if self.first_ctrl_c is None:
             self.first_ctrl_c = now
             if self.announce:
-                print(f"Ctrl-C: finishing step {self.step()} and saving a checkpoint; press Ctrl-C "
-                      "again to abort without saving", flush=True)
+                print(f"Ctrl-C: finishing step {self.step() + self.delay} and saving a "
+                      "checkpoint; press Ctrl-C again to abort without saving", flush=True)
         elif not under_torchrun() or now - self.first_ctrl_c > SAME_CTRL_C_S:
             from xmod_pretrain.checkpoint import latest_checkpoint
 
@@ -69,13 +84,25 @@ class StopRequest:
             raise Aborted("aborted by a second Ctrl-C; " + (
                 f"the last checkpoint is {latest}" if latest else f"{self.run_dir} has no checkpoint"))
 
-    def agreed(self, world_size: int, device: torch.device) -> int:
-        """The signal any rank received (0: none). A collective when there are several ranks."""
-        if world_size == 1:
+    def agreed(self) -> int:
+        """Called by every rank after every step: the signal any rank had received by the end
+        of the previous step (this step with one rank); 0: none."""
+        if self.group is None:
             return self.signum
-        flag = torch.tensor([self.signum], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+        agreed = self.finish()
+        flag = torch.tensor([self.signum])
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        self.pending = (work, flag)
+        return agreed
+
+    def finish(self) -> int:
+        """Wait for the agreement in flight; its signal (0: none, or nothing in flight)."""
+        if self.pending is None:
+            return 0
+        work, flag = self.pending
+        work.wait()
+        self.pending = None
+        return int(flag.item())  # a host tensor: no device sync
 
 
 def signal_name(signum: int) -> str:

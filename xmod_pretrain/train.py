@@ -38,12 +38,13 @@ from xmod_pretrain.metrics import (
     SpikeWatch,
     format_table,
     language_line,
-    measure_matmul_peak,
     perplexity,
     train_line,
 )
 from xmod_pretrain.model import LanguageModel
 from xmod_pretrain.optim import LanguageAdamW
+from xmod_pretrain.peak import PeakMeter, find_peak
+from xmod_pretrain.prefetch import Prefetcher
 from xmod_pretrain.runs import sidecars
 from xmod_pretrain.signals import StopRequest, signal_name
 
@@ -80,6 +81,14 @@ class RunParts:
     tokenizer: Path                      # the SentencePiece model every checkpoint carries
 
 
+def compiles(cfg: Config) -> bool:
+    """``train.compile``, null resolved: on for CUDA with ZeRO 0-2 (config.check_config refuses
+    it with ZeRO-3)."""
+    if cfg.train.compile is not None:
+        return cfg.train.compile
+    return torch.cuda.is_available() and cfg.deepspeed.zero_stage < 3
+
+
 class Trainer:
     """Owns one training run's loop; every rank builds one."""
 
@@ -95,12 +104,15 @@ class Trainer:
     anchor: LanguageAnchor | None  # one gradient order on every rank (several ranks, ZeRO < 3)
     checkpointer: Checkpointer
     metrics: MetricsLogger
-    stop_request: StopRequest     # signals and the stop file, agreed over ranks
+    stop_request: StopRequest     # signals, agreed over ranks a step later
     step: int                     # optimizer steps done
+    saved_step: int | None        # the step of this run's newest checkpoint (resumed or saved)
     tokens_seen: int
     first_valid: dict[str, float] | None  # the first validation, what later tables compare to
     window_loss: torch.Tensor     # per-language loss sums and counts since the last log line
     window_count: torch.Tensor
+    window_nonfinite: torch.Tensor  # micro-batches whose loss was NaN/inf, checked at log/save
+    batches: Prefetcher           # this rank's micro-batches, made a step ahead
     window_start: float           # perf_counter, tokens_seen and step at the window's start
     window_tokens: int
     window_step: int
@@ -109,13 +121,17 @@ class Trainer:
     grad_norm: torch.Tensor | None
     spikes: SpikeWatch            # loss spike warnings
     flops_per_token: float        # model FLOPs of a trained token, and the peak, for MFU
-    peak_flops: float
+    peak: PeakMeter
 
     def __init__(self, cfg: Config, info: DistInfo, parts: RunParts, resume_from: Path | None):
         self.cfg, self.info, self.run_dir = cfg, info, Path(cfg.run_dir)
         self.languages = cfg.model.languages
         self.sampler, self.valid = parts.sampler, parts.valid
         self.flops_per_token = parts.flops_per_token
+        if compiles(cfg):
+            self._print("compiling each transformer layer (torch.compile): the first training "
+                        "step and the first validation take longer")
+            parts.model.compile_layers()
         self._print(f"starting DeepSpeed: ZeRO-{cfg.deepspeed.zero_stage}, {info.world_size} "
                     f"rank(s), {cfg.train.precision.value}")
         self.engine, self.optimizer = build_engine(parts.model, cfg, info)
@@ -125,8 +141,9 @@ class Trainer:
         self.anchor = self._build_anchor(parts.model)
         self.checkpointer = self._build_checkpointer(parts.tokenizer)
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, info.is_main, dataclasses.asdict(cfg))
-        self.step, self.tokens_seen, self.first_valid = 0, 0, None
-        self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main)
+        self.step, self.tokens_seen, self.first_valid, self.saved_step = 0, 0, None, None
+        self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main,
+                                        info.world_size)
         self._resume(resume_from)
         self._init_window()
 
@@ -155,7 +172,7 @@ class Trainer:
             return
         state = self.checkpointer.load(self.engine, checkpoint)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.first_valid = state.get("first_valid")
+        self.first_valid, self.saved_step = state.get("first_valid"), self.step
         self._print(f"resumed from {checkpoint} at step {self.step}")
 
     # ---- the loop -----------------------------------------------------------------------
@@ -187,7 +204,21 @@ class Trainer:
             self.first_valid = self.validate()
         self._reset_window()  # tokens/s counts training only
         self.train_start = time.perf_counter()
-        last_saved = self.step
+        self.batches = Prefetcher(self._micro_batch, self.step, cfg.grad_accum_steps,
+                                  pin=self.engine.device.type == "cuda")
+        try:
+            final = self._loop()
+        except BaseException:
+            self.checkpointer.wait_here()  # the last save completes; no rank is waited for
+            raise
+        finally:
+            self.batches.close()
+        self.stop_request.finish()
+        self.checkpointer.finish()  # every rank learns whether the last save was published
+        return final
+
+    def _loop(self) -> dict[str, float] | None:
+        cfg = self.cfg.train
         while self.step < cfg.max_steps:
             self.train_step()
             self.step += 1
@@ -195,30 +226,36 @@ class Trainer:
                 self._log_window()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                 self.validate()
-            stop = self.stop_request.agreed(self.info.world_size, self.engine.device)
+            stop = self.stop_request.agreed()
             if stop or (cfg.save_every and self.step % cfg.save_every == 0):
                 self.save()
-                last_saved = self.step
             if stop:
                 self._print(f"stopping on {signal_name(stop)} after step {self.step}; "
                             "the same command resumes from the checkpoint")
                 return None
         final = self.validate()
-        if last_saved != self.step or latest_checkpoint(self.run_dir) is None:
+        if self.saved_step != self.step:  # known alike on every rank (not read from the disk)
             self.save()
         return final
 
+    def _micro_batch(self, step: int, micro: int) -> Batch:
+        """This rank's micro-batch ``micro`` of ``step`` (the prefetch thread calls it)."""
+        return self.sampler.micro_batch(step, micro, micro * self.info.world_size + self.info.rank)
+
     def train_step(self) -> None:
-        """One optimizer step: this rank's micro-batches of the global batch, in order."""
+        """One optimizer step: this rank's micro-batches of the global batch, in order.
+
+        Nothing here waits on the device: losses accumulate in device tensors, read on log
+        steps and before a save (``_check_finite``), and the batches come from the prefetch.
+        """
         accum, world = self.cfg.train.grad_accum_steps, self.info.world_size
         present = [self.languages[i] for i in self.sampler.step_languages(self.step, accum, world)]
         self.optimizer.present = frozenset(present)
         if self.anchor:
             self.anchor.set_languages(present)
-        losses, langs = [], []
         for micro in range(accum):
             index = micro * world + self.info.rank  # position in the global batch
-            batch = self.sampler.micro_batch(self.step, micro, index)
+            batch = self.batches.get(self.step, micro)
             # Dropout noise is a function of (seed, step, index) too: resumable, world-size free.
             torch.manual_seed(hash((self.cfg.train.seed, self.step, index)) & 0x7FFF_FFFF)
             loss = self._forward(batch)
@@ -228,31 +265,36 @@ class Trainer:
             if micro == accum - 1 and self.own_grad_norm and self.logs_at(self.step + 1):
                 self.grad_norm = gradient_norm(self.engine)  # before engine.step() clips
             self.engine.step()
-            losses.append(loss.detach().float())
-            langs.append(batch.lang)
-            self.window_loss[batch.lang] += losses[-1]
-            self.window_count[batch.lang] += 1
-        self._check_finite(torch.stack(losses), langs)
+            self._count_loss(loss.detach().float(), batch.lang)
         self.tokens_seen += accum * world * batch.input_ids.numel()
+
+    def _count_loss(self, loss: torch.Tensor, lang: int) -> None:
+        """Add a micro-batch's loss to the window; a NaN/inf is counted apart."""
+        finite = torch.isfinite(loss)
+        self.window_loss[lang] += torch.where(finite, loss, 0.0)
+        self.window_count[lang] += finite
+        self.window_nonfinite[lang] += ~finite
 
     def logs_at(self, step: int) -> bool:
         """Step 1 (a first line within seconds), then every ``log_every`` steps."""
         return step == 1 or step % self.cfg.train.log_every == 0
 
-    def _check_finite(self, losses: torch.Tensor, langs: list[int]) -> None:
-        """Stop before a NaN/inf can reach a checkpoint (one host sync per step)."""
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            bad = self.languages[langs[int((~finite).nonzero()[0])]]
+    def _check_finite(self, nonfinite: list[float]) -> None:
+        """Stop before a NaN/inf can reach a checkpoint, on a log step or before a save, given
+        the window's non-finite counts summed over ranks (so all ranks raise together)."""
+        bad = {lang: int(n) for lang, n in zip(self.languages, nonfinite) if n}
+        if bad:
+            listed = ", ".join(f"{n} {lang}" for lang, n in bad.items())
+            latest = latest_checkpoint(self.run_dir)
+            stands = f"{latest} is intact" if latest else "the run has no checkpoint yet"
             raise NonFiniteLoss(
-                f"rank {self.info.rank}: loss is {float(losses[~finite][0])} at step "
-                f"{self.step + 1} on a {bad} micro-batch; stopping without saving. Lower "
-                f"optim.lr or check the data; {latest_checkpoint(self.run_dir)} is intact."
-            )
+                f"loss is NaN or inf between steps {self.window_step + 1} and {self.step} "
+                f"({listed} micro-batch(es)); stopping without saving. Lower optim.lr or check "
+                f"the data; {stands}.")
 
     def _forward(self, batch: Batch) -> torch.Tensor:
-        device = self.engine.device
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+        device = self.engine.device  # pinned (prefetched) host tensors copy asynchronously
+        inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                   for k, v in batch.model_inputs().items()}
         return self.engine(**inputs).loss
 
@@ -273,11 +315,14 @@ class Trainer:
         return loss
 
     def save(self) -> None:
+        """A checkpoint of this step, after checking that no loss since the last log was
+        NaN/inf (on every rank: a collective, as the save is)."""
+        self._check_finite(self._summed_over_ranks(self.window_nonfinite[None])[0])
         state = {"step": self.step, "tokens_seen": self.tokens_seen,
                  "sampler": {"seed": self.cfg.train.seed, "next_step": self.step},
                  "first_valid": self.first_valid}
-        path = self.checkpointer.save(self.engine, self.step, state)
-        self._print(f"saved checkpoint {path}")
+        self.checkpointer.save(self.engine, self.step, state)  # rank 0 says when it is saved
+        self.saved_step = self.step
 
     # ---- reporting ----------------------------------------------------------------------
 
@@ -285,19 +330,23 @@ class Trainer:
         device = self.engine.device
         self.window_loss = torch.zeros(len(self.languages), device=device)
         self.window_count = torch.zeros(len(self.languages), device=device)
+        self.window_nonfinite = torch.zeros(len(self.languages), device=device)
         self._reset_window()
         self.own_grad_norm, self.grad_norm = not reports_gradient_norm(self.engine), None
         self.spikes = SpikeWatch(self.cfg.logging.loss_spike_factor, self.cfg.logging.spike_window)
-        self._print("measuring the matmul peak for MFU")
         dtype = torch.bfloat16 if self.cfg.train.precision == Precision.bf16 else torch.float32
-        self.peak_flops = measure_matmul_peak(device, dtype) * self.info.world_size
+        if device.type != "cuda":
+            self._print("measuring the matmul peak for MFU")
+        peak = find_peak(device, dtype, self.info.world_size, self.cfg.train.tf32)
+        self.peak = PeakMeter(peak, device, dtype, self.info.world_size)
+        self._print(f"MFU peak: {peak.flops / 1e12:.3g} TFLOP/s ({peak.source})")
 
     def _log_window(self) -> None:
-        """Reduce the window's per-language losses over ranks; rank 0 prints and records them."""
-        stats = torch.stack([self.window_loss, self.window_count])
-        if self.info.world_size > 1:
-            dist.all_reduce(stats)
-        sums, counts = stats.cpu().tolist()
+        """Reduce the window's per-language losses over ranks; rank 0 prints and records them.
+        The one host sync of a log step, and the NaN/inf check."""
+        sums, counts, nonfinite = self._summed_over_ranks(
+            torch.stack([self.window_loss, self.window_count, self.window_nonfinite]))
+        self._check_finite(nonfinite)
         now = time.perf_counter()
         elapsed = now - self.window_start
         tokens_per_s = (self.tokens_seen - self.window_tokens) / elapsed
@@ -307,9 +356,12 @@ class Trainer:
         record = {"step": self.step, "loss": loss, "grad_norm": self._last_grad_norm(),
                   "lr": self.engine.get_lr()[0], "tokens_per_s": tokens_per_s,
                   "updates_per_s": updates_per_s,
-                  "mfu": tokens_per_s * self.flops_per_token / self.peak_flops,
                   "tokens_seen": self.tokens_seen, "wall_s": now - self.train_start,
                   "lang_loss": lang_loss}
+        record["mfu"], raised = self.peak.mfu(tokens_per_s * self.flops_per_token)
+        if raised:
+            self.metrics.warn(raised)
+        record["peak_flops"], record["peak_source"] = self.peak.peak.flops, self.peak.peak.source
         eta = (self.cfg.train.max_steps - self.step) / max(updates_per_s, 1e-9)
         median = self.spikes.check(loss)
         if median is not None:
@@ -321,14 +373,21 @@ class Trainer:
                                  f"{language_line(lang_loss)}")
         self._reset_window()
 
+    def _summed_over_ranks(self, stats: torch.Tensor) -> list[list[float]]:
+        """Rows of ``stats`` summed over ranks, on the host (this waits on the device)."""
+        if self.info.world_size > 1:
+            stats = stats.clone()
+            dist.all_reduce(stats)
+        return stats.cpu().tolist()
+
     def _last_grad_norm(self) -> float | None:
         """The global gradient norm of the step just taken, before clipping."""
         norm = self.grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
     def _reset_window(self) -> None:
-        self.window_loss.zero_()
-        self.window_count.zero_()
+        for window in (self.window_loss, self.window_count, self.window_nonfinite):
+            window.zero_()
         self.window_start, self.window_tokens = time.perf_counter(), self.tokens_seen
         self.window_step = self.step
 

@@ -108,7 +108,7 @@ def test_zero3_equals_plain_data_parallel(tiny_data, tmp_path, initial_weights):
     zero0, zero3 = tmp_path / "zero0", tmp_path / "zero3"
     run_training(zero0, tiny_data, *WITH_ABSENT, *PER_STEP, "deepspeed=zero0", nproc=2)
     proc = run_training(zero3, tiny_data, *WITH_ABSENT, *PER_STEP, "deepspeed=zero3", nproc=2)
-    assert "weights identical on all 2 ranks" in proc.stdout
+    assert "weights identical" not in proc.stdout  # ZeRO-3 ranks hold slices, not replicas
     assert_same_training(zero0, zero3)
     assert moved_languages(initial_weights, zero3) == languages_present(tiny_data, "step")
 

@@ -184,6 +184,7 @@ if info.rank == 0:  # only rank 0 publishes: the others learn of its failure fro
     ckpt.save_file = disk_full
 try:
     saver.save(Engine(), 2, {"step": 2})
+    saver.finish()  # rank 0 publishes in the background; every rank learns how it went here
 except ckpt.CheckpointWriteError as err:
     print(f"rank {info.rank}: {err}", flush=True)
     sys.exit(3)

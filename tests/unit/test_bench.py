@@ -34,12 +34,15 @@ def test_throughput_ratios_are_ours_over_theirs(tmp_path):
     result = run_one("throughput", quick=True, out_dir=tmp_path)
     check_files(tmp_path, "throughput", ("throughput.png",))
     quick = result["configs"]["quick"]
-    for run in ("ours", "ours_engine", "transformers"):
+    for run in ("ours", "ours_compiled", "ours_engine", "transformers"):
         assert len(quick[run]["times_s"]) >= 3 and quick[run]["per_s"] > 0
         assert math.isclose(quick[run]["per_s"], quick["tokens_per_step"] / quick[run]["median_s"])
     assert math.isclose(quick["ratio"], quick["ours"]["per_s"] / quick["transformers"]["per_s"])
     assert math.isclose(quick["ratio_engine"],
                         quick["ours_engine"]["per_s"] / quick["transformers"]["per_s"])
+    assert math.isclose(quick["compiled_over_eager"],
+                        quick["ours_compiled"]["per_s"] / quick["ours"]["per_s"])
+    assert quick["compile_backend"] == "aot_eager" and quick["compile_s"] > 0
     check_target(result["target"])
     assert result["target"]["value"] == quick["ratio"]
     ops = result["profile"]["top_ops"]
@@ -119,8 +122,34 @@ def test_zero3_compares_three_real_two_process_runs(tmp_path):
         assert math.isclose(ratio, rates[name] / rates["zero2_per_rank"])
 
 
+@pytest.mark.integration
+def test_checkpoint_cost_is_measured_on_every_rank_of_both_stages(tmp_path):
+    result = run_one("checkpoint", quick=True, out_dir=tmp_path)
+    check_files(tmp_path, "checkpoint")
+    assert set(result["stages"]) == {"ZeRO-2", "ZeRO-3"}
+    for ranks in result["stages"].values():
+        assert set(ranks) == {"rank 0", "rank 1"}
+        for f in ranks.values():
+            assert 0 < f["loop_held_s"] <= f["published_s"] and f["peak_added_gib"] >= 0
+
+
+def test_the_accelerator_check_runs_its_three_steps_on_the_cpu(tmp_path):
+    result = run_one("gpu", quick=True, out_dir=tmp_path)
+    check_files(tmp_path, "gpu")
+    assert result["device"] == "cpu" and result["sync_check"] == "not run: no CUDA device"
+    assert result["peak_source"].startswith("measured: bfloat16")
+    runs = result["runs"]
+    for name, r in runs.items():
+        assert r["per_s"] > 0
+        assert math.isclose(r["mfu"], r["per_s"] * result["flops_per_token"] / result["peak_flops"])
+        assert math.isclose(result["speedup_over_transformers"][name],
+                            r["per_s"] / runs["transformers"]["per_s"])
+    assert runs["ours_compiled"]["first_step_s"] > 0
+
+
 def test_runner_runs_named_benchmarks_in_order_and_refuses_unknown(tmp_path, capsys):
     assert BENCHMARKS[:3] == ["throughput", "mfu", "languages"]  # the order
+    assert "gpu" not in BENCHMARKS  # it needs a CUDA device: run only when named
     assert main(["memory", "--quick", "--out", str(tmp_path)]) == 0
     assert "== memory" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.json", "memory.png"]

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -181,3 +182,15 @@ def test_a_model_and_data_that_do_not_belong_together_name_the_experiments():
         resolve_model_config(cfg, manifest)
     fitted = resolve_model_config(load("model.vocab_size=null", "model.languages=[]"), manifest)
     assert fitted.vocab_size == 8002 and fitted.languages == ["en_XX", "de_DE"]
+
+
+def test_compile_is_on_where_it_pays_and_refused_under_zero3():
+    from xmod_pretrain.train import compiles
+
+    assert compiles(load("+exp=demo")) == torch.cuda.is_available()  # null: CUDA, ZeRO 0-2
+    assert compiles(load("+exp=demo", "train.compile=true"))
+    assert not compiles(load("+exp=demo", "deepspeed=zero3"))
+    cfg = load("+exp=demo", "deepspeed=zero3", "train.compile=true")
+    with pytest.raises(ConfigError, match=r"train.compile=true with deepspeed.zero_stage=3 .* "
+                                          "train.compile=false"):
+        check_config(cfg)

@@ -4,5 +4,8 @@ Each benchmark is a module ``bench.<name>`` with ``run(quick: bool) -> dict`` (a
 result); ``report(result) -> str`` and ``plot(result, out_dir) -> list[Path]`` are optional.
 """
 
-BENCHMARKS = ["throughput", "mfu", "languages", "zero3", "memory", "data_prep"]
-"""Every benchmark, in the order ``python -m bench`` runs them."""
+BENCHMARKS = ["throughput", "mfu", "languages", "zero3", "memory", "data_prep", "checkpoint"]
+"""The CPU benchmarks, in the order ``python -m bench`` runs them."""
+
+ACCELERATOR_BENCHMARKS = ["gpu"]
+"""Run only when named (``python -m bench gpu``): they need a CUDA device (``--quick``: CPU)."""

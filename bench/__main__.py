@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench import BENCHMARKS
+from bench import ACCELERATOR_BENCHMARKS, BENCHMARKS
 from bench.common import RESULTS_DIR, torch_threads, write_json
 
 
@@ -42,14 +42,18 @@ def run_one(name: str, quick: bool, out_dir: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME",
-                        help=f"benchmarks to run (default: all, in order: {', '.join(BENCHMARKS)})")
+    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS, *ACCELERATOR_BENCHMARKS],
+                        metavar="NAME",
+                        help=f"benchmarks to run (default: the CPU ones, in order: "
+                             f"{', '.join(BENCHMARKS)}; on a CUDA machine also: "
+                             f"{', '.join(ACCELERATOR_BENCHMARKS)})")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default: bench/results, or a temporary one with --quick)")
     args = parser.parse_args(argv)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else RESULTS_DIR)
-    names = [n for n in BENCHMARKS if n in args.names] if args.names else BENCHMARKS
+    every = BENCHMARKS + ACCELERATOR_BENCHMARKS
+    names = [n for n in every if n in args.names] if args.names else BENCHMARKS
     for name in names:
         run_one(name, args.quick, out_dir)
     print(f"\nresults in {out_dir}")

@@ -1,7 +1,8 @@
 """What the benchmarks share: the machine, step timing, the paired models, results and plots.
 
-"Ours" is the trainer's step: ``XmodForMaskedLM`` with ``build_optimizer``'s AdamW, alone and
-inside our DeepSpeed engine (ZeRO-0, one process). "Theirs" is transformers' ``XmodForMaskedLM``
+"Ours" is the trainer's step: ``XmodForMaskedLM`` with ``build_optimizer``'s AdamW, alone,
+with its layers compiled (``compile_layers``), and inside our DeepSpeed engine (ZeRO-0, one
+process). "Theirs" is transformers' ``XmodForMaskedLM``
 with ``torch.optim.AdamW``, loaded with the same weights and given the same masked batch. Both
 run fp32 in train mode (dropout on), one step = forward + backward + optimizer step + zero_grad.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._dynamo
 import transformers
 
 from xmod_core.languages import XMOD_BASE_LANGUAGES
@@ -238,16 +240,24 @@ def single_process_group() -> Iterator[DistInfo]:
         os.environ.update(saved)
 
 
-def measure_pair(size: Size, warmup: int, timed: int) -> dict:
-    """Tokens/s of ours (model + optimizer), ours through the engine, and transformers', one
-    after the other (the three at once would not fit beside other work), from the same weights."""
+def measure_pair(size: Size, warmup: int, timed: int, compile_backend: str = "inductor") -> dict:
+    """Tokens/s of ours (model + optimizer), ours with compiled layers (``compile_backend``),
+    ours through the engine, and transformers', one after the other (all at once would not fit
+    beside other work), from the same weights. The compiled run's first step, which compiles,
+    is timed apart (``compile_s``)."""
     cfg, batch, optim = size.model_config(), masked_batch(size), OptimConfig()
     torch.manual_seed(0)
     model = XmodForMaskedLM(cfg).train()
     weights = copy.deepcopy(model.state_dict())
     timings = {"ours": time_steps(ours_step(model, build_optimizer(model, optim), batch),
                                   warmup, timed)}
-    del model
+    model.load_state_dict(weights)
+    model.compile_layers(backend=compile_backend)
+    step = ours_step(model, build_optimizer(model, optim), batch)
+    compile_s = time_steps(step, 0, 1)[0]
+    timings["ours_compiled"] = time_steps(step, max(warmup - 1, 0), timed)
+    del model, step
+    torch._dynamo.reset()
     with single_process_group() as info:
         model = XmodForMaskedLM(cfg)
         model.load_state_dict(weights)
@@ -261,7 +271,8 @@ def measure_pair(size: Size, warmup: int, timed: int) -> dict:
         theirs_step(theirs, theirs_optimizer(theirs, optim), batch), warmup, timed)
     rates = {name: rate(times, size.tokens) for name, times in timings.items()}
     return {"size": dataclasses.asdict(size), "tokens_per_step": size.tokens,
-            "masked_fraction": batch.masked_fraction, "warmup_steps": warmup, **rates}
+            "masked_fraction": batch.masked_fraction, "warmup_steps": warmup,
+            "compile_backend": compile_backend, "compile_s": compile_s, **rates}
 
 
 # ---- results ----------------------------------------------------------------------------------

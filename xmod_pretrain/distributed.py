@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import os
 import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -101,7 +104,18 @@ def init_distributed(timeout_s: int) -> DistInfo:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(info.local_rank)
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+        # DeepSpeed prints "... deepspeed_shm_comm_op built successfully" at every start, the op
+        # cached or not (announce_cpu_comm_build says when it is really built); anything else it
+        # prints is passed on.
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(captured):
+                deepspeed.init_distributed(dist_backend=backend,
+                                           timeout=timedelta(seconds=timeout_s))
+        finally:
+            kept = [line for line in captured.getvalue().splitlines(keepends=True)
+                    if "built successfully" not in line]
+            sys.stdout.write("".join(kept))
     return info
 
 

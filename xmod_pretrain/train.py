@@ -36,6 +36,7 @@ from xmod_pretrain.failures import NonFiniteLoss, classify_failure
 from xmod_pretrain.metrics import (
     MetricsLogger,
     SpikeWatch,
+    duration,
     format_table,
     language_line,
     perplexity,
@@ -215,6 +216,10 @@ class Trainer:
             self.batches.close()
         self.stop_request.finish()
         self.checkpointer.finish()  # every rank learns whether the last save was published
+        if final is not None:
+            self._print(f"done: step {self.step}/{self.cfg.train.max_steps} after "
+                        f"{duration(time.perf_counter() - self.train_start)} of training; "
+                        f"checkpoints in {self.checkpointer.root}")
         return final
 
     def _loop(self) -> dict[str, float] | None:

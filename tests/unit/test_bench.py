@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import BENCHMARKS
 from bench.__main__ import main, run_one
@@ -145,6 +146,13 @@ def test_the_accelerator_check_runs_its_three_steps_on_the_cpu(tmp_path):
         assert math.isclose(result["speedup_over_transformers"][name],
                             r["per_s"] / runs["transformers"]["per_s"])
     assert runs["ours_compiled"]["first_step_s"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_the_accelerator_check_refuses_at_once_without_cuda(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device here.*--quick"):
+        main(["gpu", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
 
 
 def test_runner_runs_named_benchmarks_in_order_and_refuses_unknown(tmp_path, capsys):

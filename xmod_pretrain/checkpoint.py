@@ -44,6 +44,7 @@ from xmod_core.atomic import file_sha256, follow_umask, fsync_dir, fsync_tree, w
 from xmod_core.errors import UserError
 from xmod_core.outputs import CHECKPOINTS, LATEST
 from xmod_pretrain.distributed import DistInfo, barrier
+from xmod_pretrain.grown_vocabulary import merge_added_rows
 
 TRAINER_STATE = "trainer_state.json"
 WEIGHTS = "model.safetensors"
@@ -375,7 +376,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
 
 def consolidated_weights(engine, info: DistInfo) -> dict[str, torch.Tensor] | None:
     """Every weight of the model, whole, in fp32 on the CPU, on rank 0 (None elsewhere); each
-    tied tensor once.
+    tied tensor once, a grown vocabulary's rows merged (``grown_vocabulary.merge_added_rows``).
 
     Without ZeRO-3 rank 0 holds every weight and copies them alone. Under ZeRO-3 each rank holds
     a slice: the ranks gather one parameter at a time (a collective, so every rank calls this)
@@ -387,14 +388,14 @@ def consolidated_weights(engine, info: DistInfo) -> dict[str, torch.Tensor] | No
     if not engine.zero_optimization_partition_weights():
         if not info.is_main:
             return None
-        return {name: p.detach().to("cpu", torch.float32, copy=True)
-                for name, p in module.named_parameters()}
+        return merge_added_rows({name: p.detach().to("cpu", torch.float32, copy=True)
+                                 for name, p in module.named_parameters()})
     weights = {}
     for name, p in module.named_parameters():
         with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
             if info.is_main:
                 weights[name] = p.detach().to("cpu", torch.float32, copy=True)
-    return weights if info.is_main else None
+    return merge_added_rows(weights) if info.is_main else None
 
 
 def check_replicas_agree(module: torch.nn.Module, info: DistInfo) -> None:

@@ -90,6 +90,12 @@ def add_language_overrides(argv: list[str]) -> list[str]:
     parser.add_argument("--text", help="raw text: a file (one language), a folder of <xx_YY>.txt, "
                                        "or a JSON manifest (default: the bundled UDHR)")
     parser.add_argument("--init", default="random", help="random | copy:LANG | avg:LANG1+LANG2")
+    parser.add_argument("--extend-vocab", type=int, metavar="N",
+                        help="learn up to N new SentencePiece pieces from the language's text "
+                             "and append them to the vocabulary (old ids and old text unchanged)")
+    parser.add_argument("--init-vocab", choices=("mean", "random"),
+                        help="new rows: mean of the old pieces spelling each new piece (default), "
+                             "or random")
     parser.add_argument("--steps", type=int, help="training steps (default 200)")
     parser.add_argument("--overwrite", action="store_true",
                         help="retrain a language the run already has")
@@ -114,6 +120,10 @@ def add_language_overrides(argv: list[str]) -> list[str]:
             overrides.append(f"optim.warmup_steps={max(1, args.steps // 10)}")
     if args.overwrite:
         overrides.append("add_language.overwrite=true")
+    if args.extend_vocab is not None:
+        overrides.append(f"add_language.extend_vocab={args.extend_vocab}")
+    if args.init_vocab is not None:
+        overrides.append(f"add_language.init_vocab={args.init_vocab}")
     return overrides + hydra_overrides
 
 

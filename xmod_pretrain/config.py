@@ -233,6 +233,37 @@ class AddLanguageConfig:
     """New modules start as ``random``, ``copy:LANG`` (a copy of LANG's) or ``avg:L1+L2``."""
     overwrite: bool = False
     """Retrain a language the run already has (its modules restart from ``init``)."""
+    extend_vocab: Optional[int] = None
+    """Learn up to this many SentencePiece pieces from the new language's text and append them
+    to the vocabulary (``--extend-vocab``; one new language at a time); None: the source's
+    vocabulary as it is. Only the new rows, their bias entries and the modules train."""
+    init_vocab: str = "mean"
+    """New rows start as ``mean`` (of the old rows the old tokenizer spells each piece with) or
+    ``random`` (N(0, model.initializer_range), zero bias)."""
+    vocab_penalty: float = 1.0
+    """Weight of the training loss term that keeps the new pieces out of the old languages'
+    softmax (the mean rise of their loss on a fixed sample of their text); 0: none."""
+
+
+@dataclass
+class AddedPieces:
+    """Ids ``first_id .. first_id + count - 1``: pieces learned for ``language``."""
+
+    language: str
+    first_id: int
+    count: int
+
+
+@dataclass
+class VocabularyConfig:
+    """Pieces appended to the pre-training vocabulary (``add-language --extend-vocab``); written
+    by the run that appends them, never set by hand. What a run shares with its base, and what a
+    language's module file carries, is told apart by it."""
+
+    base_size: Optional[int] = None
+    """Ids of the pre-training tokenizer; None: no pieces were appended."""
+    base_tokenizer_sha256: Optional[str] = None
+    added: list[AddedPieces] = field(default_factory=list)
 
 
 @dataclass
@@ -282,6 +313,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     add_language: AddLanguageConfig = field(default_factory=AddLanguageConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    vocab: VocabularyConfig = field(default_factory=VocabularyConfig)
 
 
 def quoted(value: object) -> str:
@@ -370,6 +402,10 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.threads", _at_least(0), ">= 0 (0: cores / local processes)"),
     ("logging.loss_spike_factor", lambda v: v == 0 or v > 1, "0 (off) or > 1"),
     ("logging.spike_window", _positive, ">= 1"),
+    ("add_language.extend_vocab", lambda v: v is None or v >= 1,
+     "null (the source's vocabulary) or >= 1 pieces"),
+    ("add_language.init_vocab", _one_of("mean", "random"), "mean or random"),
+    ("add_language.vocab_penalty", _at_least(0), ">= 0 (0: none)"),
     ("transfer.epochs", _positive, "> 0"),
     ("transfer.warmup_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("transfer.steps", lambda v: v is None or v >= 1, "null (from transfer.epochs) or >= 1"),
@@ -423,6 +459,9 @@ def _check_combinations(cfg: Config) -> None:
         raise ConfigError(f"recipe={cfg.recipe.value} with add_language.languages="
                           f"{cfg.add_language.languages}: adding languages is recipe=add_language "
                           "with the languages named (xmod_pretrain add-language --lang xx_YY)")
+    if cfg.add_language.extend_vocab is not None and len(cfg.add_language.languages) > 1:
+        raise ConfigError(f"add_language.extend_vocab with {len(cfg.add_language.languages)} "
+                          "languages: the vocabulary grows for one new language at a time")
     masking = data.masking
     if masking.mask_frac + masking.random_frac > 1:
         raise ConfigError(f"data.masking.mask_frac + data.masking.random_frac = "

@@ -166,9 +166,12 @@ class MicroBatch:
 class Masker:
     """BERT masking: choose ``prob`` of non-special tokens; 80% <mask>, 10% random, 10% kept."""
 
-    def __init__(self, cfg: MaskingConfig, vocab_size: int):
+    def __init__(self, cfg: MaskingConfig, vocab_size: int, mask_id: int | None = None):
+        """Random replacements are the ids of ``vocab_size`` below its last one (<mask>);
+        ``mask_id`` is written for <mask> (default: that last id). A grown vocabulary masks its
+        old languages as the source model did, with <mask> at its new id."""
         self.cfg = cfg
-        self.mask_id = vocab_size - 1
+        self.mask_id = vocab_size - 1 if mask_id is None else mask_id
         self.first_normal_id = UNK_ID + 1
         self.vocab_size = vocab_size
 
@@ -187,7 +190,7 @@ class Masker:
         inputs = flat.copy()
         inputs[positions[to_mask]] = self.mask_id
         inputs[positions[to_random]] = rng.integers(
-            self.first_normal_id, self.mask_id, size=int(to_random.sum())
+            self.first_normal_id, self.vocab_size - 1, size=int(to_random.sum())
         )
         return inputs.reshape(tokens.shape), positions, targets
 

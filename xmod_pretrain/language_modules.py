@@ -11,7 +11,13 @@ A module file is a pair::
                          stands for the run's
                          ``roberta.encoder.layer.{i}.output.adapter_modules.{lang}.dense1.weight``
     <lang>.json          format_version, language, base_identity, architecture, source_run, step,
-                         sha256 (of the .safetensors file)
+                         sha256 (of the .safetensors file), pieces
+
+A language whose vocabulary grew (``add-language --extend-vocab``) carries its pieces too: their
+text and scores in ``pieces``, their embedding rows and bias entries as ``vocabulary.embeddings``
+and ``vocabulary.bias``. Loading such a file appends the pieces after the run's last piece (and
+the rows before its ``<mask>``), wherever that is: the run's own ids never move. Removing a
+language keeps its pieces, for the same reason.
 
 The keys carry no language code, so a module can be installed under another code. Loading and
 removing write a new run (a weights-only checkpoint, ``runs.write_run``); the source is only read.
@@ -25,6 +31,7 @@ import hashlib
 import json
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,16 @@ from xmod_core.atomic import atomic_path, file_sha256, follow_umask, write_text
 from xmod_core.errors import UserError
 from xmod_core.languages import check_language_code
 from xmod_core.outputs import check_new_run_dir, inside_checkpoints
-from xmod_pretrain.config import Config, ModelConfig
+from xmod_core.shards import TOKENIZER_FILE
+from xmod_core.vocab_extension import (
+    SPACE,
+    ExtensionError,
+    extend_tokenizer,
+    read_model,
+    vocabulary_characters,
+)
+from xmod_pretrain.config import AddedPieces, Config, ModelConfig, VocabularyConfig
+from xmod_pretrain.grown_vocabulary import BIAS, EMBEDDINGS, grow_rows
 from xmod_pretrain.model import (
     TIED,
     language_of_parameter,
@@ -56,6 +72,7 @@ NOT_IDENTITY = frozenset({"languages", "hidden_dropout_prob", "attention_probs_d
 MODULE_ARCHITECTURE = ("hidden_size", "num_hidden_layers", "adapter_reduction_factor",
                        "ln_before_adapter", "adapter_layer_norm", "adapter_reuse_layer_norm")
 _MODULE_KEY = re.compile(r"^layer\.(\d+)\.(.+)$")
+VOCAB_ROWS, VOCAB_BIAS = "vocabulary.embeddings", "vocabulary.bias"  # a language's added rows
 
 
 class LanguageModuleError(UserError, ValueError):
@@ -73,6 +90,16 @@ class ModuleFile:
     @property
     def language(self) -> str:
         return self.meta["language"]
+
+    @property
+    def pieces(self) -> list[tuple[str, float]]:
+        """The language's own vocabulary pieces, (text, score) in id order; often none."""
+        return [(text, score) for text, score in self.meta.get("pieces", [])]
+
+    @property
+    def module(self) -> dict[str, torch.Tensor]:
+        """The module's tensors without the vocabulary rows."""
+        return {k: t for k, t in self.tensors.items() if k not in (VOCAB_ROWS, VOCAB_BIAS)}
 
 
 # ---- identity ---------------------------------------------------------------------------------
@@ -103,8 +130,17 @@ def _add(digest: Any, data: Any) -> None:
 
 
 def run_identity(run: RunCheckpoint, weights: dict[str, torch.Tensor]) -> str:
-    """``base_identity`` of a checkpoint whose ``weights`` are already loaded."""
-    return base_identity(weights, run.config.model, run.tokenizer_sha256())
+    """``base_identity`` of a checkpoint whose ``weights`` are already loaded. Of a run whose
+    vocabulary grew, that of its base: the pre-training rows, vocabulary size and tokenizer
+    (the appended pieces are their languages' own, as the modules are)."""
+    vocab = run.config.vocab
+    if vocab.base_size is None:
+        return base_identity(weights, run.config.model, run.tokenizer_sha256())
+    first = vocab.base_size - 1  # the base's <mask>, moved to the last row
+    base = {**weights, **{key: torch.cat([weights[key][:first], weights[key][-1:]])
+                          for key in (EMBEDDINGS, BIAS)}}
+    model = dataclasses.replace(run.config.model, vocab_size=vocab.base_size)
+    return base_identity(base, model, vocab.base_tokenizer_sha256)
 
 
 # ---- keys -------------------------------------------------------------------------------------
@@ -147,8 +183,15 @@ def save_language_module(run_dir: str | Path, lang: str, out_dir: str | Path,
         if path.exists():
             raise FileExistsError(f"{path} already exists: pick another --out")
     weights = run.weights()
+    tensors, pieces = module_tensors(weights, lang), []
+    added = next((entry for entry in run.config.vocab.added if entry.language == lang), None)
+    if added is not None:
+        ids = slice(added.first_id, added.first_id + added.count)
+        tensors |= {VOCAB_ROWS: weights[EMBEDDINGS][ids], VOCAB_BIAS: weights[BIAS][ids]}
+        model = read_model(run.tokenizer)  # piece i is id i + 1
+        pieces = [[p.piece, p.score] for p in model.pieces[ids.start - 1:ids.stop - 1]]
     with atomic_path(tensors_path) as tmp:
-        save_file(module_tensors(weights, lang), str(tmp))
+        save_file(tensors, str(tmp))
         follow_umask(tmp)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -158,6 +201,7 @@ def save_language_module(run_dir: str | Path, lang: str, out_dir: str | Path,
         "source_run": str(run.path.resolve()),
         "step": run.step,
         "sha256": file_sha256(tensors_path),
+        "pieces": pieces,
     }
     write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # last: the pair is complete
     return tensors_path, meta_path
@@ -205,18 +249,54 @@ def load_language_module(run_dir: str | Path, module_file: str | Path, out_dir: 
     _check_same_base(module, run, run_identity(run, weights))
     _check_layout(module, module_tensors(weights, run.languages[0]))
     grown = {name: t for name, t in weights.items() if language_of_parameter(name) != lang}
-    grown.update({run_key(key, lang): t for key, t in module.tensors.items()})
+    grown.update({run_key(key, lang): t for key, t in module.module.items()})
     languages = run.languages if lang in run.languages else [*run.languages, lang]
     config = _with_languages(run.config, languages)
     state = _derived_state(run, "load-language", lang, module=str(module.path.resolve()))
-    write_run(out_dir, config, run.tokenizer, grown, run.step, state)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = run.tokenizer
+        if module.pieces:
+            if lang in run.languages:
+                raise LanguageModuleError(f"{module.path} carries {len(module.pieces)} vocabulary "
+                                          f"pieces and {run.run_dir} has {lang} already: remove "
+                                          "the language first, or load it under another --lang")
+            tokenizer = Path(scratch) / TOKENIZER_FILE
+            config, grown = _with_pieces(run, config, grown, module, lang, tokenizer)
+        write_run(out_dir, config, tokenizer, grown, run.step, state)
     return Path(out_dir)
+
+
+def _with_pieces(run: RunCheckpoint, config: Config, weights: dict[str, torch.Tensor],
+                 module: ModuleFile, lang: str, tokenizer: Path
+                 ) -> tuple[Config, dict[str, torch.Tensor]]:
+    """The run's config, weights and tokenizer (written to ``tokenizer``) with the module's
+    pieces appended, refused where a piece could match the run's own languages' text."""
+    vocabulary = vocabulary_characters(read_model(run.tokenizer))
+    covered = [text for text, _ in module.pieces if not set(text) - vocabulary - {SPACE}]
+    if covered:
+        raise LanguageModuleError(
+            f"{module.path}: the pieces {', '.join(covered[:10])} are spelled by {run.run_dir}'s "
+            "vocabulary already: appended, they would change how its languages' text tokenizes")
+    try:
+        extend_tokenizer(run.tokenizer, module.pieces, tokenizer)
+    except ExtensionError as err:
+        raise LanguageModuleError(f"{module.path}: {err}") from None
+    size, vocab = config.model.vocab_size, config.vocab
+    weights = {**weights, EMBEDDINGS: grow_rows(weights[EMBEDDINGS], module.tensors[VOCAB_ROWS]),
+               BIAS: grow_rows(weights[BIAS], module.tensors[VOCAB_BIAS])}
+    grown_vocab = VocabularyConfig(
+        base_size=vocab.base_size or size,
+        base_tokenizer_sha256=vocab.base_tokenizer_sha256 or run.tokenizer_sha256(),
+        added=[*vocab.added, AddedPieces(lang, first_id=size - 1, count=len(module.pieces))])
+    model = dataclasses.replace(config.model, vocab_size=size + len(module.pieces))
+    return dataclasses.replace(config, model=model, vocab=grown_vocab), weights
 
 
 def remove_language(run_dir: str | Path, lang: str, out_dir: str | Path) -> Path:
     """Write a new run at ``out_dir``: ``run_dir``'s latest weights without ``lang``'s modules and
     without ``lang`` in its languages. Languages after it move down one index in the new run (its
-    languages.json says so); names, not indices, key the modules. Return ``out_dir``."""
+    languages.json says so); names, not indices, key the modules. Vocabulary pieces learned for
+    ``lang`` stay, so that no id moves. Return ``out_dir``."""
     check_new_run_dir(out_dir)
     run = open_run(run_dir)
     _require_language(run, lang)
@@ -253,7 +333,7 @@ def _check_same_base(module: ModuleFile, run: RunCheckpoint, identity: str) -> N
 
 def _check_layout(module: ModuleFile, reference: dict[str, torch.Tensor]) -> None:
     """The module's tensors have the names, shapes and dtypes of the run's own modules."""
-    layout = {key: (tuple(t.shape), t.dtype) for key, t in module.tensors.items()}
+    layout = {key: (tuple(t.shape), t.dtype) for key, t in module.module.items()}
     expected = {key: (tuple(t.shape), t.dtype) for key, t in reference.items()}
     if layout != expected:
         wrong = sorted(set(layout.items()) ^ set(expected.items()), key=lambda item: item[0])

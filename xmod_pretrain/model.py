@@ -296,6 +296,9 @@ class TiedDecoder(nn.Module):
 
     weight: nn.Parameter
     bias: nn.Parameter
+    penalty: torch.Tensor | None = None
+    """A loss term of the last training forward that the masked-LM loss adds (none here; a grown
+    vocabulary's decoder has one, ``grown_vocabulary.SplitDecoder``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -313,7 +316,11 @@ class LMHead(nn.Module):
         self.decoder = TiedDecoder()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.layer_norm(F.gelu(self.dense(x))))
+        return self.decoder(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the decoder projects onto the vocabulary: dense, GELU, LayerNorm."""
+        return self.layer_norm(F.gelu(self.dense(x)))
 
 
 class LanguageModel(nn.Module):
@@ -463,6 +470,8 @@ class XmodForMaskedLM(LanguageModel):
         if mlm_targets is not None:
             # fp32 log-softmax over the vocabulary even when the model runs in bf16.
             loss = F.cross_entropy(logits.flatten(0, -2).float(), mlm_targets.flatten())
+            if self.training and self.lm_head.decoder.penalty is not None:
+                loss = loss + self.lm_head.decoder.penalty
         return MaskedLMOutput(loss=loss, logits=logits)
 
 

@@ -298,10 +298,14 @@ class Trainer:
                 f"the data; {stands}.")
 
     def _forward(self, batch: Batch) -> torch.Tensor:
+        return self.output(batch).loss
+
+    def output(self, batch: Batch):
+        """The model's output (loss and logits) on ``batch``, moved to the device."""
         device = self.engine.device  # pinned (prefetched) host tensors copy asynchronously
         inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                   for k, v in batch.model_inputs().items()}
-        return self.engine(**inputs).loss
+        return self.engine(**inputs)
 
     def validate(self) -> dict[str, float]:
         """Token-weighted valid loss per language; rank 0 prints the table."""

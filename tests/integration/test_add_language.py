@@ -113,17 +113,23 @@ def test_init_copy_and_average(source_run, tmp_path):
     cfg.run_dir = str(tmp_path / "x")
     cfg.add_language.source_run, cfg.add_language.languages = str(source_run), ["yo_NG"]
     plan = plan_add_language(cfg)
+    cfg.model = plan.model_cfg
+
+    def grown_with(init: str) -> XmodForMaskedLM:
+        cfg.add_language.init = init
+        return build_grown_model(plan, cfg)
+
     a, b = plan.source.languages[:2]
-    copy = build_grown_model(plan, f"copy:{a}").state_dict()
-    avg = build_grown_model(plan, f"avg:{a}+{b}").state_dict()
+    copy = grown_with(f"copy:{a}").state_dict()
+    avg = grown_with(f"avg:{a}+{b}").state_dict()
     for key in (k for k in copy if language_of_parameter(k) == "yo_NG"):
         assert torch.equal(copy[key], copy[key.replace(".yo_NG.", f".{a}.")])
         mean = (avg[key.replace(".yo_NG.", f".{a}.")] + avg[key.replace(".yo_NG.", f".{b}.")]) / 2
         assert torch.allclose(avg[key], mean)
     with pytest.raises(AddLanguageError, match="has no sw_KE"):
-        build_grown_model(plan, "copy:sw_KE")
+        grown_with("copy:sw_KE")
     with pytest.raises(ValueError, match="add_language.init"):
-        build_grown_model(plan, "copy:xx")
+        grown_with("copy:xx")
 
 
 def test_two_languages_each_on_its_own_text(source_run, tmp_path):

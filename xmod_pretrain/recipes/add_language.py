@@ -23,11 +23,21 @@ from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import AddLanguageConfig, Config, ConfigError, ModelConfig
 from xmod_pretrain.data import Masker
 from xmod_pretrain.distributed import DistInfo
+from xmod_pretrain.grown_vocabulary import split_vocabulary
 from xmod_pretrain.interop import is_hf_folder, open_hf_folder
 from xmod_pretrain.metrics import perplexity
 from xmod_pretrain.model import TIED, XmodForMaskedLM, as_language, language_of_parameter
 from xmod_pretrain.prepared import ensure_prepared
 from xmod_pretrain.recipes.base import Recipe, train_and_valid, valid_sets
+from xmod_pretrain.recipes.vocabulary import (
+    GrownVocabulary,
+    grow_vocabulary,
+    old_language_contexts,
+    report_bits_per_byte,
+    report_old_languages,
+    with_grown_model,
+    with_new_rows,
+)
 from xmod_pretrain.runlock import LOCK_NAME
 from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
 from xmod_pretrain.train import Trainer
@@ -44,6 +54,7 @@ class AddLanguagePlan:
     source: RunCheckpoint
     new_languages: list[str]
     model_cfg: ModelConfig          # the source architecture with the new languages appended
+    grown: GrownVocabulary | None = None  # --extend-vocab: set when the data is prepared
 
 
 def plan_add_language(cfg: Config) -> AddLanguagePlan:
@@ -62,6 +73,10 @@ def plan_add_language(cfg: Config) -> AddLanguagePlan:
         raise AddLanguageError(f"{', '.join(existing)} already in {source.run_dir} (languages: "
                                f"{', '.join(source.languages)}); pass --overwrite to retrain")
     check_init(req.init, source.languages)
+    if req.extend_vocab is not None and existing:
+        raise AddLanguageError(f"--extend-vocab with --overwrite: {existing[0]} is in "
+                               f"{source.run_dir} already; grow the vocabulary when the "
+                               "language is first added")
     grown = source.languages + [lang for lang in new if lang not in source.languages]
     model_cfg = dataclasses.replace(source.config.model, languages=grown)
     return AddLanguagePlan(source=source, new_languages=new, model_cfg=model_cfg)
@@ -136,10 +151,15 @@ def text_source(req: AddLanguageConfig) -> str:
     return f"bundled:{BUNDLED_TEXT.name}" if req.text is None else req.text
 
 
-def build_grown_model(plan: AddLanguagePlan, init: str) -> XmodForMaskedLM:
-    """The source model with new modules (initialised per ``init``); only they are trainable."""
-    model = XmodForMaskedLM(plan.model_cfg)
+def build_grown_model(plan: AddLanguagePlan, cfg: Config) -> XmodForMaskedLM:
+    """The source model with new modules (initialised per ``add_language.init``) and, with a
+    grown vocabulary, new rows (per ``add_language.init_vocab``); only they are trainable."""
+    req, model_cfg = cfg.add_language, cfg.model
+    model = XmodForMaskedLM(model_cfg)
     weights = plan.source.weights()
+    if plan.grown is not None:
+        weights = with_new_rows(weights, plan.grown, plan.source.tokenizer, req.init_vocab,
+                                model_cfg.initializer_range, cfg.train.seed)
     new_keys = {key for key in model.state_dict() if language_of_parameter(key) in plan.new_languages}
     kept = {key: value for key, value in weights.items() if key not in new_keys}
     missing, unexpected = model.load_state_dict(kept, strict=False)
@@ -147,13 +167,18 @@ def build_grown_model(plan: AddLanguagePlan, init: str) -> XmodForMaskedLM:
     if unexpected or set(missing) - expected_missing:
         raise AddLanguageError(f"{plan.source.path} does not fit its own config: missing "
                                f"{sorted(set(missing) - expected_missing)}, unexpected {unexpected}")
-    donors = check_init(init, plan.source.languages)
+    donors = check_init(req.init, plan.source.languages)
     for lang in plan.new_languages:
         if donors:
             _init_from_donors(model, weights, lang, donors)
     for name, param in model.named_parameters():
         param.requires_grad = language_of_parameter(name) in plan.new_languages
-    return model
+    if plan.grown is None:
+        return model
+    old = source_validation(plan)
+    contexts = None if old is None else old_language_contexts(
+        cfg, model, *old, plan.source.config.model.vocab_size)
+    return split_vocabulary(model, plan.grown.count, contexts, req.vocab_penalty)
 
 
 def _init_from_donors(model: XmodForMaskedLM, weights: dict[str, torch.Tensor], lang: str,
@@ -195,23 +220,31 @@ class AddLanguage(Recipe):
     def prepare(self) -> Config:
         cfg, plan = self.cfg, self.plan
         source = text_source(cfg.add_language)
+        tokenizer = plan.source.tokenizer
+        if cfg.add_language.extend_vocab is not None:
+            plan.grown = grow_vocabulary(cfg, plan.source, source, self.info)
+            tokenizer = plan.grown.tokenizer
         self.manifest = ensure_prepared(
-            cfg.data.dir, source, info=self.info, tokenizer=plan.source.tokenizer,
+            cfg.data.dir, source, info=self.info, tokenizer=tokenizer,
             languages=plan.new_languages, valid_fraction=cfg.data.valid_fraction,
             workers=cfg.data.prepare_workers,
             announce=f"preparing {', '.join(plan.new_languages)} from {source} with the "
-                     f"tokenizer of {plan.source.run_dir}")
-        return dataclasses.replace(cfg, model=plan.model_cfg)
+                     f"{'grown ' if plan.grown else ''}tokenizer of {plan.source.run_dir}")
+        cfg = dataclasses.replace(cfg, model=plan.model_cfg)
+        return cfg if plan.grown is None else with_grown_model(cfg, plan.grown)
 
     def build_data(self, cfg: Config):
         sampler, valid = train_and_valid(cfg, self.info, self.manifest)
         source = source_validation(self.plan)
         if source:  # the old languages beside the new: their loss must not move
-            valid.update(valid_sets(cfg, *source, Masker(cfg.data.masking, cfg.model.vocab_size)))
+            # Masked as the source run masks them (its ids), with <mask> where it is now.
+            masker = Masker(cfg.data.masking, self.plan.source.config.model.vocab_size,
+                            mask_id=cfg.model.vocab_size - 1)
+            valid.update(valid_sets(cfg, *source, masker))
         return sampler, valid
 
     def build_model(self, cfg: Config) -> XmodForMaskedLM:
-        return build_grown_model(self.plan, cfg.add_language.init)
+        return build_grown_model(self.plan, cfg)
 
     def after_training(self, trainer: Trainer) -> None:
         """Each new language's valid perplexity through the best existing language's modules:
@@ -228,3 +261,6 @@ class AddLanguage(Recipe):
             trainer.metrics.log(record, f"{lang}: ppl {perplexity(own):.2f} with its own modules, "
                                         f"{perplexity(via[best]):.2f} through {best}'s (the best "
                                         f"of {len(old)} existing)")
+        report_bits_per_byte(trainer, self.tokenizer(trainer.cfg), new)
+        if self.plan.grown is not None:
+            report_old_languages(trainer, self.plan.grown, [l for l in old if l in trainer.valid])

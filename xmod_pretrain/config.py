@@ -240,9 +240,10 @@ class AddLanguageConfig:
     init_vocab: str = "mean"
     """New rows start as ``mean`` (of the old rows the old tokenizer spells each piece with) or
     ``random`` (N(0, model.initializer_range), zero bias)."""
-    vocab_penalty: float = 1.0
+    vocab_penalty: float = 100.0
     """Weight of the training loss term that keeps the new pieces out of the old languages'
-    softmax (the mean rise of their loss on a fixed sample of their text); 0: none."""
+    softmax: each old language's loss rise on a fixed sample of its text beyond 0.05%
+    (``grown_vocabulary.SplitDecoder``); 0: none."""
 
 
 @dataclass

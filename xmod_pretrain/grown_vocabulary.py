@@ -21,6 +21,8 @@ Checkpoints store the merged layout (``merge_added_rows``): ``model.safetensors`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,53 +62,79 @@ class SplitEmbedding(nn.Module):
         return torch.where(is_added.unsqueeze(-1), new, old)
 
 
+@dataclass
+class OldContexts:
+    """Decoder inputs of old-language text at masked positions: what the new pieces must not
+    take probability from."""
+
+    inputs: torch.Tensor     # [M, H]
+    targets: torch.Tensor    # [M] old ids
+    language: torch.Tensor   # [M] index of each one's language among the sampled languages
+
+
 class SplitDecoder(nn.Module):
     """The tied decoder over the split rows: logits of old ids as the source model computes
     them, those of the new pieces spliced in before <mask>.
 
-    The new pieces also enter the softmax of the old languages' text, which raises their loss by
-    ``log(1 + sum(exp(new logits)) / sum(exp(old logits)))`` a target. Every old-language
-    weight is frozen, so the decoder inputs of old-language text never change: a fixed sample of
-    them (``old_contexts``, with the log of their old normaliser) measures that rise exactly, and
-    each training forward adds it to the loss (``penalty``, times ``penalty_weight``). The new
-    rows learn the new language while staying out of the old languages' way.
+    The new pieces also enter the softmax of the old languages' text, which raises the loss of an
+    old target by ``log(1 + sum(exp(new logits)) / sum(exp(old logits)))``. Every old-language
+    weight is frozen, so the decoder inputs of old-language text never change: on a fixed sample
+    of them (``OldContexts``) the rise is exact and cheap to compute. Each training forward adds a
+    hinge on it to the loss (``penalty``): ``penalty_weight`` times the sum over old languages of
+    their mean rise beyond ``allowance`` (a share of their loss). Below it the new rows learn the
+    new language freely; above it the penalty pushes them out of the old languages' way.
     """
 
     penalty: torch.Tensor | None = None
 
     def __init__(self, embedding: SplitEmbedding, bias: nn.Parameter, added_bias: nn.Parameter,
-                 old_contexts: torch.Tensor | None = None, old_normaliser: torch.Tensor | None = None,
-                 penalty_weight: float = 1.0) -> None:
+                 old: OldContexts | None = None, penalty_weight: float = 1.0,
+                 allowance: float = 0.0) -> None:
         super().__init__()
         # Registered here too (as the tied decoder registers its weight), so that ZeRO-3 gathers
         # them for this module's forward.
         self.weight, self.added = embedding.weight, embedding.added
         self.bias, self.added_bias = bias, added_bias
-        # Not in the state_dict: rebuilt from the source run, as the frozen weights are.
-        self.register_buffer("old_contexts", old_contexts, persistent=False)
-        self.register_buffer("old_normaliser", old_normaliser, persistent=False)
         self.penalty_weight = penalty_weight
+        # Buffers, not in the state_dict: rebuilt from the source run, as the frozen weights are.
+        for name in ("old_contexts", "old_normaliser", "old_language", "old_allowance"):
+            self.register_buffer(name, None, persistent=False)
+        if old is not None:
+            with torch.no_grad():
+                logits = F.linear(old.inputs, self.weight, self.bias).float()
+                loss = F.cross_entropy(logits, old.targets, reduction="none")
+            self.old_contexts, self.old_language = old.inputs, old.language
+            self.old_normaliser = torch.logsumexp(logits, dim=-1)
+            self.old_allowance = allowance * _mean_by(loss, old.language)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         old = F.linear(x, self.weight, self.bias)
         new = F.linear(x, self.added, self.added_bias)
         self.penalty = None
         if self.training and self.old_contexts is not None and self.penalty_weight:
-            self.penalty = self.penalty_weight * self.old_loss_rise()
+            excess = F.relu(self.old_loss_rise() - self.old_allowance)
+            self.penalty = self.penalty_weight * excess.sum()
         return torch.cat([old[..., :-1], new, old[..., -1:]], dim=-1)
 
     def old_loss_rise(self) -> torch.Tensor:
-        """Mean rise of the old-context sample's loss (nats a target) from the new pieces."""
+        """Each sampled old language's mean loss rise (nats a target) from the new pieces."""
         new = F.linear(self.old_contexts, self.added, self.added_bias).float()
-        return F.softplus(torch.logsumexp(new, dim=-1) - self.old_normaliser.float()).mean()
+        rise = F.softplus(torch.logsumexp(new, dim=-1) - self.old_normaliser.float())
+        return _mean_by(rise, self.old_language)
 
 
-def split_vocabulary(model: XmodForMaskedLM, count: int, old_contexts: torch.Tensor | None = None,
-                     penalty_weight: float = 1.0) -> XmodForMaskedLM:
+def _mean_by(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` per group id (0 .. max)."""
+    count = int(groups.max()) + 1
+    sums = torch.zeros(count, device=values.device, dtype=values.dtype).index_add(0, groups, values)
+    return sums / torch.bincount(groups, minlength=count).to(values.dtype)
+
+
+def split_vocabulary(model: XmodForMaskedLM, count: int, old: OldContexts | None = None,
+                     penalty_weight: float = 1.0, allowance: float = 0.0) -> XmodForMaskedLM:
     """Split ``model``'s last ``count`` rows before <mask> off into trainable ``added`` rows
-    (and bias entries); the other rows become one frozen tensor. ``old_contexts``: decoder
-    inputs of old-language text, to keep the new pieces out of its softmax. In place; returns
-    ``model``."""
+    (and bias entries); the other rows become one frozen tensor. ``old``: old-language text the
+    new pieces are kept out of (``SplitDecoder``). In place; returns ``model``."""
     embeddings, head = model.roberta.embeddings, model.lm_head
     whole, bias = embeddings.word_embeddings.weight.detach(), head.bias.detach()
     first = whole.size(0) - 1 - count
@@ -115,27 +143,27 @@ def split_vocabulary(model: XmodForMaskedLM, count: int, old_contexts: torch.Ten
     embeddings.word_embeddings = split
     head.bias = nn.Parameter(torch.cat([bias[:first], bias[-1:]]), requires_grad=False)
     head.added_bias = nn.Parameter(bias[first:-1].clone())
-    normaliser = None
-    if old_contexts is not None:
-        with torch.no_grad():
-            normaliser = torch.logsumexp(F.linear(old_contexts, split.weight, head.bias), dim=-1)
-    head.decoder = SplitDecoder(split, head.bias, head.added_bias, old_contexts, normaliser,
-                                penalty_weight)
+    head.decoder = SplitDecoder(split, head.bias, head.added_bias, old, penalty_weight, allowance)
     return model
 
 
 @torch.no_grad()
-def decoder_inputs(model: XmodForMaskedLM, batches: list) -> torch.Tensor:
-    """The decoder inputs [M, H] at the masked positions of ``batches`` (eval mode)."""
+def decoder_inputs(model: XmodForMaskedLM, batches: list) -> OldContexts:
+    """The decoder inputs at the masked positions of ``batches`` (eval mode), by batch order of
+    language."""
     was_training = model.training
     model.eval()
-    rows = []
+    inputs, targets, language = [], [], []
     for batch in batches:
         hidden = model.encode(batch.input_ids, batch.lang)
         hidden = hidden.reshape(-1, hidden.size(-1)).index_select(0, batch.mlm_positions)
-        rows.append(model.lm_head.features(hidden))
+        inputs.append(model.lm_head.features(hidden))
+        targets.append(batch.mlm_targets)
+        language.append(torch.full_like(batch.mlm_targets, batch.lang))
     model.train(was_training)
-    return torch.cat(rows)
+    lang = torch.cat(language)
+    _, dense = torch.unique(lang, return_inverse=True)  # model indices -> 0 .. languages - 1
+    return OldContexts(torch.cat(inputs), torch.cat(targets), dense)
 
 
 def merge_added_rows(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

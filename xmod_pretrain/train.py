@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -299,6 +299,16 @@ class Trainer:
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         return self.output(batch).loss
+
+    @torch.no_grad()
+    def outputs(self, batches: list[Batch]) -> Iterator[tuple[Batch, Any]]:
+        """Each of ``batches`` with the model's output on it (loss and logits), in eval mode."""
+        self.engine.eval()
+        try:
+            for batch in batches:
+                yield batch, self.output(batch)
+        finally:
+            self.engine.train()
 
     def output(self, batch: Batch):
         """The model's output (loss and logits) on ``batch``, moved to the device."""

@@ -30,6 +30,7 @@ from xmod_pretrain.model import TIED, XmodForMaskedLM, as_language, language_of_
 from xmod_pretrain.prepared import ensure_prepared
 from xmod_pretrain.recipes.base import Recipe, train_and_valid, valid_sets
 from xmod_pretrain.recipes.vocabulary import (
+    MAX_RISE,
     GrownVocabulary,
     grow_vocabulary,
     old_language_contexts,
@@ -178,7 +179,8 @@ def build_grown_model(plan: AddLanguagePlan, cfg: Config) -> XmodForMaskedLM:
     old = source_validation(plan)
     contexts = None if old is None else old_language_contexts(
         cfg, model, *old, plan.source.config.model.vocab_size)
-    return split_vocabulary(model, plan.grown.count, contexts, req.vocab_penalty)
+    # The hinge starts at half the promise: the sample is training text, the promise is on valid.
+    return split_vocabulary(model, plan.grown.count, contexts, req.vocab_penalty, MAX_RISE / 2)
 
 
 def _init_from_donors(model: XmodForMaskedLM, weights: dict[str, torch.Tensor], lang: str,

@@ -41,6 +41,7 @@ from xmod_pretrain.distributed import DistInfo, barrier
 from xmod_pretrain.grown_vocabulary import (
     BIAS,
     EMBEDDINGS,
+    OldContexts,
     decoder_inputs,
     grow_rows,
     initial_rows,
@@ -146,7 +147,7 @@ def with_new_rows(weights: dict[str, torch.Tensor], grown: GrownVocabulary, sour
 
 
 def old_language_contexts(cfg: Config, model: XmodForMaskedLM, data_dir: str, languages: list[str],
-                          source_vocab_size: int) -> torch.Tensor:
+                          source_vocab_size: int) -> OldContexts:
     """Decoder inputs at masked positions of the old languages' training text (one micro-batch
     each, at most ``MAX_CONTEXTS`` in all): the sample the new pieces are kept out of."""
     masker = Masker(cfg.data.masking, source_vocab_size, mask_id=cfg.model.vocab_size - 1)
@@ -155,11 +156,12 @@ def old_language_contexts(cfg: Config, model: XmodForMaskedLM, data_dir: str, la
                for batch in validation_batches(
                    shards, index, language_index(cfg.model.languages, lang), masker,
                    cfg.train.micro_batch_size, cfg.data.seq_len, 1, cfg.train.seed)]
-    contexts = decoder_inputs(model, batches)
-    if len(contexts) > MAX_CONTEXTS:
-        keep = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(0))
-        contexts = contexts[keep[:MAX_CONTEXTS]]
-    return contexts
+    old = decoder_inputs(model, batches)
+    if len(old.targets) > MAX_CONTEXTS:
+        keep = torch.randperm(len(old.targets), generator=torch.Generator().manual_seed(0))
+        keep = keep[:MAX_CONTEXTS]
+        old = OldContexts(old.inputs[keep], old.targets[keep], old.language[keep])
+    return old
 
 
 # ---- reports ----------------------------------------------------------------------------------
@@ -170,8 +172,8 @@ def report_old_languages(trainer: Trainer, grown: GrownVocabulary, old: list[str
     for lang in old:
         full = only_old = 0.0
         count = 0
-        for batch in trainer.valid[lang]:
-            logits = trainer.output(batch).logits
+        for batch, output in trainer.outputs(trainer.valid[lang]):
+            logits = output.logits
             targets = batch.mlm_targets.to(logits.device)
             with_new, without = vocabulary_losses(logits, targets, grown.first, grown.count)
             full, only_old, count = full + float(with_new), only_old + float(without), \
@@ -190,8 +192,8 @@ def report_bits_per_byte(trainer: Trainer, tokenizer: Path, languages: list[str]
     sizes = torch.from_numpy(piece_bytes(Tokenizer.from_file(tokenizer)))
     for lang in languages:
         nats, size = 0.0, 0
-        for batch in trainer.valid[lang]:
-            nats += float(trainer.output(batch).loss) * batch.mlm_targets.numel()
+        for batch, output in trainer.outputs(trainer.valid[lang]):
+            nats += float(output.loss) * batch.mlm_targets.numel()
             size += int(sizes[batch.mlm_targets].sum())
         value = nats / math.log(2) / max(1, size)
         trainer.metrics.log({"step": trainer.step, "split": "bits_per_byte", "language": lang,

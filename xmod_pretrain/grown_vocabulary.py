@@ -82,7 +82,8 @@ class SplitDecoder(nn.Module):
     of them (``OldContexts``) the rise is exact and cheap to compute. Each training forward adds a
     hinge on it to the loss (``penalty``): ``penalty_weight`` times the sum over old languages of
     their mean rise beyond ``allowance`` (a share of their loss). Below it the new rows learn the
-    new language freely; above it the penalty pushes them out of the old languages' way.
+    new language freely; above it the penalty pushes them out of the old languages' way. They
+    start below it: ``start_within_allowance`` lowers their bias entries as far as needed.
     """
 
     penalty: torch.Tensor | None = None
@@ -116,11 +117,31 @@ class SplitDecoder(nn.Module):
             self.penalty = self.penalty_weight * excess.sum()
         return torch.cat([old[..., :-1], new, old[..., -1:]], dim=-1)
 
-    def old_loss_rise(self) -> torch.Tensor:
-        """Each sampled old language's mean loss rise (nats a target) from the new pieces."""
+    def old_loss_rise(self, shift: float = 0.0) -> torch.Tensor:
+        """Each sampled old language's mean loss rise (nats a target) from the new pieces, with
+        their bias entries lowered by ``shift``."""
         new = F.linear(self.old_contexts, self.added, self.added_bias).float()
-        rise = F.softplus(torch.logsumexp(new, dim=-1) - self.old_normaliser.float())
-        return _mean_by(rise, self.old_language)
+        excess = torch.logsumexp(new, dim=-1) - shift - self.old_normaliser.float()
+        return _mean_by(F.softplus(excess), self.old_language)
+
+    @torch.no_grad()
+    def start_within_allowance(self) -> float:
+        """Lower the new bias entries, all by one amount, until every old language's rise is
+        within its allowance; return the amount. The new rows then start where the penalty is
+        zero, whatever their initialisation made of them."""
+        def within(shift: float) -> bool:
+            return bool((self.old_loss_rise(shift) <= self.old_allowance).all())
+
+        if within(0.0):
+            return 0.0
+        low, high = 0.0, 1.0
+        while not within(high) and high < 1e4:  # exp underflows long before
+            low, high = high, 2 * high
+        for _ in range(30):  # the rise falls with the shift: bisect to 1e-9 of high
+            middle = (low + high) / 2
+            low, high = (low, middle) if within(middle) else (middle, high)
+        self.added_bias.sub_(high)
+        return high
 
 
 def _mean_by(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -144,6 +165,8 @@ def split_vocabulary(model: XmodForMaskedLM, count: int, old: OldContexts | None
     head.bias = nn.Parameter(torch.cat([bias[:first], bias[-1:]]), requires_grad=False)
     head.added_bias = nn.Parameter(bias[first:-1].clone())
     head.decoder = SplitDecoder(split, head.bias, head.added_bias, old, penalty_weight, allowance)
+    if old is not None:
+        head.decoder.start_within_allowance()
     return model
 
 

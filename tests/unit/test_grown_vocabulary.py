@@ -29,7 +29,8 @@ CFG = ModelConfig(vocab_size=OLD, hidden_size=32, num_hidden_layers=2, num_atten
                   attention_probs_dropout_prob=0.0)
 
 
-def grown_pair(old: OldContexts | None = None) -> tuple[XmodForMaskedLM, XmodForMaskedLM]:
+def grown_pair(old: OldContexts | None = None,
+               allowance: float = 0.0) -> tuple[XmodForMaskedLM, XmodForMaskedLM]:
     """A source model and the same model grown by NEW rows, split, old weights frozen."""
     torch.manual_seed(0)
     source = XmodForMaskedLM(CFG).eval()
@@ -40,7 +41,7 @@ def grown_pair(old: OldContexts | None = None) -> tuple[XmodForMaskedLM, XmodFor
     grown.load_state_dict(weights, strict=False)
     for name, param in grown.named_parameters():
         param.requires_grad = ".yo_NG." in name
-    return source, split_vocabulary(grown, NEW, old).eval()
+    return source, split_vocabulary(grown, NEW, old, allowance=allowance).eval()
 
 
 def to_grown_ids(ids: torch.Tensor) -> torch.Tensor:
@@ -95,15 +96,19 @@ def test_adamw_with_weight_decay_moves_new_rows_only():
     assert torch.equal(grown.roberta.embeddings.word_embeddings.weight, before[EMBEDDINGS])
 
 
-def test_penalty_is_the_old_texts_loss_rise():
+def test_new_rows_start_within_the_allowance_and_the_penalty_is_the_excess():
     torch.manual_seed(1)
-    inputs, targets = torch.randn(40, 32), torch.randint(4, OLD - 1, (40,))
+    inputs, targets = torch.randn(40, 32) * 3, torch.randint(4, OLD - 1, (40,))
     language = torch.arange(40) % 2
-    _, grown = grown_pair(OldContexts(inputs, targets, language))
+    _, grown = grown_pair(OldContexts(inputs, targets, language), allowance=1e-3)
     decoder = grown.lm_head.decoder
+    assert (decoder.old_loss_rise() <= decoder.old_allowance).all()
+    assert (decoder.old_loss_rise(-0.01) > decoder.old_allowance).any()  # lowered no further
+    with torch.no_grad():
+        decoder.added_bias.add_(4.0)  # as training could: now the penalty bites
     logits = decoder(inputs)
     rises = decoder.old_loss_rise().detach()
-    for lang in (0, 1):  # each language's mean rise, as the report measures it
+    for lang in (0, 1):  # each language's mean rise, exactly as the report measures it
         full, old = vocabulary_losses(logits[language == lang], targets[language == lang],
                                       OLD - 1, NEW)
         assert float(rises[lang]) == pytest.approx(float(full - old) / 20, rel=1e-5)
@@ -111,9 +116,9 @@ def test_penalty_is_the_old_texts_loss_rise():
     ids = torch.randint(0, OLD, (2, 8))
     plain = F.cross_entropy(grown(ids, 1).logits.flatten(0, 1), ids.flatten())
     with_penalty = grown(ids, 1, mlm_targets=ids).loss
-    assert float(with_penalty - plain) == pytest.approx(float(rises.sum()), abs=1e-4)
-    assert decoder.penalty is not None and grown.eval()(ids, 1).logits is not None
-    assert decoder.penalty is None  # evaluation adds nothing
+    excess = float(F.relu(rises - decoder.old_allowance).sum())
+    assert excess > 0 and float(with_penalty - plain) == pytest.approx(excess, rel=1e-4)
+    assert grown.eval()(ids, 1).logits is not None and decoder.penalty is None  # eval adds none
 
 
 def test_initial_rows_mean_of_the_old_spelling_or_random():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tokenizers
 import torch
 import transformers
 
@@ -97,6 +98,11 @@ def test_grown_run_keeps_the_old_languages(source_run, grown):
     assert set(rises) == set(source.languages)
     assert all(0 <= rise <= MAX_RISE for rise in rises.values()), rises
     assert records(run, "bits_per_byte")[0]["language"] == "ti_ET"
+    # The run holds the grown tokenizer in both formats, giving the same ids.
+    text = udhr_lines("ti_ET", 20) + udhr_lines("en_XX", 5)
+    fast = tokenizers.Tokenizer.from_file(str(run / "vocabulary" / "tokenizer.json"))
+    grown_tokenizer = Tokenizer.from_file(run / "vocabulary" / "sentencepiece.bpe.model")
+    assert [e.ids[1:-1] for e in fast.encode_batch(text)] == grown_tokenizer.encode_batch(text)
 
 
 @pytest.mark.parametrize("stage,nproc", [(0, 1), (1, 2), (2, 2), (3, 2)])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 
 from data_prep.shards import valid_lines
 from data_prep.sources import open_source
-from xmod_core.atomic import write_text
+from xmod_core.atomic import atomic_path, write_text
 from xmod_core.languages import language_index
 from xmod_core.shards import TOKENIZER_FILE, is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
@@ -47,11 +48,12 @@ from xmod_pretrain.grown_vocabulary import (
     initial_rows,
     vocabulary_losses,
 )
+from xmod_pretrain.interop.tokenizer import TOKENIZER_JSON, build_tokenizer
 from xmod_pretrain.model import XmodForMaskedLM
 from xmod_pretrain.runs import RunCheckpoint
 from xmod_pretrain.train import Trainer
 
-VOCAB_DIR = "vocabulary"      # in the new run: the grown tokenizer and what was learned
+VOCAB_DIR = "vocabulary"      # in the new run: the grown tokenizer (SentencePiece, tokenizer.json)
 LEARNED_FILE = "learned.json"  # the pieces, the characters left out, tokens per character
 MAX_RISE = 1e-3                # the old languages' loss through the grown softmax: at most +0.1%
 MAX_CONTEXTS = 8192            # old-language decoder inputs the new pieces are kept out of
@@ -97,7 +99,11 @@ def _learn(cfg: Config, source: RunCheckpoint, text: str, lang: str, out: Path) 
     requested = cfg.add_language.extend_vocab
     learned = learn_pieces(train, lang, read_model(source.tokenizer), requested, protected,
                            seed=cfg.train.seed)
-    grown = extend_tokenizer(source.tokenizer, learned.pieces, out)
+    # The SentencePiece model goes in place last: a run that has it has learned its pieces.
+    scratch = out.with_name(f".{out.name}.partial")
+    grown = extend_tokenizer(source.tokenizer, learned.pieces, scratch)
+    with atomic_path(out.parent / TOKENIZER_JSON) as tmp:
+        build_tokenizer(scratch).save(str(tmp))
     old = Tokenizer.from_file(source.tokenizer)
     before, after = tokens_per_character(old, lines), tokens_per_character(grown, lines)
     report = {"language": lang, "requested": requested, "learned": len(learned.pieces),
@@ -105,6 +111,7 @@ def _learn(cfg: Config, source: RunCheckpoint, text: str, lang: str, out: Path) 
               "left_out": learned.left_out, "guarded_by": guarded_by,
               "tokens_per_character": {"before": before, "after": after}}
     write_text(out.parent / LEARNED_FILE, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    os.replace(scratch, out)
     short = "" if len(learned.pieces) == requested else \
         f" (learned {len(learned.pieces)} of {requested}: the text supports no more)"
     left = ", ".join(f"{c} ({why})" for c, why in learned.left_out.items())

@@ -330,12 +330,12 @@ def test_prepare_help_shows_the_defaults_and_the_console_command():
 # --- the bundled corpus -----------------------------------------------------------------------
 
 
-def test_bundle_holds_19_languages_and_yoruba():
+def test_bundle_holds_19_languages_yoruba_and_tigrinya():
     ig = {p.name.removesuffix(".txt.xz") for p in (CORPUS / "debian_ig").glob("*.txt.xz")}
     udhr = {p.name.removesuffix(".txt.xz") for p in (CORPUS / "udhr").glob("*.txt.xz")}
     assert ig == set(IG_LANGUAGES.values()) and len(ig) == 19
     assert ig <= set(XMOD_BASE_LANGUAGES)
-    assert udhr == ig | {"yo_NG"} == set(UDHR_FILES)
+    assert udhr == ig | {"yo_NG", "ti_ET"} == set(UDHR_FILES)
     assert all(LANGUAGE_CODE.match(code) for code in udhr)
     sizes = {p: p.stat().st_size for p in CORPUS.rglob("*") if p.is_file()}
     assert 1_000_000 < sum(sizes.values()) < 4_000_000  # a few MB in the repository

@@ -2,9 +2,11 @@
 
 A change that moves them (a refactor that reorders initialisation, masking, sampling or the
 optimizer step) fails here unless the file is regenerated on purpose, and the commit that
-regenerates it says why. Three runs, each the real CLI on real text: the demo model on the
-bundled corpus, an add-language run grown from it, and the demo model on 2 ranks under ZeRO-2
-with per-rank languages.
+regenerates it says why. Three runs, each the real CLI on real text: the demo recipe (its
+optimizer, schedule and masking) with the tests' tiny model on the tiny corpus cut from the
+bundled one, the same on 2 ranks under ZeRO-2 with per-rank languages, and an add-language run
+grown from the first. The tiny model runs every code path the demo model does, in a fifth of
+the time.
 
 Regenerate (and commit the diff with the reason): ``XMOD_WRITE_GOLDEN=1 python -m pytest
 tests/integration/test_golden_losses.py``.
@@ -21,15 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import read_metrics, run_training
+from tests.integration.launch import TINY_MODEL, read_metrics, run_training
 
 pytestmark = pytest.mark.integration
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "losses.json"
 STEPS = 20
-# The demo model as `+exp=demo` defines it; one thread, so reductions keep one order.
-DEMO = ["train.log_every=1", "train.eval_every=0", "train.save_every=0", "train.eval_batches=1",
-        "train.threads=1", "optim.warmup_steps=5"]
+# One thread, so reductions keep one order.
+DEMO = [*TINY_MODEL, "train.log_every=1", "train.eval_every=0", "train.save_every=0",
+        "train.eval_batches=1", "train.threads=1", "optim.warmup_steps=5"]
 WRITE = os.environ.get("XMOD_WRITE_GOLDEN") == "1"
 
 
@@ -39,17 +41,15 @@ def losses(run: Path) -> list[float]:
 
 
 def demo(run: Path, data: Path, *overrides: str, nproc: int = 1) -> list[float]:
-    run_training(run, data, f"train.max_steps={STEPS}", *DEMO, *overrides, nproc=nproc,
-                 model=[], source="bundled", timeout=600)
+    run_training(run, data, f"train.max_steps={STEPS}", *DEMO, *overrides, nproc=nproc, model=[])
     return losses(run)
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory) -> dict[str, list[float]]:
+def measured(tiny_data, tmp_path_factory) -> dict[str, list[float]]:
     root = tmp_path_factory.mktemp("golden")
-    data = root / "data"
-    runs = {"demo": demo(root / "demo", data)}
-    runs["zero2_two_ranks"] = demo(root / "zero2", data, "deepspeed=zero2", nproc=2)
+    runs = {"demo": demo(root / "demo", tiny_data)}
+    runs["zero2_two_ranks"] = demo(root / "zero2", tiny_data, "deepspeed=zero2", nproc=2)
     grown = root / "grown"
     from tests.integration.test_add_language import add_language
 

@@ -200,6 +200,10 @@ class TrainConfig:
     """fp32 matmuls and convolutions on CUDA run on tensor cores in tf32 (10-bit mantissa
     inputs, fp32 accumulation), as torchtitan and transformers' Trainer allow; no effect in bf16
     or on a CPU."""
+    peak_tflops: Optional[float] = None
+    """The peak of one rank MFU divides by, in TFLOP/s: for an accelerator the datasheet table
+    lacks, or to compare runs against one fixed figure. None: the table's dense figure for a
+    known accelerator, else a matmul measured at start (one second)."""
 
 
 @dataclass
@@ -401,6 +405,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.save_every", _at_least(0), ">= 0 (0: at the end only)"),
     ("train.keep_checkpoints", _at_least(0), ">= 0 (0 keeps all)"),
     ("train.threads", _at_least(0), ">= 0 (0: cores / local processes)"),
+    ("train.peak_tflops", lambda v: v is None or v > 0, "null (datasheet or measured) or > 0"),
     ("logging.loss_spike_factor", lambda v: v == 0 or v > 1, "0 (off) or > 1"),
     ("logging.spike_window", _positive, ">= 1"),
     ("add_language.extend_vocab", lambda v: v is None or v >= 1,

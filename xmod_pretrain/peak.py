@@ -75,9 +75,14 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     return best
 
 
-def find_peak(device: torch.device, dtype: torch.dtype, world_size: int, tf32: bool) -> Peak:
-    """The datasheet peak of a known accelerator, else a measurement on this process's device,
-    times ``world_size`` (every rank runs the same device)."""
+def find_peak(device: torch.device, dtype: torch.dtype, world_size: int, tf32: bool,
+              given_tflops: float | None = None) -> Peak:
+    """``given_tflops`` (one rank's, from the config) if set, else the datasheet peak of a known
+    accelerator, else a measurement on this process's device; times ``world_size`` (every rank
+    runs the same device)."""
+    if given_tflops is not None:
+        return Peak(given_tflops * TERA * world_size,
+                    f"train.peak_tflops={given_tflops:g} x {world_size} rank(s)", measured=False)
     if device.type == "cuda":
         known = vendor_peak(torch.cuda.get_device_name(device), dtype, tf32)
         if known is not None:

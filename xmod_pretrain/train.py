@@ -354,9 +354,10 @@ class Trainer:
         self.own_grad_norm, self.grad_norm = not reports_gradient_norm(self.engine), None
         self.spikes = SpikeWatch(self.cfg.logging.loss_spike_factor, self.cfg.logging.spike_window)
         dtype = torch.bfloat16 if self.cfg.train.precision == Precision.bf16 else torch.float32
-        if device.type != "cuda":
+        given = self.cfg.train.peak_tflops
+        if device.type != "cuda" and given is None:
             self._print("measuring the matmul peak for MFU")
-        peak = find_peak(device, dtype, self.info.world_size, self.cfg.train.tf32)
+        peak = find_peak(device, dtype, self.info.world_size, self.cfg.train.tf32, given)
         self.peak = PeakMeter(peak, device, dtype, self.info.world_size)
         self._print(f"MFU peak: {peak.flops / 1e12:.3g} TFLOP/s ({peak.source})")
 

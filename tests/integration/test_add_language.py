@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.launch import read_metrics, run_training, tree_hash
+from tests.integration.launch import TINY_PEAK_TFLOPS, read_metrics, run_training, tree_hash
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.recipes.add_language import (
     BUNDLED_TEXT,
@@ -24,7 +24,7 @@ from xmod_pretrain.runs import load_config, open_run
 pytestmark = pytest.mark.integration
 
 TRAIN = ["data.seq_len=64", "train.micro_batch_size=8", "train.eval_batches=2",
-         "train.log_every=5", "train.eval_every=0"]
+         "train.log_every=5", "train.eval_every=0", f"train.peak_tflops={TINY_PEAK_TFLOPS}"]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.integration.launch import read_metrics, run_training
+from tests.integration.launch import TINY_PEAK_TFLOPS, read_metrics, run_training
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +21,13 @@ def test_single_process_trains_and_checkpoints(tiny_data, tmp_path):
     run = tmp_path / "run"
     proc = run_training(run, tiny_data, "train.max_steps=40", "train.log_every=5",
                         "train.eval_every=20", "train.save_every=20", "deepspeed=zero2",
-                        "logging.tensorboard=true")
+                        "logging.tensorboard=true", "train.peak_tflops=null")
     train, valid = read_metrics(run)
     assert [r["step"] for r in train] == [1, *range(5, 41, 5)]  # a first line at step 1
     assert {"loss", "grad_norm", "lr", "tokens_per_s", "updates_per_s", "mfu", "wall_s",
             "time", "elapsed_s", "lang_loss"} <= set(train[0])
     assert all(r["grad_norm"] > 0 for r in train)
+    assert train[0]["peak_source"].startswith("measured: float32")
     assert [r["elapsed_s"] for r in train] == sorted(r["elapsed_s"] for r in train)
     # Start-up says what it is doing before the first step.
     for line in ("building the model", "starting DeepSpeed: ZeRO-2", "measuring the matmul peak"):
@@ -90,6 +91,14 @@ def test_two_processes_zero2(tiny_data, tmp_path):
     shards = list((run / "checkpoints" / "step_00000030").glob("*optim_states.pt"))
     assert len(shards) == 2, shards
     assert proc.stdout.count("valid @ step 30") == 1  # rank 0 alone reports
+    # A given MFU peak is per rank, taken as it is (nothing measured), and never raised.
+    assert "measuring the matmul peak" not in proc.stdout
+    peak = TINY_PEAK_TFLOPS * 1e12 * 2
+    flops_per_token = train[0]["mfu"] * peak / train[0]["tokens_per_s"]
+    for r in train:
+        assert r["peak_flops"] == peak
+        assert r["peak_source"] == f"train.peak_tflops={TINY_PEAK_TFLOPS:g} x 2 rank(s)"
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops_per_token / peak)
 
 
 def test_refuses_bad_config_naming_the_key(tiny_data, tmp_path):

@@ -89,6 +89,7 @@ def test_deepspeed_config_follows_train_config():
     ("train.grad_accum_steps=0", "train.grad_accum_steps=0"),
     ("train.log_every=0", "train.log_every=0"),
     ("train.keep_checkpoints=-1", "train.keep_checkpoints=-1"),
+    ("train.peak_tflops=0", "train.peak_tflops=0.0 is not allowed: null (datasheet or measured)"),
     ("data.alpha=-1", "data.alpha=-1.0 is not allowed: >= 0"),
     ("data.seq_len=513", "data.seq_len=513 is not allowed: model.max_position_embeddings=514"),
     ("data.seq_len=2", "data.seq_len=2"),

@@ -39,6 +39,14 @@ def test_the_cpu_peak_is_measured_and_says_so():
     assert "x 2 rank(s)" in peak.source and peak.flops > 1e8
 
 
+def test_a_given_peak_is_per_rank_measures_nothing_and_is_never_raised():
+    peak = find_peak(CPU, torch.float32, world_size=4, tf32=True, given_tflops=2.5)
+    assert (peak.flops, peak.source, peak.measured) == (10e12, "train.peak_tflops=2.5 x 4 rank(s)",
+                                                       False)
+    meter = PeakMeter(peak, CPU, torch.float32, world_size=4)
+    assert meter.mfu(20e12) == (pytest.approx(2.0), None) and meter.peak.flops == 10e12
+
+
 def test_a_run_faster_than_its_measured_peak_raises_the_peak_not_mfu_above_one():
     low = Peak(1e6, "measured: a busy moment", measured=True)  # far below any real CPU
     meter = PeakMeter(low, CPU, torch.float32, world_size=1)

@@ -25,9 +25,9 @@ def run(quick: bool) -> dict:
     cpu = torch.device("cpu")
     # The peak before and after the steps, the higher kept: a moment of contention from another
     # process during one measurement must not raise MFU.
-    peaks = [measure_matmul_peak(cpu)]
+    peaks = [measure_matmul_peak(cpu)[0]]
     pair = measure_pair(size, warmup, timed, QUICK_BACKEND if quick else "inductor")
-    peaks.append(measure_matmul_peak(cpu))
+    peaks.append(measure_matmul_peak(cpu)[0])
     peak = max(peaks)
     flops = model_flops_per_token(size.model_config(), size.seq, pair["masked_fraction"])
     mfu = {name: pair[name]["per_s"] * flops / peak for name in RUNS}

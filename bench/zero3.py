@@ -5,7 +5,8 @@ Under ZeRO-3 every rank must run the same language's modules in a micro-step (De
 each module's weights with all ranks together), so the ZeRO-3 path is ``data.language_per=step``.
 Three real ``torchrun`` trainings of the demo model on the bundled corpus, same global batch,
 compared by training tokens/s (from each run's metrics.jsonl, the first log window, which
-holds start-up, left out):
+holds start-up, left out). ``--quick`` trains a tiny model on a 0.3 MB cut of the corpus
+(its tokenizer 2000 pieces), prepared once before the runs:
 
 - ZeRO-2, per-rank languages (the default)
 - ZeRO-2, per-step languages (what sharing the language alone costs)
@@ -14,6 +15,8 @@ holds start-up, left out):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -23,6 +26,9 @@ import tempfile
 from pathlib import Path
 
 from bench.common import REPO, machine
+from bench.data_prep import cut, write_corpus
+from data_prep.prepare import prepare
+from data_prep.sources import open_source
 
 LAYOUTS = {
     "zero2_per_rank": ["deepspeed=zero2", "data.language_per=rank"],
@@ -31,6 +37,18 @@ LAYOUTS = {
 }
 QUICK_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
                "model.intermediate_size=64", "data.seq_len=32", "train.micro_batch_size=2"]
+QUICK_CORPUS_BYTES, QUICK_VOCAB = 0.3e6, 2000
+
+
+def quick_data(root: Path) -> Path:
+    """Shards of a cut of the bundled corpus: preparing all of it would take longer than the
+    three quick runs together."""
+    texts = cut({lang: list(src.lines()) for lang, src in open_source("bundled").items()},
+                QUICK_CORPUS_BYTES)
+    write_corpus(root / "corpus", texts, QUICK_CORPUS_BYTES)
+    with contextlib.redirect_stderr(io.StringIO()):  # its per-language progress bars
+        prepare(str(root / "corpus"), root / "data", vocab_size=QUICK_VOCAB, workers=1)
+    return root / "data"
 
 
 def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> float:
@@ -38,7 +56,8 @@ def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> floa
     steps, every = (6, 2) if quick else (60, 10)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "xmod_pretrain", "+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}",
-           "data.source=bundled",  # prepared on first use, by the first of the runs
+           # the full size prepares the bundled corpus on first use, in the first of the runs
+           f"data.source={'null' if quick else 'bundled'}",
            f"train.max_steps={steps}", f"train.log_every={every}", "train.eval_every=0",
            "train.eval_batches=1", "train.save_every=0", "logging.wandb=false", *layout,
            *(QUICK_MODEL if quick else [])]
@@ -51,7 +70,7 @@ def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> floa
 
 def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-zero3-") as tmp:
-        data_dir = Path(tmp) / "data"  # prepared from the bundled corpus by the first run
+        data_dir = quick_data(Path(tmp)) if quick else Path(tmp) / "data"
         rates = {name: train(Path(tmp) / name, data_dir, layout, quick)
                  for name, layout in LAYOUTS.items()}
     base = rates["zero2_per_rank"]

@@ -55,24 +55,39 @@ def vendor_peak(device_name: str, dtype: torch.dtype, tf32: bool) -> tuple[float
     return None
 
 
+MIN_MATMUL_SIZE = 128
+
+
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
-                        size: int = 1024, trials: int = 10, seconds: float = 0.1) -> float:
-    """Achievable matmul FLOP/s of this process on ``device`` (2 cores give about 200 GFLOP/s
-    in fp32). The best of ``trials`` short trials, so a moment of contention from another
-    process does not lower it; a longer contention does, which ``PeakMeter`` corrects later."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up
+                        size: int = 1024, trials: int = 10,
+                        seconds: float = 0.1) -> tuple[float, int]:
+    """(achievable matmul FLOP/s of this process on ``device``, the matrix size used); 2 cores
+    give about 200 GFLOP/s in fp32. The best of ``trials`` short trials, so a moment of
+    contention from another process does not lower it; a longer contention does, which
+    ``PeakMeter`` corrects later. The size halves (not below 128) while one matmul takes longer
+    than a whole trial: a dtype without native support (bf16 on most CPUs) runs a
+    1024-matmul for seconds, and ten trials would hold the start of a run for half a minute."""
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        a @ b  # warm-up: one-time costs (thread pool, allocation) are not timed
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if time.perf_counter() - start <= seconds or size // 2 < MIN_MATMUL_SIZE:
+            break
+        size //= 2
     best = 0.0
     for _ in range(trials):
         done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        while done == 0 or time.perf_counter() - start < seconds:  # one matmul at least
             a @ b
             done += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = max(best, 2 * size**3 * done / (time.perf_counter() - start))
-    return best
+    return best, size
 
 
 def find_peak(device: torch.device, dtype: torch.dtype, world_size: int, tf32: bool,
@@ -88,9 +103,9 @@ def find_peak(device: torch.device, dtype: torch.dtype, world_size: int, tf32: b
         if known is not None:
             flops, source = known
             return Peak(flops * world_size, f"{source} x {world_size} rank(s)", measured=False)
-    flops = measure_matmul_peak(device, dtype)
+    flops, size = measure_matmul_peak(device, dtype)
     kind = str(dtype).removeprefix("torch.")
-    return Peak(flops * world_size, f"measured: {kind} 1024x1024 matmul on {device.type}, best "
+    return Peak(flops * world_size, f"measured: {kind} {size}x{size} matmul on {device.type}, best "
                 f"of 10 x 0.1 s, x {world_size} rank(s)", measured=True)
 
 
@@ -107,7 +122,7 @@ class PeakMeter:
         if not self.peak.measured or flops_per_s <= self.peak.flops:
             return flops_per_s / self.peak.flops, None
         old = self.peak.flops
-        remeasured = measure_matmul_peak(self.device, self.dtype) * self.world_size
+        remeasured = measure_matmul_peak(self.device, self.dtype)[0] * self.world_size
         self.peak.flops = max(remeasured, flops_per_s)
         self.peak.source += "; raised during the run"
         return flops_per_s / self.peak.flops, (

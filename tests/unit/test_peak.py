@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xmod_pretrain.peak import Peak, PeakMeter, find_peak, vendor_peak
+from xmod_pretrain.peak import (
+    MIN_MATMUL_SIZE,
+    Peak,
+    PeakMeter,
+    find_peak,
+    measure_matmul_peak,
+    vendor_peak,
+)
 
 CPU = torch.device("cpu")
 
@@ -37,6 +44,13 @@ def test_the_cpu_peak_is_measured_and_says_so():
     peak = find_peak(CPU, torch.float32, world_size=2, tf32=True)
     assert peak.measured and peak.source.startswith("measured: float32 1024x1024 matmul")
     assert "x 2 rank(s)" in peak.source and peak.flops > 1e8
+
+
+def test_a_matmul_slower_than_a_trial_is_measured_at_a_smaller_size():
+    """A dtype this device runs slowly (bf16 on most CPUs) would hold every trial for seconds; a
+    trial shorter than any matmul stands in for it, halving the size down to the floor."""
+    flops, size = measure_matmul_peak(CPU, torch.float32, size=512, trials=2, seconds=1e-9)
+    assert size == MIN_MATMUL_SIZE and flops > 0
 
 
 def test_a_given_peak_is_per_rank_measures_nothing_and_is_never_raised():

@@ -48,8 +48,7 @@ def run(quick: bool) -> dict:
     corpus_bytes, vocab = (0.5 * MB, 2000) if quick else (200 * MB, 8000)
     with tempfile.TemporaryDirectory(prefix="bench-data-prep-") as tmp:
         root = Path(tmp)
-        texts = cut({lang: list(src.lines()) for lang, src in open_source("bundled").items()},
-                    corpus_bytes)
+        texts = bundled_cut(corpus_bytes)
         size = write_corpus(root / "corpus", texts, corpus_bytes)
         model_path = root / TOKENIZER_FILE
         lines = (line for lang_lines in texts.values() for line in lang_lines)
@@ -69,6 +68,11 @@ def run(quick: bool) -> dict:
                                                        GOAL_VS_SENTENCEPIECE) for w in WORKERS},
             "target_scaling": target(scaling, GOAL_SCALING),
             "sampler": sampler, "target_sampler": target(sampler["ratio"], GOAL_SAMPLER)}
+
+
+def bundled_cut(total: float) -> dict[str, list[str]]:
+    """The bundled corpus cut to about ``total`` bytes (``cut``)."""
+    return cut({lang: list(src.lines()) for lang, src in open_source("bundled").items()}, total)
 
 
 def cut(texts: dict[str, list[str]], total: float) -> dict[str, list[str]]:

@@ -71,10 +71,10 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
         a @ b  # warm-up: one-time costs (thread pool, allocation) are not timed
+        _synchronize(device)
         start = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(device)
         if time.perf_counter() - start <= seconds or size // 2 < MIN_MATMUL_SIZE:
             break
         size //= 2
@@ -84,10 +84,15 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
         while done == 0 or time.perf_counter() - start < seconds:  # one matmul at least
             a @ b
             done += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(device)
         best = max(best, 2 * size**3 * done / (time.perf_counter() - start))
     return best, size
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the kernels queued on ``device``: CUDA runs them asynchronously."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def find_peak(device: torch.device, dtype: torch.dtype, world_size: int, tf32: bool,

@@ -3,6 +3,8 @@ no MFU above 100%."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -42,7 +44,8 @@ def test_an_unknown_device_has_no_datasheet_peak():
 
 def test_the_cpu_peak_is_measured_and_says_so():
     peak = find_peak(CPU, torch.float32, world_size=2, tf32=True)
-    assert peak.measured and peak.source.startswith("measured: float32 1024x1024 matmul")
+    # 1024 unless one matmul outlasted a trial (a very busy machine): then a smaller size
+    assert peak.measured and re.match(r"measured: float32 (\d+)x\1 matmul on cpu", peak.source)
     assert "x 2 rank(s)" in peak.source and peak.flops > 1e8
 
 

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +23,7 @@ from omegaconf import DictConfig
 
 from xmod_core.errors import Aborted, UserError, error_line
 from xmod_core.languages import check_language_code
+from xmod_core.outputs import check_not_inside_run
 from xmod_pretrain.config import CONF_DIR, quoted, register_configs, to_config
 
 # Commands that read a run and write a module file or a derived run (language_modules.py).
@@ -86,7 +89,8 @@ def add_language_overrides(argv: list[str]) -> list[str]:
                         help="language to add, xx_YY (repeat for several)")
     parser.add_argument("--from", dest="source",
                         help="run to grow (read only; default: the demo's, runs/demo)")
-    parser.add_argument("--out", help="new run directory (default: SOURCE+LANG...)")
+    parser.add_argument("--out", help="new run directory (default: SOURCE+LANG..., and "
+                                      "+vocabN with --extend-vocab N)")
     parser.add_argument("--text", help="raw text: a file (one language), a folder of <xx_YY>.txt, "
                                        "or a JSON manifest (default: the bundled UDHR)")
     parser.add_argument("--init", default="random", help="random | copy:LANG | avg:LANG1+LANG2")
@@ -106,7 +110,9 @@ def add_language_overrides(argv: list[str]) -> list[str]:
         from xmod_pretrain.runs import default_source_run
 
         args.source = default_source_run()
-    out = args.out or f"{str(args.source).rstrip('/')}+{'+'.join(args.lang)}"
+    check_source_exists(args.source)
+    out = args.out or default_added_run(args.source, args.lang, args.extend_vocab, args.init_vocab)
+    check_not_inside_run(out, "--out")
     overrides = ["+exp=add_language", f"run_dir={quoted(out)}",
                  f"add_language.source_run={quoted(args.source)}",
                  f"add_language.languages=[{','.join(args.lang)}]", f"add_language.init={args.init}"]
@@ -125,6 +131,27 @@ def add_language_overrides(argv: list[str]) -> list[str]:
     if args.init_vocab is not None:
         overrides.append(f"add_language.init_vocab={args.init_vocab}")
     return overrides + hydra_overrides
+
+
+def check_source_exists(source: str) -> None:
+    """``--from`` names a folder; else one line, with the closest sibling names."""
+    path = Path(source)
+    if path.is_dir():
+        return
+    siblings = [p.name for p in path.parent.iterdir() if p.is_dir()] if path.parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=2)
+    hint = f" (did you mean {' or '.join(str(path.parent / name) for name in close)}?)" if close else ""
+    raise UserError(f"--from {source} does not exist{hint}")
+
+
+def default_added_run(source: str, languages: list[str], extend_vocab: int | None,
+                      init_vocab: str | None) -> str:
+    """``SOURCE+LANG...``, and ``+vocabN`` (``+vocabN-random``) for a grown vocabulary: the
+    README's add-language commands, run in turn, write runs of their own."""
+    out = f"{str(source).rstrip('/')}+{'+'.join(languages)}"
+    if extend_vocab is not None:
+        out += f"+vocab{extend_vocab}" + ("-random" if init_vocab == "random" else "")
+    return out
 
 
 # Subcommands with an argparse ``main(argv) -> int`` of their own, imported only when used.

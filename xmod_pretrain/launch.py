@@ -1,16 +1,21 @@
 """A training start, in its fixed order: lock the run directory, let the config's recipe check
 the request and prepare the data, decide where to resume, build the parts, then train.
 
-Nothing is written into the run directory before the checks that can refuse the start (the
-recipe's, the resume point's) have passed, apart from data prepared on first use; a refused start
-leaves an existing run as it was, and a new run directory it made goes entirely.
+A run directory is never inside another run. Once the recipe's checks have passed, a new run's
+``config.yaml`` records the request (``runs.record_start``), so that a start killed while it
+prepares data is recognised by the same command; nothing else is written before the resume
+point's checks, apart from data prepared on first use. A refused start leaves an existing run as
+it was, and a new run directory it made goes entirely.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
+
+from xmod_core.outputs import CONFIG_FILE, check_not_inside_run
 
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
@@ -18,6 +23,7 @@ from xmod_pretrain.paths import resolve_paths
 from xmod_pretrain.recipes import Recipe, recipe_class
 from xmod_pretrain.resume import NothingToTrain, resume_point
 from xmod_pretrain.runlock import lock_run_dir
+from xmod_pretrain.runs import record_start
 from xmod_pretrain.signals import stop_when_orphaned
 from xmod_pretrain.train import Trainer
 
@@ -28,12 +34,14 @@ def run(cfg: Config) -> None:
     if cfg.train.dry_run:
         recipe.dry_run(cfg)
         return
+    check_not_inside_run(cfg.run_dir, "run_dir")  # before the lock makes its folder
     info = init_distributed(cfg.deepspeed.dist_timeout_s)
     lock = lock_run_dir(cfg.run_dir, info)  # first: nothing reads or writes the run before it
     stop_when_orphaned()
-    started = False
+    started = recorded = False
     try:
         kind = recipe(cfg, info)  # checks the request against the world; writes nothing
+        recorded = record_start(cfg, info)
         trainer = build_trainer(kind, info)
         started = True
         try:
@@ -45,6 +53,8 @@ def run(cfg: Config) -> None:
     finally:
         if lock:
             lock.release(remove_new_run_dir=not started)
+        if recorded and not started:  # a refused start leaves a folder it did not make as it was
+            (Path(cfg.run_dir) / CONFIG_FILE).unlink(missing_ok=True)
 
 
 def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:

@@ -37,14 +37,15 @@ def ensure_prepared(data_dir: str | Path, source: str | Path | None, *,
                     languages: list[str] | None = None, vocab_size: int = 8000,
                     valid_fraction: float = 0.05, workers: int = 1,
                     option: str = "data.dir", announce: str | None = None,
-                    quiet: bool = False) -> dict:
+                    quiet: bool = False, run_dir: str | Path | None = None) -> dict:
     """The manifest of ``data_dir``, preparing it from ``source`` first if it has none.
 
     ``tokenizer``: encode with this SentencePiece model (a source run's, a transformers
     folder's) instead of training one, and refuse a folder prepared earlier with another one.
     ``languages``: only these of the source. ``info``: the ranks to coordinate (None: this
     process alone). ``announce``: the line printed when preparing (None: a default one;
-    ``quiet``: none)."""
+    ``quiet``: none). ``run_dir``: the run the data is for, which ``data_dir`` may lie in
+    (add-language's ``run_dir/data``); it may lie in no other run."""
     if not is_prepared(data_dir):
         if source is None:
             raise DataError(nothing_prepared(data_dir))
@@ -53,7 +54,8 @@ def ensure_prepared(data_dir: str | Path, source: str | Path | None, *,
 
             if not quiet:
                 print(announce or f"preparing {data_dir} from {source} (first use)", flush=True)
-            with new_output_dir(data_dir, overwrite=True, option=option, data=True) as out:
+            with new_output_dir(data_dir, overwrite=True, option=option, data=True,
+                                own_run=run_dir) as out:
                 prepare(source, out, vocab_size=vocab_size, tokenizer=tokenizer,
                         valid_fraction=valid_fraction, languages=languages, workers=workers)
     if info is not None:  # every rank, whether or not it saw the manifest missing

@@ -33,9 +33,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from xmod_core.errors import UserError, error_line
+from xmod_core.outputs import LOCK_NAME
 from xmod_pretrain.distributed import DistInfo, barrier
 
-LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
 # Ten missed heartbeats: a live holder on a busy filesystem is not mistaken for a dead one.
 STALE_AFTER_S = 300.0

@@ -3,6 +3,9 @@
 Every tool that reads a run (export, add-language, the language-module commands) opens it with
 ``open_run``; every tool that writes a run without training it (pruning a language, importing a
 module) writes it with ``write_run``, whose sidecars are the ones the trainer writes (``sidecars``).
+A start records its request in the run directory before its first long step (``record_start``),
+and a command that writes a run of its own kind resumes only a run of the same request
+(``check_own_run_dir``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,15 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from xmod_core.atomic import fsync_dir
+from xmod_core.atomic import fsync_dir, write_text
 from xmod_core.errors import UserError
-from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, check_new_run_dir
+from xmod_core.outputs import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    LOCK_NAME,
+    check_new_run_dir,
+    check_not_inside_run,
+)
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.checkpoint import (
     TMP_PREFIX,
@@ -150,10 +161,15 @@ def default_source_run() -> Path:
     return DEFAULT_RUN
 
 
+def config_text(config: Config) -> str:
+    """A run's ``config.yaml``."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
 def sidecars(config: Config, tokenizer: Path) -> dict[str, str | Path]:
     """The files every checkpoint carries beside its weights, as ``Checkpointer`` takes them."""
     return {
-        CONFIG_FILE: OmegaConf.to_yaml(OmegaConf.structured(config)),
+        CONFIG_FILE: config_text(config),
         LANGUAGES_FILE: json.dumps(config.model.languages, indent=1) + "\n",
         TOKENIZER_FILE: tokenizer,
     }
@@ -183,3 +199,62 @@ def write_run(out_dir: str | Path, config: Config, tokenizer: Path,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / CHECKPOINTS / step_tag(step)
+
+
+# ---- the run directory a start writes ----------------------------------------------------------
+
+class RunDirError(UserError, FileExistsError):
+    """The run directory holds another run or something else; nothing has been written."""
+
+
+def record_start(cfg: Config, info: DistInfo) -> bool:
+    """Rank 0 writes the requested config as ``run_dir/config.yaml`` when the run has none yet
+    (the recipe's checks have passed; the trainer later rewrites it with the model complete).
+    A start killed before its first checkpoint, while it prepares data or learns a vocabulary,
+    then leaves a folder that says which run it is, and the same command recognises it
+    (``check_own_run_dir``). Returns whether it wrote the file."""
+    path = Path(cfg.run_dir) / CONFIG_FILE
+    if not info.is_main or path.exists():
+        return False
+    write_text(path, config_text(cfg))
+    return True
+
+
+def check_own_run_dir(cfg: Config, info: DistInfo, option: str, kind: str,
+                      request: Callable[[Config], dict[str, Any]]) -> None:
+    """A command's run directory (``option``, e.g. ``--out``) must be new, empty, or a start
+    of this same request, which the command then resumes; a start that never reached a
+    checkpoint (killed while preparing its data) is started again, with a line saying so.
+    ``request`` reads the settings that make the run what it is (its source, languages,
+    vocabulary) from a config; ``kind`` describes the run (``an add-language run of yo_NG``).
+    RunDirError otherwise, naming what differs, before anything is written."""
+    run_dir = check_not_inside_run(cfg.run_dir, option)
+    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != LOCK_NAME]:
+        return
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        raise RunDirError(f"{option} {run_dir} already holds something else (no {CONFIG_FILE}: "
+                          f"not {kind}): pick a new directory")
+    before = load_config(saved)
+    if before.recipe != cfg.recipe:
+        raise RunDirError(f"{option} {run_dir} already holds a {before.recipe.value} run, "
+                          f"not {kind}: pick a new directory")
+    was, now = request(before), request(cfg)
+    differ = [f"{key} {_shown(was.get(key))} (asked: {_shown(value)})"
+              for key, value in now.items() if was.get(key) != value]
+    if differ:
+        raise RunDirError(f"{option} {run_dir} holds another run than {kind}: its "
+                          f"{'; '.join(differ)}. Pick another {option}, or repeat that run's "
+                          "command to resume it")
+    if info.is_main and not available_steps(run_dir):
+        print(f"{option} {run_dir} holds a start of {kind} that never reached a checkpoint: "
+              "starting it again", file=sys.stderr, flush=True)
+
+
+def same_path(path: str | None) -> str | None:
+    """A stored or asked path in the form two requests compare in."""
+    return None if path is None else str(Path(path).resolve())
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else ", ".join(value) if isinstance(value, list) else str(value)

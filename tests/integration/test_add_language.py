@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.integration.launch import TINY_PEAK_TFLOPS, read_metrics, run_training, tree_hash
+from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.recipes.add_language import (
     BUNDLED_TEXT,
@@ -112,7 +113,7 @@ def test_init_copy_and_average(source_run, tmp_path):
     cfg = load_config(source_run / "config.yaml")
     cfg.run_dir = str(tmp_path / "x")
     cfg.add_language.source_run, cfg.add_language.languages = str(source_run), ["yo_NG"]
-    plan = plan_add_language(cfg)
+    plan = plan_add_language(cfg, DistInfo(0, 1, 0, 1))
     cfg.model = plan.model_cfg
 
     def grown_with(init: str) -> XmodForMaskedLM:

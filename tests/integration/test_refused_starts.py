@@ -72,7 +72,7 @@ def test_add_language_refuses_an_existing_run_as_out(trained, tmp_path):
     (other / "notes.txt").write_text("mine")
     before_source, before_other = tree_hash(trained), tree_hash(other)
     proc = cli("add-language", "--lang", "yo_NG", "--from", str(trained), "--out", str(other))
-    assert "already holds something else" in one_error_line(proc)
+    assert "already holds a pretrain run, not an add-language run of yo_NG" in one_error_line(proc)
     assert tree_hash(trained) == before_source and tree_hash(other) == before_other
 
 

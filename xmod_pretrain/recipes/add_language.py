@@ -17,7 +17,6 @@ import torch
 from data_prep.sources import CORPUS_DIR
 from xmod_core.errors import UserError
 from xmod_core.languages import check_language_code, check_language_list, language_index
-from xmod_core.outputs import CONFIG_FILE, inside_checkpoints
 from xmod_core.shards import is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import AddLanguageConfig, Config, ConfigError, ModelConfig
@@ -39,8 +38,7 @@ from xmod_pretrain.recipes.vocabulary import (
     with_grown_model,
     with_new_rows,
 )
-from xmod_pretrain.runlock import LOCK_NAME
-from xmod_pretrain.runs import RunCheckpoint, load_config, open_run
+from xmod_pretrain.runs import RunCheckpoint, check_own_run_dir, open_run, same_path
 from xmod_pretrain.train import Trainer
 
 BUNDLED_TEXT = CORPUS_DIR / "udhr"  # UDHR text of yo_NG and the demo languages
@@ -58,7 +56,7 @@ class AddLanguagePlan:
     grown: GrownVocabulary | None = None  # --extend-vocab: set when the data is prepared
 
 
-def plan_add_language(cfg: Config) -> AddLanguagePlan:
+def plan_add_language(cfg: Config, info: DistInfo) -> AddLanguagePlan:
     """Check the request against the source run before anything is written."""
     req = cfg.add_language
     source = open_source(req.source_run or cfg.init_from)
@@ -67,7 +65,8 @@ def plan_add_language(cfg: Config) -> AddLanguagePlan:
     new = check_language_list(req.languages, "add_language.languages")
     if not new:
         raise AddLanguageError("add_language.languages is empty: name at least one (--lang yo_NG)")
-    check_run_dir(cfg, source)
+    check_own_run_dir(cfg, info, "--out", f"an add-language run of {', '.join(new)} from "
+                      f"{source.run_dir}", added_run_request)
     check_text(req)
     existing = [lang for lang in new if lang in source.languages]
     if existing and not req.overwrite:
@@ -83,26 +82,13 @@ def plan_add_language(cfg: Config) -> AddLanguagePlan:
     return AddLanguagePlan(source=source, new_languages=new, model_cfg=model_cfg)
 
 
-def check_run_dir(cfg: Config, source: RunCheckpoint) -> None:
-    """The new run's directory must be new, empty, or this same request started before (its
-    ``config.yaml`` names the same source and languages: the command resumes it)."""
-    run_dir = Path(cfg.run_dir)
-    checkpoints = inside_checkpoints(run_dir)
-    if checkpoints is not None:
-        raise AddLanguageError(f"--out {run_dir} is inside the checkpoints folder of a run "
-                               f"({checkpoints}): pick a new directory")
-    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != LOCK_NAME]:
-        return
-    saved = run_dir / CONFIG_FILE
-    if saved.is_file():
-        before = load_config(saved)
-        before_source = before.add_language.source_run or before.init_from
-        if (before.add_language.languages == cfg.add_language.languages and before_source
-                and Path(before_source).resolve() == source.run_dir.resolve()):
-            return
-    raise AddLanguageError(f"--out {run_dir} already holds something else (not an add-language "
-                           f"run of {', '.join(cfg.add_language.languages)} from "
-                           f"{source.run_dir}): pick a new directory")
+def added_run_request(cfg: Config) -> dict[str, object]:
+    """What makes an add-language run what it is: a resumed one must ask the same."""
+    req = cfg.add_language
+    return {"--from": same_path(req.source_run or cfg.init_from),
+            "--lang": list(req.languages), "--text": same_path(req.text), "--init": req.init,
+            "--extend-vocab": req.extend_vocab,
+            "--init-vocab": req.init_vocab if req.extend_vocab is not None else None}
 
 
 def open_source(path: str | None) -> RunCheckpoint:
@@ -217,7 +203,7 @@ class AddLanguage(Recipe):
         if cfg.data.shared_module is not None:
             raise ConfigError("data.shared_module is for pre-training: add-language gives each "
                               "new language modules of its own")
-        self.plan = plan_add_language(cfg)
+        self.plan = plan_add_language(cfg, info)
 
     def prepare(self) -> Config:
         cfg, plan = self.cfg, self.plan
@@ -229,7 +215,7 @@ class AddLanguage(Recipe):
         self.manifest = ensure_prepared(
             cfg.data.dir, source, info=self.info, tokenizer=tokenizer,
             languages=plan.new_languages, valid_fraction=cfg.data.valid_fraction,
-            workers=cfg.data.prepare_workers,
+            workers=cfg.data.prepare_workers, run_dir=cfg.run_dir,
             announce=f"preparing {', '.join(plan.new_languages)} from {source} with the "
                      f"{'grown ' if plan.grown else ''}tokenizer of {plan.source.run_dir}")
         cfg = dataclasses.replace(cfg, model=plan.model_cfg)

@@ -39,7 +39,7 @@ class Pretrain(Recipe):
         self.manifest = ensure_prepared(
             data.dir, data.source, info=self.info, tokenizer=tokenizer,
             vocab_size=data.vocab_size, valid_fraction=data.valid_fraction,
-            workers=data.prepare_workers)
+            workers=data.prepare_workers, run_dir=cfg.run_dir)
         if cfg.init_from:  # its architecture and language order replace model
             cfg = dataclasses.replace(cfg, model=model_config_from_hf(cfg.init_from))
         return dataclasses.replace(cfg, model=resolve_model_config(cfg, self.manifest))

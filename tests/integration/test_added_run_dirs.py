@@ -1,0 +1,124 @@
+"""Where add-language (and every other command) writes: the README's two add-language commands
+in order write runs of their own, an ``--out`` holding another request's run is refused before
+any write, a start killed while preparing its text is started again by the same command, and no
+command writes inside a run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.launch import TINY_MODEL, run_training, tree_hash
+from tests.integration.test_add_language import TRAIN, add_language, weights_of
+from tests.integration.test_refused_starts import cli, one_error_line
+from xmod_pretrain.checkpoint import latest_checkpoint
+
+pytestmark = pytest.mark.integration
+UDHR_YORUBA = Path(__file__).resolve().parents[2] / "data_prep" / "corpus" / "udhr" / "yo_NG.txt.xz"
+
+
+@pytest.fixture(scope="module")
+def source(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("source") / "run"
+    run_training(run, tiny_data, "train.max_steps=2", "train.eval_every=0")
+    return run
+
+
+@pytest.fixture(scope="module")
+def added(source) -> Path:
+    """The README's first command: ``add-language --lang yo_NG``, into its default --out."""
+    add_language("--lang", "yo_NG", "--from", str(source), "--steps", "2", *TRAIN)
+    return Path(f"{source}+yo_NG")
+
+
+def test_the_readmes_commands_in_order_write_runs_of_their_own(source, added):
+    before = tree_hash(added)
+    add_language("--lang", "yo_NG", "--from", str(source), "--extend-vocab", "16",
+                 "--steps", "2", *TRAIN)
+    grown = Path(f"{source}+yo_NG+vocab16")
+    assert latest_checkpoint(grown) is not None
+    assert (grown / "vocabulary" / "tokenizer.json").is_file()
+    assert tree_hash(added) == before  # nothing of the second run in the first
+
+
+def test_an_out_holding_another_request_is_refused_naming_what_differs(source, added):
+    before = tree_hash(added)
+    proc = add_language("--lang", "yo_NG", "--from", str(source), "--extend-vocab", "16",
+                        "--out", str(added), "--steps", "2", *TRAIN, check=False)
+    line = one_error_line(proc)
+    assert f"--out {added} holds another run than an add-language run of yo_NG" in line
+    assert "--extend-vocab none (asked: 16)" in line
+    assert tree_hash(added) == before
+
+
+def test_the_same_command_resumes_its_run(source, added):
+    """Repeating the first command with more steps continues it (the request is the same)."""
+    weights = weights_of(added)
+    proc = add_language("--lang", "yo_NG", "--from", str(source), "--steps", "3", *TRAIN)
+    assert "resumed from" in proc.stdout
+    assert "never reached a checkpoint" not in proc.stderr
+    assert weights_of(added).keys() == weights.keys()
+
+
+def inside(run: Path) -> Path:
+    return run / "sub"
+
+
+@pytest.mark.parametrize("command", [
+    lambda run, data: ["add-language", "--lang", "yo_NG", "--from", str(run),
+                       "--out", str(inside(run))],
+    lambda run, data: ["export", "--from", str(run), "--out", str(inside(run))],
+    lambda run, data: ["remove-language", "--lang", "de_DE", "--from", str(run),
+                       "--out", str(inside(run))],
+    lambda run, data: ["prepare", "--source", str(data), "--out", str(inside(run))],
+    lambda run, data: ["+exp=demo", f"run_dir={inside(run)}", f"data.dir={data}",
+                       "data.source=null", *TINY_MODEL],
+], ids=["add-language", "export", "remove-language", "prepare", "train"])
+def test_no_command_writes_inside_a_run(source, tiny_data, command):
+    before = tree_hash(source)
+    line = one_error_line(cli(*command(source, tiny_data)))
+    assert f"{inside(source)} is inside the run {source}" in line
+    assert tree_hash(source) == before
+
+
+def test_a_start_killed_while_preparing_its_text_is_started_again(source, tmp_path):
+    """kill -9 during the text preparation leaves a run with no checkpoint; the same command
+    says so and trains it, where it refused the folder as "something else" before."""
+    text = tmp_path / "yo_NG.txt"  # large enough that preparing it takes a few seconds
+    lines = subprocess.run(["xz", "-dc", str(UDHR_YORUBA)], capture_output=True, text=True,
+                           check=True).stdout
+    text.write_text(lines * 2000, encoding="utf-8")
+    out = tmp_path / "grown"
+    args = ["--lang", "yo_NG", "--from", str(source), "--out", str(out), "--text", str(text),
+            "--steps", "2", *TRAIN]
+    proc = subprocess.Popen([sys.executable, "-c", "from xmod_pretrain.cli import main; main()",
+                             "add-language", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("preparing yo_NG"):
+                time.sleep(0.5)  # inside data_prep: the data folder is half-made
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (out / "config.yaml").is_file() and not (out / "data" / "manifest.json").exists()
+    again = add_language(*args)
+    assert "holds a start of an add-language run of yo_NG" in again.stderr
+    assert "never reached a checkpoint: starting it again" in again.stderr
+    assert latest_checkpoint(out) is not None
+
+
+def test_a_mistyped_from_is_refused_with_the_closest_name(source):
+    typo = source.with_name("rnu")
+    line = one_error_line(cli("add-language", "--lang", "yo_NG", "--from", str(typo)))
+    assert f"--from {typo} does not exist (did you mean {source}?)" in line
+    assert not Path(f"{typo}+yo_NG").exists()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from bench.common import REPO, machine
 from bench.data_prep import bundled_cut, write_corpus
 from data_prep.prepare import prepare
+from xmod_pretrain.metrics import METRICS_FILE, read_records
 
 LAYOUTS = {
     "zero2_per_rank": ["deepspeed=zero2", "data.language_per=rank"],
@@ -60,7 +60,7 @@ def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> floa
            *(QUICK_MODEL if quick else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per process on 2 cores
     subprocess.run(cmd, check=True, cwd=REPO, env=env, capture_output=True, text=True)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(run_dir / METRICS_FILE)
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     return statistics.median(rates[1:])
 

@@ -43,7 +43,7 @@ from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs
 from xmod_pretrain.curse_transfer import TransferRequest, check_transfer_ns, compare
 from xmod_pretrain.curse_transfer import markdown as transfer_markdown
 from xmod_pretrain.curse_transfer import write as write_transfer
-from xmod_pretrain.metrics import perplexity
+from xmod_pretrain.metrics import METRICS_FILE, perplexity, read_records
 from xmod_pretrain.model import count_parameters
 from xmod_pretrain.paths import resolve_paths
 from xmod_pretrain.prepared import ensure_prepared
@@ -161,11 +161,10 @@ def check_plan(plan: Plan, available: list[str]) -> None:
 
 def final_validation(run_dir: Path) -> dict | None:
     """The last ``split == "valid"`` record of ``run_dir/metrics.jsonl``, if any."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    valid = [r for r in records if r.get("split") == "valid"]
+    valid = [r for r in read_records(path) if r.get("split") == "valid"]
     return valid[-1] if valid else None
 
 

@@ -1,18 +1,31 @@
 """Rank-0 progress: a log line per N steps, metrics.jsonl, validation tables, and wandb and
-TensorBoard when enabled (both get the same scalars)."""
+TensorBoard when enabled (both get the same scalars).
+
+``metrics.jsonl`` holds one JSON record a line, each with its ``step``. A start cuts it back to
+the steps its checkpoint holds (``keep_before``): a resume from step S keeps the records up to S
+and drops what a stopped attempt logged after it, so the file holds one record per (split, step),
+consistent with the checkpoint, for every reader; ``read_records`` is the one reader.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from xmod_core.atomic import write_bytes, write_text
+from xmod_core.errors import UserError
 from xmod_pretrain.config import LoggingConfig
+
+METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id"  # one wandb run per run directory, across its starts
 
 
 def perplexity(loss: float) -> float:
@@ -37,22 +50,116 @@ def format_table(losses: dict[str, float], title: str,
 TENSORBOARD_DIR = "tensorboard"
 
 
+class MetricsError(UserError, ValueError):
+    """A line of metrics.jsonl that is not a record."""
+
+
+TORN_HINT = "a torn last line (what a crash mid-write leaves) is dropped when the run resumes"
+EDITED_HINT = "fix or delete that line"
+
+
+def _record(line: bytes) -> dict[str, Any]:
+    """The record of one line; a ValueError that says what is wrong with it."""
+    try:
+        record = json.loads(line)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"not JSON ({err})") from None
+    step = record.get("step") if isinstance(record, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ValueError('not a record (a JSON object with an integer "step")')
+    return record
+
+
+def _numbered_lines(data: bytes) -> list[tuple[int, bytes]]:
+    """(line number from 1, content) of the lines that are not blank."""
+    return [(number, line) for number, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+
+
+def _checked(path: Path, number: int, line: bytes, hint: str) -> dict[str, Any]:
+    try:
+        return _record(line)
+    except ValueError as err:
+        raise MetricsError(f"{path}:{number}: {err}; {hint}") from None
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl, in file order. A line that is not a record raises a
+    MetricsError naming ``path:line`` and what is wrong with it."""
+    lines = _numbered_lines(Path(path).read_bytes())
+    return [_checked(Path(path), number, line, TORN_HINT if i == len(lines) - 1 else EDITED_HINT)
+            for i, (number, line) in enumerate(lines)]
+
+
+def keep_before(path: Path, first_step: int) -> list[str]:
+    """Cut ``path`` back to its records of steps before ``first_step`` (the first step a start
+    logs), atomically; return what was dropped, as lines to print.
+
+    A torn last line (a crash mid-write: it does not parse) is dropped; any other line that is
+    not a record raises a MetricsError naming it (an edit by hand, for the user to fix). Nothing
+    is written when nothing is dropped.
+    """
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = _numbered_lines(data)
+    if not lines:
+        return []
+    *body, (last_number, last) = lines
+    records = [(line, _checked(path, number, line, EDITED_HINT)) for number, line in body]
+    notes = []
+    try:
+        records.append((last, _record(last)))
+    except ValueError as err:
+        notes.append(f"{path}:{last_number}: dropped a torn last line ({len(last)} bytes, {err}), "
+                     "what a crash mid-write leaves")
+    dropped = sorted(record["step"] for _, record in records if record["step"] >= first_step)
+    if dropped:
+        after = ("after the checkpoint this start resumes from" if first_step
+                 else "by an earlier start that saved no checkpoint")
+        steps = (f"step {dropped[0]}" if dropped[0] == dropped[-1]
+                 else f"steps {dropped[0]}-{dropped[-1]}")
+        notes.append(f"{path}: dropped {len(dropped)} record(s) of {steps}, logged {after}")
+    if notes or not data.endswith(b"\n"):  # a whole last record without its newline gets one
+        write_bytes(path, b"".join(line + b"\n" for line, record in records
+                                   if record["step"] < first_step))
+    return notes
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line with one write(): a crash can tear only the last line."""
+    data = (json.dumps(record) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        while data:  # a regular file takes it whole unless the disk fills
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
 class MetricsLogger:
     """Writes what rank 0 measures: stdout, ``run_dir/metrics.jsonl`` and optionally wandb and
-    TensorBoard. Every record gets ``time`` (Unix seconds) and ``elapsed_s`` (since this start)."""
+    TensorBoard. Every record gets ``time`` (Unix seconds) and ``elapsed_s`` (since this start).
 
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, enabled: bool, run_config: dict):
+    ``first_step`` is the first step this start logs: 0 for a fresh run, else the step after the
+    checkpoint it resumes from (the checkpoint's own step if it validates there again). Rank 0
+    cuts metrics.jsonl back to the steps before it, TensorBoard hides its events from that step
+    on (``purge_step``), and wandb rewinds the run's history to it (``resume_from``).
+    """
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, enabled: bool, run_config: dict,
+                 first_step: int):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.started = time.time()
         self.wandb = self.tensorboard = None
-        if enabled and cfg.wandb:
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.wandb_project, mode=cfg.wandb_mode.value,
-                                    dir=str(run_dir), config=run_config, name=run_dir.name)
-        if enabled and cfg.tensorboard:
-            self.tensorboard = _tensorboard_writer(run_dir / TENSORBOARD_DIR)
+        if not enabled:
+            return
+        for note in keep_before(self.path, first_step):
+            print(note, flush=True)
+        if cfg.wandb:
+            self.wandb = _wandb_run(run_dir, cfg, run_config, first_step)
+        if cfg.tensorboard:
+            self.tensorboard = _tensorboard_writer(run_dir / TENSORBOARD_DIR, first_step)
 
     def log(self, record: dict[str, Any], line: str | None = None) -> None:
         if not self.enabled:
@@ -61,8 +168,7 @@ class MetricsLogger:
         record = {**record, "time": round(now, 3), "elapsed_s": round(now - self.started, 3)}
         if line:
             print(line, flush=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.path, record)
         scalars = {key: value for key, value in flatten(record, "/").items()
                    if isinstance(value, (int, float)) and not isinstance(value, bool)
                    and key not in ("step", "time")}
@@ -84,7 +190,26 @@ class MetricsLogger:
             self.tensorboard.close()
 
 
-def _tensorboard_writer(folder: Path):
+def _wandb_run(run_dir: Path, cfg: LoggingConfig, run_config: dict, first_step: int):
+    """One wandb run per run directory: its id is kept in the run directory, and a resume
+    rewinds that run's history to ``first_step`` (what a stopped attempt logged from there on is
+    archived by wandb, as metrics.jsonl drops it). A fresh start, or a run whose earlier starts
+    had wandb off, begins a new wandb run."""
+    import wandb
+
+    id_file = run_dir / WANDB_ID_FILE
+    known = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+    if first_step and known:
+        where = {"resume_from": f"{known}?_step={first_step}"}
+    else:
+        known = uuid.uuid4().hex[:12]
+        write_text(id_file, known + "\n")
+        where = {"id": known}
+    return wandb.init(project=cfg.wandb_project, mode=cfg.wandb_mode.value, dir=str(run_dir),
+                      config=run_config, name=run_dir.name, **where)
+
+
+def _tensorboard_writer(folder: Path, first_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch imports tensorboard lazily: its absence shows here
@@ -92,7 +217,9 @@ def _tensorboard_writer(folder: Path):
 
         raise ConfigError("logging.tensorboard=true needs the tensorboard package: pip install "
                           "'xmod-pretrain[tensorboard]' (or pip install tensorboard)") from None
-    return SummaryWriter(log_dir=str(folder))
+    # TensorBoard hides the events of earlier files at steps >= purge_step: what a stopped
+    # attempt logged after the checkpoint, as metrics.jsonl drops it
+    return SummaryWriter(log_dir=str(folder), purge_step=first_step)
 
 
 class SpikeWatch:

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from xmod_core.errors import UserError
 from xmod_core.outputs import CONFIG_FILE
-from xmod_pretrain.metrics import perplexity
+from xmod_pretrain.metrics import METRICS_FILE, perplexity, read_records
 
 REPORT_DIR = "report"
 DPI = 110
@@ -103,10 +103,10 @@ def evaluation_chart(rows: Sequence[dict], title: str, path: Path) -> Path:
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, valid, transfer) records of ``run_dir/metrics.jsonl``."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         raise ReportError(f"{path} does not exist: is {run_dir} a training run?")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    records = read_records(path)
     split = [[r for r in records if r.get("split") == name] for name in (None, "valid", "transfer")]
     return split[0], split[1], split[2]
 

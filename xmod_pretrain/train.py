@@ -141,11 +141,13 @@ class Trainer:
         self.reduce_gradients = info.world_size > 1 and reduces_gradients_itself(cfg)
         self.anchor = self._build_anchor(parts.model)
         self.checkpointer = self._build_checkpointer(parts.tokenizer)
-        self.metrics = MetricsLogger(self.run_dir, cfg.logging, info.is_main, dataclasses.asdict(cfg))
         self.step, self.tokens_seen, self.first_valid, self.saved_step = 0, 0, None, None
         self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main,
                                         info.world_size)
         self._resume(resume_from)
+        # Built once the resume point is loaded: it cuts metrics.jsonl back to the checkpoint.
+        self.metrics = MetricsLogger(self.run_dir, cfg.logging, info.is_main,
+                                     dataclasses.asdict(cfg), self._first_logged_step())
         self._init_window()
 
     # ---- construction -------------------------------------------------------------------
@@ -175,6 +177,12 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.first_valid, self.saved_step = state.get("first_valid"), self.step
         self._print(f"resumed from {checkpoint} at step {self.step}")
+
+    def _first_logged_step(self) -> int:
+        """The first step this start logs: the step after the checkpoint, whose validation
+        (which runs before a save) the log holds already; the checkpoint's own step when the
+        start validates there (a fresh run: step 0)."""
+        return self.step if self.first_valid is None else self.step + 1
 
     # ---- the loop -----------------------------------------------------------------------
 

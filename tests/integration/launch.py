@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from xmod_pretrain.metrics import METRICS_FILE, read_records
 
 TINY_PEAK_TFLOPS = 0.2
 # A model small enough that a few dozen steps take seconds on 2 cores, with every part present.
@@ -47,7 +48,7 @@ def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, valid records) of metrics.jsonl."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(run_dir / METRICS_FILE)
     valid = [r for r in records if r.get("split") == "valid"]
     train = [r for r in records if "split" not in r]
     return train, valid

@@ -1,5 +1,6 @@
 """What the log shows: the gradient norm, loss spikes, the compact per-language line, and the
-records wandb and TensorBoard get (TensorBoard's event files read back)."""
+records wandb and TensorBoard get (TensorBoard's event files read back); metrics.jsonl cut back to
+the checkpoint a start resumes from, a torn last line repaired, and its reader naming bad lines."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from xmod_pretrain.config import LoggingConfig
 from xmod_pretrain.distributed import announce_cpu_comm_build
 from xmod_pretrain.engine import build_engine, gradient_norm, reports_gradient_norm
 from xmod_pretrain.metrics import (
+    WANDB_ID_FILE,
+    MetricsError,
     MetricsLogger,
     SpikeWatch,
     duration,
     flatten,
+    keep_before,
     language_line,
+    read_records,
     train_line,
 )
 from xmod_pretrain.model import XmodForMaskedLM
@@ -92,7 +97,7 @@ def test_the_train_line_reads_like_fairseq_and_torchtitan():
 def test_records_carry_time_and_tensorboard_gets_the_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    logger = MetricsLogger(tmp_path, LoggingConfig(tensorboard=True), True, {})
+    logger = MetricsLogger(tmp_path, LoggingConfig(tensorboard=True), True, {}, first_step=0)
     for step, loss in ((1, 9.0), (5, 7.5)):
         logger.log({"step": step, "loss": loss, "lang_loss": {"en_XX": loss - 1},
                     "split": "train", "loss_spike": False})
@@ -153,3 +158,144 @@ def test_many_language_curves_highlight_the_best_and_worst_and_the_page_has_capt
     assert "<th>mean of 2</th><th>6.5000</th>" in page
     assert "<figcaption>Validation loss per language at each validation.</figcaption>" in page
     assert "<td>kind</td>" in page
+
+
+# ---- metrics.jsonl across starts -------------------------------------------------------------
+
+def write_log(path: Path, records: list[dict], tail: bytes = b"") -> bytes:
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in records) + tail
+    path.write_bytes(data)
+    return data
+
+
+# A run killed at step 6 whose last checkpoint is at step 4 (validation every 2 steps, before the
+# save): the records of steps 5 and 6 are the dead attempt's.
+KILLED = [{"step": 0, "split": "valid", "lang_loss": {"en_XX": 9.0}},
+          *({"step": s, "loss": 9.0 - s / 10} for s in (1, 2)),
+          {"step": 2, "split": "valid", "lang_loss": {"en_XX": 8.8}},
+          *({"step": s, "loss": 9.0 - s / 10} for s in (3, 4)),
+          {"step": 4, "split": "valid", "lang_loss": {"en_XX": 8.6}},
+          *({"step": s, "loss": 9.0 - s / 10} for s in (5, 6)),
+          {"step": 6, "split": "valid", "lang_loss": {"en_XX": 8.4}}]
+
+
+def test_a_resume_keeps_the_records_its_checkpoint_holds_and_says_what_it_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    data = write_log(path, KILLED)
+    assert keep_before(path, 5) == [f"{path}: dropped 3 record(s) of steps 5-6, logged after "
+                                    "the checkpoint this start resumes from"]
+    assert path.read_bytes() == data[:data.index(b'{"step": 5')]  # the kept lines byte for byte
+    inode = path.stat().st_ino
+    assert keep_before(path, 5) == [] and path.stat().st_ino == inode  # nothing to drop: untouched
+    assert keep_before(tmp_path / "none.jsonl", 5) == []
+
+
+def test_a_fresh_start_keeps_nothing_of_an_attempt_that_saved_no_checkpoint(tmp_path, capsys):
+    """add-language killed before its first checkpoint, then run again with other --steps: the
+    new start validates at step 0 again and logs only its own records."""
+    path = tmp_path / "metrics.jsonl"
+    write_log(path, KILLED)
+    logger = MetricsLogger(tmp_path, LoggingConfig(), True, {}, first_step=0)
+    assert capsys.readouterr().out == (f"{path}: dropped 10 record(s) of steps 0-6, logged by an "
+                                       "earlier start that saved no checkpoint\n")
+    logger.log({"step": 0, "split": "valid", "lang_loss": {"en_XX": 9.1}})
+    assert [r["lang_loss"] for r in read_records(path)] == [{"en_XX": 9.1}]
+
+
+def test_a_torn_last_line_is_dropped_and_the_next_record_gets_its_own_line(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    whole = write_log(path, KILLED[:7])  # the last line: the validation at step 4
+    path.write_bytes(whole[:-40])  # what a crash mid-write leaves
+    torn = len(json.dumps(KILLED[6])) + 1 - 40
+    logger = MetricsLogger(tmp_path, LoggingConfig(), True, {}, first_step=5)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{path}:7: dropped a torn last line ({torn} bytes, not JSON (")
+    logger.log({"step": 5, "loss": 8.5})
+    assert [r["step"] for r in read_records(path)] == [0, 1, 2, 2, 3, 4, 5]
+    # a whole last record that lost only its newline is kept, and the next one starts a line
+    write_log(path, KILLED[:2], tail=json.dumps(KILLED[2]).encode())
+    assert keep_before(path, 5) == []
+    assert [r["step"] for r in read_records(path)] == [0, 1, 2]
+
+
+def test_a_bad_line_before_the_last_is_refused_naming_it_and_nothing_is_written(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps(r) for r in KILLED]
+    lines[3] = lines[3][:20]  # an edit by hand
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(MetricsError, match=rf"^{path}:4: not JSON \(.*\); fix or delete that line$"):
+        keep_before(path, 5)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(("line", "number", "problem"), [
+    (b'{"step": 3, "loss": 8.', 3, "not JSON (Expecting"),
+    (b'[1, 2]', 3, 'not a record (a JSON object with an integer "step")'),
+    (b'{"loss": 8.0}', 3, 'not a record'),
+    (b'{"step": "3"}\n{"step": 4}', 3, 'not a record'),
+    (b'\xff\xfe{"step": 3}', 3, "not JSON ("),
+])
+def test_the_reader_names_the_file_and_line_of_what_it_cannot_parse(tmp_path, line, number,
+                                                                    problem):
+    path = tmp_path / "metrics.jsonl"
+    write_log(path, KILLED[:2], tail=line)
+    last = b"\n" not in line
+    hint = ("a torn last line (what a crash mid-write leaves) is dropped when the run resumes"
+            if last else "fix or delete that line")
+    with pytest.raises(MetricsError) as caught:
+        read_records(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{number}: {problem}") and message.endswith(hint)
+    assert "\n" not in message
+
+
+def test_report_names_the_file_and_line_in_one_line(tmp_path, capsys):
+    from xmod_pretrain.report import main
+
+    path = tmp_path / "metrics.jsonl"
+    write_log(path, KILLED[:2], tail=b'{"step": 2, "lo')
+    assert main(["--from", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"xmod_pretrain report: error: {path}:3: not JSON (")
+
+
+def test_tensorboard_hides_what_a_stopped_attempt_logged_after_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = LoggingConfig(tensorboard=True)
+    first = MetricsLogger(tmp_path, cfg, True, {}, first_step=0)
+    for step in range(1, 7):  # killed after step 6; its checkpoint is at step 4
+        first.log({"step": step, "loss": 9.0})
+    first.close()
+    resumed = MetricsLogger(tmp_path, cfg, True, {}, first_step=5)
+    for step in (5, 6, 7):
+        resumed.log({"step": step, "loss": 7.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [
+        (1, 9.0), (2, 9.0), (3, 9.0), (4, 9.0), (5, 7.0), (6, 7.0), (7, 7.0)]
+    assert [r["step"] for r in read_records(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_wandb_keeps_one_run_per_run_directory_and_a_resume_rewinds_it(tmp_path, monkeypatch):
+    """Offline, as the default: wandb records the rewind (its branch point) in the resumed
+    start's run file, and ``wandb sync`` applies it on the server."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = LoggingConfig(wandb=True)
+    first = MetricsLogger(tmp_path, cfg, True, {}, first_step=0)
+    run_id = first.wandb.id
+    first.log({"step": 1, "loss": 9.0})
+    first.close()
+    assert (tmp_path / WANDB_ID_FILE).read_text() == f"{run_id}\n"
+    resumed = MetricsLogger(tmp_path, cfg, True, {}, first_step=5)
+    moment = resumed.wandb.settings.resume_from
+    assert (resumed.wandb.id, moment.run, moment.metric, moment.value) == (run_id, run_id,
+                                                                            "_step", 5)
+    resumed.close()
+    files = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb")
+    assert sorted(b"branch_point" in f.read_bytes() for f in files) == [False, True]
+    fresh = MetricsLogger(tmp_path, cfg, True, {}, first_step=0)  # a fresh start: a new run
+    assert fresh.wandb.id != run_id and fresh.wandb.settings.resume_from is None
+    fresh.close()

@@ -26,7 +26,14 @@ import torch
 
 from xmod_core.errors import UserError
 from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, inside_checkpoints
-from xmod_core.shards import MANIFEST, check_run_tokenizer, is_prepared, read_manifest
+from xmod_core.shards import (
+    MANIFEST,
+    TOKENIZER_FILE,
+    check_run_tokenizer,
+    is_prepared,
+    read_manifest,
+)
+from xmod_core.vocab_extension import read_model
 from xmod_pretrain.config import Config
 from xmod_pretrain.data import Masker, MicroBatch, ShardSet, validation_batches
 from xmod_pretrain.metrics import perplexity
@@ -102,6 +109,8 @@ class Evaluation:
     batches: int
     seed: int
     rows: list[Row]
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Run languages left out, each with why (no valid text where the run's data is)."""
 
     def title(self) -> str:
         return (f"{self.run_dir} @ step {self.step}: masked-LM evaluation, {self.draws} mask "
@@ -113,46 +122,93 @@ class Evaluation:
 @dataclass
 class Source:
     """Prepared shards holding a language's valid split; ``order`` is the shard language order
-    the trainer used, on which the fixed masking seed depends."""
+    the trainer used, on which the fixed masking seed depends. ``vocab_size`` is that of the
+    tokenizer that encoded them: random replacements are drawn from its ids."""
 
     data_dir: Path
     order: list[str]
+    vocab_size: int
 
     def shards(self) -> ShardSet:
         return ShardSet(self.data_dir, "valid", self.order)
 
 
-def run_sources(run: RunCheckpoint) -> dict[str, Source]:
+@dataclass
+class DataDir:
+    """A data folder a run trained on: its own, or that of a run it grew from."""
+
+    path: Path
+    chosen: list[str]
+    """The run's ``data.languages`` (empty: every language of the folder)."""
+    run_dir: str
+
+
+@dataclass
+class Sources:
+    """Where each language's valid text is, and why the others have none."""
+
+    found: dict[str, Source]
+    held: dict[str, str]
+    """Languages whose text a data folder holds but that cannot be read from it, with why."""
+    searched: list[Path]
+
+    def why_not(self, lang: str) -> str:
+        """Why ``lang`` has no valid text here."""
+        return self.held.get(lang, f"no valid text for it in {', '.join(map(str, self.searched))}")
+
+
+def run_sources(run: RunCheckpoint) -> Sources:
     """Each run language's valid shards: the run's ``data.dir`` first, then, for languages added
-    post-hoc, the data of the run it grew from (and so on), where made with the same tokenizer.
-    The run's own data made with another tokenizer is refused (TokenizerMismatchError)."""
+    post-hoc, the data of the run it grew from (and so on), where encoded with the run's ids
+    (``uses_run_ids``). The run's own data encoded otherwise is refused (TokenizerMismatchError).
+    A folder that holds a language it cannot give says why (``Sources.why_not``)."""
     found: dict[str, Source] = {}
-    sha = run.tokenizer_sha256()
+    held: dict[str, str] = {}  # language -> why a folder holding its text was not used
     shared = run.config.data.shared_module  # every data language has text, through that module
-    for depth, (data_dir, chosen) in enumerate(_data_dirs(run.config)):
-        if not is_prepared(data_dir):
+    dirs = _data_dirs(run.config)
+    for depth, data in enumerate(dirs):
+        if not is_prepared(data.path):
             continue
-        if depth == 0:
-            check_run_tokenizer(run.tokenizer, data_dir)
-        manifest = read_manifest(data_dir)
-        if manifest["tokenizer"]["sha256"] != sha:
-            continue  # a source run's data prepared again since: it scores no language here
-        order = chosen or list(manifest["languages"])
-        source = Source(data_dir, [lang for lang in order if shared or lang in run.languages])
+        manifest = read_manifest(data.path)
+        if not uses_run_ids(run, data.path, manifest):
+            if depth == 0:
+                check_run_tokenizer(run.tokenizer, data.path)  # refused, naming both tokenizers
+            for lang in manifest["languages"]:
+                held.setdefault(lang, f"{data.path} holds its text, encoded with another "
+                                      "tokenizer than the run's (prepared again since?)")
+            continue
+        order = data.chosen or list(manifest["languages"])
+        source = Source(data.path, [lang for lang in order if shared or lang in run.languages],
+                        manifest["tokenizer"]["vocab_size"])
         found.update({lang: source for lang in source.order if lang not in found})
-    return found
+        for lang in manifest["languages"]:
+            if lang not in order:
+                held.setdefault(lang, f"it is not in data.languages of {data.run_dir} "
+                                      f"({', '.join(order)}), though {data.path} holds its text")
+    return Sources(found, held, [data.path for data in dirs])
 
 
-def _data_dirs(config: Config) -> list[tuple[Path, list[str]]]:
-    """(data dir, the languages the run chose from it, empty for all) of the run and of each run
-    it grew from; a source run that is gone is skipped."""
-    dirs, seen = [(Path(config.data.dir), config.data.languages)], {Path(config.run_dir)}
-    source = config.add_language.source_run
-    while source and Path(source) not in seen and (Path(source) / CONFIG_FILE).is_file():
-        seen.add(Path(source))
-        config = load_config(Path(source) / CONFIG_FILE)
-        dirs.append((Path(config.data.dir), config.data.languages))
+def uses_run_ids(run: RunCheckpoint, data_dir: Path, manifest: dict) -> bool:
+    """Whether ``data_dir``'s shards mean to ``run``'s model what they meant when encoded: they
+    were encoded with its tokenizer, or with one its vocabulary grew from (whose pieces begin
+    its own: growing appends pieces and moves no id but <mask>, which no shard holds)."""
+    if manifest["tokenizer"]["sha256"] == run.tokenizer_sha256():
+        return True
+    ours, theirs = read_model(run.tokenizer), read_model(data_dir / TOKENIZER_FILE)
+    return ours.normalizer_spec == theirs.normalizer_spec and \
+        list(ours.pieces)[:len(theirs.pieces)] == list(theirs.pieces)
+
+
+def _data_dirs(config: Config) -> list[DataDir]:
+    """The data folders of the run and of each run it grew from; a source run that is gone is
+    skipped."""
+    dirs, seen = [], set()
+    while config is not None:
+        seen.add(Path(config.run_dir))
+        dirs.append(DataDir(Path(config.data.dir), config.data.languages, config.run_dir))
         source = config.add_language.source_run
+        readable = source and Path(source) not in seen and (Path(source) / CONFIG_FILE).is_file()
+        config = load_config(Path(source) / CONFIG_FILE) if readable else None
     return dirs
 
 
@@ -166,11 +222,12 @@ def text_sources(texts: dict[str, Path], tokenizer: Path, work_dir: Path) -> dic
         if not path.read_text(encoding="utf-8", errors="replace").strip():
             raise EvaluationError(f"{where}: {path} is empty")
         try:
-            ensure_prepared(work_dir / lang, path, tokenizer=tokenizer, languages=[lang],
-                            valid_fraction=TEXT_VALID_FRACTION, option="--text", quiet=True)
+            manifest = ensure_prepared(work_dir / lang, path, tokenizer=tokenizer, languages=[lang],
+                                       valid_fraction=TEXT_VALID_FRACTION, option="--text",
+                                       quiet=True)
         except UserError as err:  # the text, or its encoding with the run's tokenizer
             raise EvaluationError(f"{where}: {err}") from None
-        found[lang] = Source(work_dir / lang, [lang])
+        found[lang] = Source(work_dir / lang, [lang], manifest["tokenizer"]["vocab_size"])
     return found
 
 
@@ -187,19 +244,18 @@ class Request:
     batches: int | None = None
 
 
-def plan_rows(run: RunCheckpoint, request: Request,
-              data: dict[str, Source]) -> list[tuple[str, str]]:
+def plan_rows(run: RunCheckpoint, request: Request, sources: Sources) -> list[tuple[str, str]]:
     """(text language, modules language) of each row, own modules first, in run order. A run
     with ``data.shared_module`` has no language's own modules: its rows run through that one."""
-    known, shared = run.languages, run.config.data.shared_module
+    known, shared, data = run.languages, run.config.data.shared_module, sources.found
     for lang in [*([] if shared else request.langs), *request.adapter_of.values()]:
         if lang not in known:
             raise EvaluationError(f"run {run.run_dir} has no language {lang}; it has: "
                                   f"{', '.join(known)}")
     for lang in [*request.langs, *request.adapter_of]:
         if lang not in data:
-            raise EvaluationError(f"no valid text for {lang} in {run.run_dir}'s data; pass "
-                                  f"--text {lang}=PATH")
+            raise EvaluationError(f"{lang} cannot be evaluated from {run.run_dir}'s data: "
+                                  f"{sources.why_not(lang)}; pass --text {lang}=PATH")
     for lang in request.texts:
         if lang not in known and lang not in request.adapter_of:
             raise EvaluationError(f"run {run.run_dir} has no {lang} modules: add --adapter-of "
@@ -210,6 +266,14 @@ def plan_rows(run: RunCheckpoint, request: Request,
     else:
         rows = [(lang, lang) for lang in known if lang in own]
     return rows + list(request.adapter_of.items())
+
+
+def skipped_languages(run: RunCheckpoint, request: Request, sources: Sources) -> dict[str, str]:
+    """The run languages an evaluation of all of them leaves out, each with why: said, never
+    silent. None when ``--langs`` chose, or when one shared module set runs every language."""
+    if request.langs or run.config.data.shared_module:
+        return {}
+    return {lang: sources.why_not(lang) for lang in run.languages if lang not in sources.found}
 
 
 def nothing_to_evaluate(run: RunCheckpoint) -> str:
@@ -232,15 +296,14 @@ def evaluate_run(run_dir: str | Path, request: Request, step: int | None = None)
         raise EvaluationError("--draws and --batches must be at least 1")
     run = open_run(run_dir, step)
     with tempfile.TemporaryDirectory(prefix="xmod-eval-") as tmp:
-        data = run_sources(run)
-        data.update(text_sources(request.texts, run.tokenizer, Path(tmp)))
-        plan = plan_rows(run, request, data)
+        sources = run_sources(run)
+        sources.found.update(text_sources(request.texts, run.tokenizer, Path(tmp)))
+        plan = plan_rows(run, request, sources)
         if not plan:
             raise EvaluationError(nothing_to_evaluate(run))
         model = load_run(run_dir, step)[0].model
         cfg = run.config
         batches = request.batches or cfg.train.eval_batches
-        masker = Masker(cfg.data.masking, cfg.model.vocab_size)
 
         def forward(batch: MicroBatch) -> torch.Tensor:
             return model(batch.input_ids, batch.lang, mlm_positions=batch.mlm_positions,
@@ -248,7 +311,10 @@ def evaluate_run(run_dir: str | Path, request: Request, step: int | None = None)
 
         rows = []
         for lang, modules in plan:
-            source = data[lang]
+            source = sources.found[lang]
+            # Data of a vocabulary the run grew from is masked as the trainer masks it: random
+            # replacements among its own ids, <mask> where the run has it.
+            masker = Masker(cfg.data.masking, source.vocab_size, mask_id=cfg.model.vocab_size - 1)
             valid = draw_batches(source.shards(), source.order.index(lang),
                                  run.languages.index(modules), masker, cfg.train.micro_batch_size,
                                  cfg.data.seq_len, batches, cfg.train.seed, request.draws)
@@ -256,7 +322,7 @@ def evaluate_run(run_dir: str | Path, request: Request, step: int | None = None)
             rows.append(Row(lang, modules, masked_lm_loss(forward, valid),
                             sum(len(b.mlm_targets) for b in valid), label))
     return Evaluation(str(run.run_dir), str(run.path), run.step, request.draws, batches,
-                      cfg.train.seed, rows)
+                      cfg.train.seed, rows, skipped_languages(run, request, sources))
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -271,6 +337,7 @@ def format_rows(evaluation: Evaluation) -> str:
     if own:
         mean = sum(own) / len(own)
         lines.append(f"  {'mean':<{width}} {mean:>8.4f} {perplexity(mean):>10.2f}")
+    lines += [f"  skipped {lang}: {why}" for lang, why in evaluation.skipped.items()]
     return "\n".join(lines)
 
 

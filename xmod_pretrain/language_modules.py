@@ -17,7 +17,7 @@ A language whose vocabulary grew (``add-language --extend-vocab``) carries its p
 text and scores in ``pieces``, their embedding rows and bias entries as ``vocabulary.embeddings``
 and ``vocabulary.bias``. Loading such a file appends the pieces after the run's last piece (and
 the rows before its ``<mask>``), wherever that is: the run's own ids never move. Removing a
-language keeps its pieces, for the same reason.
+language keeps its pieces, for the same reason; loading its module back takes those ids again.
 
 The keys carry no language code, so a module can be installed under another code. Loading and
 removing write a new run (a weights-only checkpoint, ``runs.write_run``); the source is only read.
@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xmod_core.atomic import atomic_path, file_sha256, follow_umask, write_text
 from xmod_core.errors import UserError
-from xmod_core.languages import check_language_code
+from xmod_core.languages import LanguageCodeError, check_language_code
 from xmod_core.outputs import check_new_run_dir, inside_checkpoints
-from xmod_core.shards import TOKENIZER_FILE
+from xmod_core.shards import TOKENIZER_FILE, is_prepared, read_manifest
 from xmod_core.vocab_extension import (
     SPACE,
     ExtensionError,
@@ -73,6 +74,11 @@ MODULE_ARCHITECTURE = ("hidden_size", "num_hidden_layers", "adapter_reduction_fa
                        "ln_before_adapter", "adapter_layer_norm", "adapter_reuse_layer_norm")
 _MODULE_KEY = re.compile(r"^layer\.(\d+)\.(.+)$")
 VOCAB_ROWS, VOCAB_BIAS = "vocabulary.embeddings", "vocabulary.bias"  # a language's added rows
+# What save-language writes into a module's .json, with the type each entry must have.
+META_TYPES = {"format_version": int, "language": str, "base_identity": str, "architecture": dict,
+              "source_run": str, "step": int, "sha256": str, "pieces": list}
+OPTIONAL_META = frozenset({"pieces"})  # absent from files written before pieces were carried
+REWRITE = "save the module again with save-language"
 
 
 class LanguageModuleError(UserError, ValueError):
@@ -218,14 +224,71 @@ def read_module(module_file: str | Path) -> ModuleFile:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} is missing: a module file needs the .json that "
                                 "save-language writes beside it")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise LanguageModuleError(f"{meta_path} has format_version {meta.get('format_version')!r}; "
-                                  f"this version reads {FORMAT_VERSION}")
+    meta = _read_meta(meta_path)
     if file_sha256(path) != meta["sha256"]:
         raise LanguageModuleError(f"{path} does not match the sha256 in {meta_path}: the file was "
                                   "changed or the two come from different saves")
-    return ModuleFile(path=path, meta=meta, tensors=load_file(str(path)))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as err:  # a file saved with its damage: the sha256 agrees
+        raise LanguageModuleError(f"{path} is not a readable safetensors file ({err}): "
+                                  f"{REWRITE}") from None
+    module = ModuleFile(path=path, meta=meta, tensors=tensors)
+    _check_vocabulary_rows(module, meta_path)
+    return module
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """A module's .json, refused in one line naming it unless it holds what save-language
+    writes: every entry of ``META_TYPES`` of its type, a language code, (text, score) pieces."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise LanguageModuleError(f"{meta_path} is not UTF-8 text (byte {err.start}): "
+                                  f"{REWRITE}") from None
+    except json.JSONDecodeError as err:
+        raise LanguageModuleError(f"{meta_path} is not valid JSON ({err.msg} at line {err.lineno} "
+                                  f"column {err.colno}): {REWRITE}") from None
+    if not isinstance(meta, dict):
+        raise LanguageModuleError(f"{meta_path} holds a JSON {type(meta).__name__}, not the object "
+                                  f"save-language writes: {REWRITE}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise LanguageModuleError(f"{meta_path} has format_version {meta.get('format_version')!r}; "
+                                  f"this version reads {FORMAT_VERSION}")
+    wrong = [f"{key} {'missing' if key not in meta else f'is not a {kind.__name__}'}"
+             for key, kind in META_TYPES.items()
+             if not isinstance(meta.get(key), kind) and not (key in OPTIONAL_META
+                                                            and key not in meta)]
+    pieces = meta.get("pieces", [])
+    if isinstance(pieces, list) and not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+            and isinstance(p[1], (int, float)) for p in pieces):
+        wrong.append("pieces are not [text, score] pairs")
+    if wrong:
+        raise LanguageModuleError(f"{meta_path} is not a module description: {'; '.join(wrong)}; "
+                                  f"{REWRITE}")
+    try:
+        check_language_code(meta["language"])
+    except LanguageCodeError as err:
+        raise LanguageModuleError(f"{meta_path}: {err}; {REWRITE}") from None
+    return meta
+
+
+def _check_vocabulary_rows(module: ModuleFile, meta_path: Path) -> None:
+    """One embedding row (of the module's width) and one bias entry per piece of its .json,
+    and none without pieces."""
+    count, width = len(module.pieces), module.meta["architecture"].get("hidden_size")
+    expected = {VOCAB_ROWS: (count, width), VOCAB_BIAS: (count,)} if count else {}
+    found = {key: tuple(module.tensors[key].shape) for key in (VOCAB_ROWS, VOCAB_BIAS)
+             if key in module.tensors}
+    if found != expected:
+        raise LanguageModuleError(f"{module.path} holds {_shapes(found)} for the {count} "
+                                  f"vocabulary pieces of {meta_path}, not {_shapes(expected)}; "
+                                  f"{REWRITE}")
+
+
+def _shapes(tensors: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{key} {list(shape)}" for key, shape in tensors.items()) or "no rows"
 
 
 def load_language_module(run_dir: str | Path, module_file: str | Path, out_dir: str | Path,
@@ -236,7 +299,9 @@ def load_language_module(run_dir: str | Path, module_file: str | Path, out_dir: 
 
     Refused when the run's base identity differs from the module's (it belongs to another base
     model), when the run has the language already and ``overwrite`` is off, or when ``out_dir``
-    exists and is not empty.
+    exists and is not empty. A module with vocabulary pieces takes the ids that hold them in the
+    run already (its language was removed from the run, or is the one it replaces), else appends
+    them.
     """
     check_new_run_dir(out_dir)
     module = read_module(module_file)
@@ -251,11 +316,14 @@ def load_language_module(run_dir: str | Path, module_file: str | Path, out_dir: 
     grown = {name: t for name, t in weights.items() if language_of_parameter(name) != lang}
     grown.update({run_key(key, lang): t for key, t in module.module.items()})
     languages = run.languages if lang in run.languages else [*run.languages, lang]
-    config = _with_languages(run.config, languages)
+    config = _with_languages(run.config, languages, _restored_data_languages(run, lang))
     state = _derived_state(run, "load-language", lang, module=str(module.path.resolve()))
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = run.tokenizer
-        if module.pieces:
+        held = _held_pieces(run, module) if module.pieces else None
+        if held is not None:
+            config, grown = _into_held_pieces(run, config, grown, module, lang, held)
+        elif module.pieces:
             if lang in run.languages:
                 raise LanguageModuleError(f"{module.path} carries {len(module.pieces)} vocabulary "
                                           f"pieces and {run.run_dir} has {lang} already: remove "
@@ -264,6 +332,61 @@ def load_language_module(run_dir: str | Path, module_file: str | Path, out_dir: 
             config, grown = _with_pieces(run, config, grown, module, lang, tokenizer)
         write_run(out_dir, config, tokenizer, grown, run.step, state)
     return Path(out_dir)
+
+
+def _restored_data_languages(run: RunCheckpoint, lang: str) -> list[str]:
+    """``run``'s ``data.languages`` with ``lang``, a language loaded into it, given its place
+    back when the list is explicit (empty: every language of the data folder, ``lang`` among
+    them if it is there). Its place is the one remove-language took it from, when ``run`` is that
+    removal; else the one the data folder's order gives it, if the folder holds its text. A
+    language removed and loaded back so trains and validates again, on the batches it had."""
+    data = run.config.data
+    if not data.languages or lang in data.languages or lang in run.languages:
+        return data.languages
+    origin = run.trainer_state.get("derived_from", {})
+    if origin.get("operation") == "remove-language" and origin.get("language") == lang and \
+            lang in origin.get("data_languages", []):
+        return [code for code in origin["data_languages"] if code in data.languages or code == lang]
+    if not is_prepared(data.dir) or lang not in read_manifest(data.dir)["languages"]:
+        return data.languages
+    order = list(read_manifest(data.dir)["languages"])
+    after = [at for at, code in enumerate(data.languages)
+             if code in order and order.index(code) > order.index(lang)]
+    at = after[0] if after else len(data.languages)
+    return [*data.languages[:at], lang, *data.languages[at:]]
+
+
+def _held_pieces(run: RunCheckpoint, module: ModuleFile) -> AddedPieces | None:
+    """The run's entry of added pieces whose ids hold exactly the module's pieces (text and
+    score): they were learned for the module's language and stayed when it was removed."""
+    pieces = read_model(run.tokenizer).pieces  # piece i is id i + 1
+    for entry in run.config.vocab.added:
+        held = pieces[entry.first_id - 1:entry.first_id - 1 + entry.count]
+        if [(p.piece, p.score) for p in held] == module.pieces:
+            return entry
+    return None
+
+
+def _into_held_pieces(run: RunCheckpoint, config: Config, weights: dict[str, torch.Tensor],
+                      module: ModuleFile, lang: str, held: AddedPieces
+                      ) -> tuple[Config, dict[str, torch.Tensor]]:
+    """The run's config and weights with the module's rows and bias entries at the ids that
+    hold its pieces already, which become ``lang``'s; the tokenizer stays as it is. Refused
+    while another language of the run owns them: both would need their own rows there."""
+    if held.language != lang and held.language in run.languages:
+        raise LanguageModuleError(
+            f"{module.path}: its {held.count} pieces are spelled by {run.run_dir}'s vocabulary "
+            f"already, as {held.language}'s (ids {held.first_id}..{held.first_id + held.count - 1})"
+            f": two languages cannot share those rows; load it as --lang {held.language} "
+            "--overwrite to replace that language")
+    ids = slice(held.first_id, held.first_id + held.count)
+    rows, bias = weights[EMBEDDINGS].clone(), weights[BIAS].clone()
+    rows[ids] = module.tensors[VOCAB_ROWS].to(rows.dtype)
+    bias[ids] = module.tensors[VOCAB_BIAS].to(bias.dtype)
+    added = [AddedPieces(lang, entry.first_id, entry.count) if entry is held else entry
+             for entry in config.vocab.added]
+    vocab = dataclasses.replace(config.vocab, added=added)
+    return dataclasses.replace(config, vocab=vocab), {**weights, EMBEDDINGS: rows, BIAS: bias}
 
 
 def _with_pieces(run: RunCheckpoint, config: Config, weights: dict[str, torch.Tensor],
@@ -305,8 +428,9 @@ def remove_language(run_dir: str | Path, lang: str, out_dir: str | Path) -> Path
                                   "at least one")
     kept = {name: t for name, t in run.weights().items() if language_of_parameter(name) != lang}
     config = _with_languages(run.config, [code for code in run.languages if code != lang])
-    write_run(out_dir, config, run.tokenizer, kept, run.step,
-              _derived_state(run, "remove-language", lang))
+    # Where lang stood among the data languages, for load-language to put it back there.
+    state = _derived_state(run, "remove-language", lang, data_languages=run.config.data.languages)
+    write_run(out_dir, config, run.tokenizer, kept, run.step, state)
     return Path(out_dir)
 
 
@@ -341,17 +465,20 @@ def _check_layout(module: ModuleFile, reference: dict[str, torch.Tensor]) -> Non
                                   f"{', '.join(f'{k} {v}' for k, v in wrong[:6])}")
 
 
-def _with_languages(config: Config, languages: list[str]) -> Config:
-    """``config`` with these model languages; an explicit ``data.languages`` drops the others,
-    so the derived config still resolves every training language to a module."""
+def _with_languages(config: Config, languages: list[str],
+                    data_languages: list[str] | None = None) -> Config:
+    """``config`` with these model languages and ``data_languages`` (default: its own); an
+    explicit ``data.languages`` drops the others, so the derived config still resolves every
+    training language to a module."""
     data = config.data
-    data_langs = [code for code in data.languages if code in languages]
+    chosen = data.languages if data_languages is None else data_languages
+    data_langs = [code for code in chosen if code in languages]
     return dataclasses.replace(
         config, model=dataclasses.replace(config.model, languages=list(languages)),
         data=dataclasses.replace(data, languages=data_langs))
 
 
-def _derived_state(run: RunCheckpoint, operation: str, lang: str, **extra: str) -> dict[str, Any]:
+def _derived_state(run: RunCheckpoint, operation: str, lang: str, **extra: Any) -> dict[str, Any]:
     """The source's trainer state (step, sampler position) plus where the new run came from."""
     origin = {"run": str(run.path.resolve()), "step": run.step, "operation": operation,
               "language": lang, **extra}

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.launch import run_training
+from tests.conftest import TINY_LANGUAGES
+from tests.integration.launch import read_metrics, run_training, tree_hash
+from tests.integration.test_add_language import TRAIN, add_language
+from tests.integration.test_export import udhr_lines
 from xmod_pretrain.cli import main
 from xmod_pretrain.language_modules import (
     LanguageModuleError,
@@ -189,3 +192,108 @@ def test_cli_errors_name_the_problem_and_write_nothing(base, module_file, tmp_pa
                        "--out", str(out))
     assert code != 0 and "already exists and is not empty" in err
     assert [p.name for p in out.iterdir()] == ["keep"]
+
+
+@pytest.fixture(scope="module")
+def chosen(tiny_data, tmp_path_factory) -> Path:
+    """A run that trains three of its data's four languages: ru_RU has modules but no text."""
+    run_dir = tmp_path_factory.mktemp("chosen") / "run"
+    run_training(run_dir, tiny_data, "train.max_steps=2", "data.languages=[en_XX,de_DE,el_GR]",
+                 *FAST)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def grown(base, tmp_path_factory) -> Path:
+    """``base`` grown by ti_ET with vocabulary pieces of its own (add-language --extend-vocab)."""
+    out = tmp_path_factory.mktemp("grown") / "run"
+    add_language("--lang", "ti_ET", "--from", str(base), "--out", str(out), "--extend-vocab",
+                 "32", "--steps", "2", *TRAIN)
+    return out
+
+
+def evaluated(capsys, run: Path, out: Path, *args: str) -> tuple[dict[str, float], dict[str, str]]:
+    """({row: loss}, {skipped language: why}) of ``xmod_pretrain evaluate`` of ``run`` (one
+    draw), written to ``out``; its stdout holds a line for each skipped language."""
+    code, stdout, err = cli(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out",
+                            str(out), *args)
+    assert code == 0, err
+    saved = json.loads((out / "evaluation.json").read_text())
+    for lang, why in saved["skipped"].items():
+        assert f"  skipped {lang}: {why}\n" in stdout
+    return {row["name"]: row["loss"] for row in saved["rows"]}, saved["skipped"]
+
+
+def test_remove_then_load_gives_a_data_language_its_place_back(chosen, tmp_path, capsys):
+    module, _ = save_language_module(chosen, "de_DE", tmp_path / "mods")
+    pruned = remove_language(chosen, "de_DE", tmp_path / "pruned")
+    assert open_run(pruned).config.data.languages == ["en_XX", "el_GR"]
+    back = open_run(load_language_module(pruned, module, tmp_path / "back"))
+    assert back.config.data == open_run(chosen).config.data  # en_XX, de_DE, el_GR: its place
+    # It trains and evaluates again, on the batches it had: the source run's numbers.
+    assert evaluated(capsys, back.run_dir, tmp_path / "e1")[0] == \
+        evaluated(capsys, chosen, tmp_path / "e2")[0]
+    # Loaded into a run that did not lose it, it goes where the data folder's order puts it.
+    fewer = remove_language(pruned, "el_GR", tmp_path / "fewer")
+    again = open_run(load_language_module(fewer, module, tmp_path / "again"))
+    assert again.config.data.languages == ["de_DE", "en_XX"]
+
+
+def test_evaluate_says_which_languages_it_skips_and_why(chosen, tiny_data, tmp_path, capsys):
+    rows, skipped = evaluated(capsys, chosen, tmp_path / "e")
+    assert set(rows) == {"en_XX", "de_DE", "el_GR"}
+    reason = (f"it is not in data.languages of {chosen} (en_XX, de_DE, el_GR), though "
+              f"{tiny_data} holds its text")
+    assert skipped == {"ru_RU": reason}
+    code, _, err = cli(capsys, "evaluate", "--from", str(chosen), "--langs", "ru_RU", "--out",
+                       str(tmp_path / "e"))
+    assert code == 1 and err == (f"xmod_pretrain evaluate: error: ru_RU cannot be evaluated from "
+                                 f"{chosen}'s data: {reason}; pass --text ru_RU=PATH\n")
+    module, _ = save_language_module(chosen, "de_DE", tmp_path / "mods")
+    other = load_language_module(chosen, module, tmp_path / "other", lang="lb_LU")
+    assert evaluated(capsys, other, tmp_path / "e")[1]["lb_LU"] == \
+        f"no valid text for it in {tiny_data}"
+    code, _, err = cli(capsys, "evaluate", "--from", str(other), "--langs", "lb_LU", "--out",
+                       str(tmp_path / "e"))
+    assert code == 1 and f"lb_LU cannot be evaluated from {other}'s data: no valid text for it " \
+                         f"in {tiny_data}; pass --text lb_LU=PATH\n" in err
+
+
+def test_a_grown_module_loaded_into_a_plain_run_evaluates(base, grown, tiny_data, tmp_path,
+                                                          capsys):
+    module, _ = save_language_module(grown, "ti_ET", tmp_path / "mods")
+    loaded = load_language_module(base, module, tmp_path / "loaded")
+    # The old languages from the plain run's data: their ids are the grown vocabulary's too.
+    rows, skipped = evaluated(capsys, loaded, tmp_path / "e1", "--batches", "1")
+    theirs = evaluated(capsys, grown, tmp_path / "e2", "--batches", "1")[0]
+    assert rows == {lang: theirs[lang] for lang in TINY_LANGUAGES}
+    assert skipped == {"ti_ET": f"no valid text for it in {tiny_data}"}
+    text = tmp_path / "ti.txt"
+    text.write_text("\n".join(udhr_lines("ti_ET", 60)) + "\n", encoding="utf-8")
+    rows = evaluated(capsys, loaded, tmp_path / "e3", "--text", f"ti_ET={text}")[0]
+    assert set(rows) == {*TINY_LANGUAGES, "ti_ET"}
+
+
+def test_remove_then_load_of_a_grown_language_round_trips(grown, tmp_path, capsys):
+    module, _ = save_language_module(grown, "ti_ET", tmp_path / "mods")
+    pruned = remove_language(grown, "ti_ET", tmp_path / "pruned")
+    back = open_run(load_language_module(pruned, module, tmp_path / "back"))
+    source = open_run(grown)
+    assert back.tokenizer.read_bytes() == source.tokenizer.read_bytes()
+    assert back.config.vocab == source.config.vocab and back.config.data == source.config.data
+    old, new = source.weights(), back.weights()
+    assert set(new) == set(old) and all(torch.equal(new[k], old[k]) for k in old)
+    # Every language evaluates, the old ones from the plain data: the trainer's last validation.
+    rows = evaluated(capsys, back.run_dir, tmp_path / "e")[0]
+    assert rows == pytest.approx(read_metrics(grown)[1][-1]["lang_loss"], abs=1e-5)
+    assert set(rows) == {*TINY_LANGUAGES, "ti_ET"}
+    # The pieces are ti_ET's again: another code may not share them; nothing is written.
+    before = tree_hash(back.run_dir)
+    code, _, err = cli(capsys, "load-language", "--module", str(module), "--from",
+                       str(back.run_dir), "--lang", "am_ET", "--out", str(tmp_path / "twice"))
+    assert code == 1 and err.count("\n") == 1 and "already, as ti_ET's (ids " in err, err
+    assert tree_hash(back.run_dir) == before and not (tmp_path / "twice").exists()
+    # Orphaned by the removal, they go to whichever code the module is loaded under.
+    renamed = open_run(load_language_module(pruned, module, tmp_path / "renamed", lang="am_ET"))
+    assert renamed.config.vocab.added[-1].language == "am_ET"
+    assert renamed.tokenizer.read_bytes() == source.tokenizer.read_bytes()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
+from tests.integration.launch import tree_hash
 
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.language_modules import (
@@ -198,3 +202,67 @@ def test_remove_drops_the_language_from_an_explicit_data_list(tmp_path):
     write_run(tmp_path / "src", config, tokenizer, weights_of(TINY), 1, {"step": 1})
     pruned = open_run(remove_language(tmp_path / "src", "de_DE", tmp_path / "out")).config
     assert pruned.data.languages == ["en_XX"] and pruned.model.languages == ["en_XX", "el_GR"]
+
+
+def load_cli(capsys, run: Path, module: Path, out: Path) -> tuple[int, str]:
+    """(exit status, stderr) of ``xmod_pretrain load-language`` run in this process."""
+    from xmod_pretrain.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["load-language", "--module", str(module), "--from", str(run), "--lang", "yo_NG",
+              "--out", str(out)])
+    return exit_.value.code, capsys.readouterr().err
+
+
+def resave(tensors_path: Path, meta: dict) -> None:
+    """Write ``meta`` as the module's .json, its sha256 that of the .safetensors as it is now."""
+    meta = {**meta, "sha256": hashlib.sha256(tensors_path.read_bytes()).hexdigest()}
+    tensors_path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def edited(meta: dict, **changes) -> dict:
+    """``meta`` with ``changes``; a change to None removes the key."""
+    return {k: v for k, v in {**meta, **changes}.items() if v is not None}
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda p, m: p.write_text('{\n'), "is not valid JSON (Expecting"),
+    (lambda p, m: p.write_bytes(b'{"language": "\xff"}'), "is not UTF-8 text (byte 14)"),
+    (lambda p, m: p.write_text("[1, 2]"), "holds a JSON list, not the object"),
+    (lambda p, m: p.write_text(json.dumps(edited(m, sha256=None, source_run=None))),
+     "is not a module description: source_run missing; sha256 missing"),
+    (lambda p, m: p.write_text(json.dumps(edited(m, architecture="wide"))),
+     "architecture is not a dict"),
+    (lambda p, m: p.write_text(json.dumps(edited(m, pieces=[["ሀ"]]))),
+     "pieces are not [text, score] pairs"),
+    (lambda p, m: p.write_text(json.dumps(edited(m, language="german"))),
+     "language code 'german' is not of the form xx_YY"),
+], ids=["not-json", "not-utf8", "a-list", "keys-missing", "wrong-type", "bad-pieces",
+        "bad-language"])
+def test_a_malformed_module_json_is_one_line_naming_it(run, tmp_path, capsys, edit, problem):
+    tensors_path, meta_path = save_language_module(run, "de_DE", tmp_path / "mods")
+    before = tree_hash(run)
+    edit(meta_path, json.loads(meta_path.read_text()))
+    code, err = load_cli(capsys, run, tensors_path, tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"xmod_pretrain load-language: error: {meta_path}"), err
+    assert problem in err and "save the module again with save-language" in err, err
+    assert tree_hash(run) == before and not (tmp_path / "out").exists()
+
+
+def test_a_damaged_module_tensor_file_is_one_line_naming_it(run, tmp_path, capsys):
+    tensors_path, meta_path = save_language_module(run, "de_DE", tmp_path / "mods")
+    meta = json.loads(meta_path.read_text())
+    tensors_path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}")  # a header, no tensors
+    resave(tensors_path, meta)  # damaged before its .json was written: the sha256 agrees
+    code, err = load_cli(capsys, run, tensors_path, tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"{tensors_path} is not a readable safetensors file" in err, err
+    # Pieces in the .json without their rows (or rows of another width) in the tensor file.
+    save_file(module_tensors(open_run(run).weights(), "de_DE"), str(tensors_path))
+    resave(tensors_path, {**meta, "pieces": [["ሀ", -3.5]]})
+    code, err = load_cli(capsys, run, tensors_path, tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"{tensors_path} holds no rows for the 1 vocabulary pieces of {meta_path}, not " \
+           "vocabulary.embeddings [1, 16], vocabulary.bias [1]" in err, err
+    assert not (tmp_path / "out").exists()

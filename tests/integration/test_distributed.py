@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -150,15 +151,23 @@ def test_kill_one_rank_others_exit_and_restart_resumes_exactly(tiny_data, tmp_pa
            "data.source=null", *TINY_MODEL, *args]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 180
-    while latest_checkpoint(run) is None or latest_checkpoint(run).name < "step_00000004":
-        assert time.monotonic() < deadline and launcher.poll() is None
-        time.sleep(0.2)
-    workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True)
-    victim = int(workers.stdout.split()[-1])
+    # What is left of the run after its step-4 checkpoint takes about a second: the kill follows
+    # rank 0's line that the checkpoint is saved as soon as it is written (a poll could be late).
+    hung = threading.Timer(300, launcher.kill)
+    hung.start()
+    before, workers = [], []
+    for line in launcher.stdout:
+        before.append(line)
+        if " 1/14 |" in line:  # both workers are up: found now, not in the second that counts
+            workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                     text=True).stdout.split()
+        if line.startswith("saved checkpoint") and line.rstrip().endswith("step_00000004"):
+            break
+    hung.cancel()
+    assert launcher.poll() is None and len(workers) == 2, "".join(before)[-4000:]
     killed_at = time.monotonic()
-    os.kill(victim, signal.SIGKILL)
-    output, _ = launcher.communicate(timeout=120)
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    output = "".join(before) + launcher.communicate(timeout=120)[0]
     assert time.monotonic() - killed_at < 90
     assert launcher.returncode != 0
     assert "a peer process died or stopped responding" in output

@@ -34,7 +34,10 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
         assert proc.poll() is None, proc.communicate()
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists():
-            steps = [json.loads(l).get("step", 0) for l in metrics.read_text().splitlines() if l]
+            # Whole lines only: the trainer appends while this reads, and a line that crosses a
+            # page can be read half-written.
+            lines = metrics.read_text().split("\n")[:-1]
+            steps = [json.loads(line).get("step", 0) for line in lines]
             if steps and max(steps) >= step:
                 return
         time.sleep(0.2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import lzma
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,24 @@ TINY_LANGUAGES = ("en_XX", "de_DE", "ru_RU", "el_GR")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# DeepSpeed's CPU op, built for this install if it is not yet (the first start's 40 s or more).
+BUILD_CPU_OP = """
+import torch
+import xmod_pretrain.distributed as d
+if not torch.cuda.is_available() and not d.cpu_comm_build_is_current(d.use_own_extensions_dir()):
+    d.init_distributed(600)
+"""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Build DeepSpeed's CPU op once, before any test starts a trainer. Left to the tests, the
+    first trainer of each xdist worker builds it at once into one folder: torch's lock file makes
+    one wait, silently, for the other's build (minutes of a test's timeout on a busy machine),
+    and a test that kills a trainer during its build leaves the lock behind, on which every
+    later start waits for ever."""
+    if not hasattr(config, "workerinput"):  # the controller (or -n 0); workers start after it
+        subprocess.run([sys.executable, "-c", BUILD_CPU_OP], check=True, timeout=900)
 
 
 def write_tiny_corpus(folder: Path, lines_per_language: int = 400) -> Path:

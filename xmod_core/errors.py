@@ -8,6 +8,9 @@ with no traceback. Anything else is a bug or a fault of the machine and keeps it
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class Aborted(BaseException):
     """A second Ctrl-C during training: exit now, without saving. A BaseException, like
@@ -23,3 +26,13 @@ class UserError(Exception):
 def error_line(err: UserError | str) -> str:
     """How the command line prints a user error."""
     return f"xmod_pretrain: error: {err}"
+
+
+def closest(name: str, names: Sequence[str], n: int = 1) -> list[str]:
+    """The valid names most like a mistyped ``name`` (difflib's ratio, 0.6 or more), best first."""
+    return difflib.get_close_matches(name, list(names), n=n)
+
+
+def did_you_mean(names: Sequence[str]) -> str:
+    """`` (did you mean a or b?)`` for the names found, nothing when there are none."""
+    return f" (did you mean {' or '.join(names)}?)" if names else ""

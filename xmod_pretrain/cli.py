@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +21,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xmod_core.errors import Aborted, UserError, error_line
 from xmod_core.languages import check_language_code
 from xmod_core.outputs import check_not_inside_run
 from xmod_pretrain.config import CONF_DIR, quoted, register_configs, to_config
+from xmod_pretrain.overrides import hydra_errors_as_config_errors
 
 # Commands that read a run and write a module file or a derived run (language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
@@ -36,7 +39,8 @@ def _train(cfg: DictConfig) -> None:
         from xmod_pretrain.data import check_first_use
         from xmod_pretrain.launch import run
 
-        check_first_use(config, HydraConfig.get().overrides.task)
+        # As typed: read through the ListConfig, an override's ${...} would be resolved.
+        check_first_use(config, OmegaConf.to_container(HydraConfig.get().overrides.task))
         run(config)
 
 
@@ -64,18 +68,30 @@ def user_errors_exit() -> Iterator[None]:
 
 
 def _leave_process_group() -> None:
-    """After a command that succeeded (not after a failure: a peer may be gone)."""
-    if "torch.distributed" in sys.modules:  # only commands that trained joined a group
-        from xmod_pretrain.distributed import shutdown_distributed
+    """After a command that succeeded (not after a failure: a peer may be gone).
 
-        shutdown_distributed()
+    A rank of several then ends at once, its output flushed (``os._exit(0)``): at interpreter
+    exit a thread of torch's gloo process group, left joinable, aborts the process ("terminate
+    called without an active exception", exit status 134) about once in 40 two-rank runs, after
+    every checkpoint is written and the group left, and torchrun reports the run as failed."""
+    if "torch.distributed" not in sys.modules:  # only commands that trained joined a group
+        return
+    from xmod_pretrain.distributed import shutdown_distributed
+
+    shutdown_distributed()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def train_main() -> None:
     """The Hydra app; any Hydra override may follow (``+exp=base train.max_steps=10``)."""
     register_configs()
     app = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_train)
-    app()
+    with hydra_errors_as_config_errors():  # a bad override or group option: one line
+        app()
 
 
 def add_language_overrides(argv: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from xmod_core.errors import UserError
+from xmod_core.errors import UserError, closest, did_you_mean
 
 # The YAML tree these schemas type: package data, so an installed wheel finds it (the checkout's
 # top-level conf/ links here).
@@ -419,9 +419,54 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
+# Where a refusal of a key or a group option sends the user.
+LISTS_KEYS = "xmod_pretrain train --help lists every config group, key and value"
+
+
+def schema_keys() -> list[str]:
+    """Every key of the schema, dotted: ``train``, ``train.max_steps``, ..."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def walk(node: DictConfig, prefix: str) -> list[str]:
+        keys = []
+        for key in node:
+            keys.append(f"{prefix}{key}")
+            if isinstance(node[key], DictConfig):
+                keys += walk(node[key], f"{prefix}{key}.")
+        return keys
+
+    return walk(OmegaConf.structured(Config), "")
+
+
+def closest_keys(key: str) -> list[str]:
+    """Keys of the schema a mistyped ``key`` may mean: the same name in another group
+    (``train.lr``: ``optim.lr``), else the most alike (``train.max_step``: ``train.max_steps``)."""
+    keys = schema_keys()
+    name = key.rsplit(".", 1)[-1]
+    return [k for k in keys if k.rsplit(".", 1)[-1] == name and k != key] or closest(key, keys)
+
+
+def unknown_keys_error(keys: list[str]) -> ConfigError:
+    named = ", ".join(f"{key}{did_you_mean(closest_keys(key))}" for key in keys)
+    return ConfigError(f"unknown config key(s) {named}: no such setting ({LISTS_KEYS})")
+
+
+def node_error(err: Any) -> ConfigError:
+    """OmegaConf's refusal of a value (a wrong type, a choice outside an enum, an interpolation
+    that does not resolve) as one line naming the key: its own message runs over several lines."""
+    from omegaconf.nodes import EnumNode
+
+    if isinstance(err.child_node, EnumNode):
+        choices = [choice.name for choice in err.child_node.enum_type]
+        return ConfigError(f"{err.full_key}={err.value} is not allowed: one of "
+                           f"{', '.join(choices)}{did_you_mean(closest(str(err.value), choices))}")
+    value = "" if err.value is None else f"={err.value}"
+    return ConfigError(f"{err.full_key or 'the config'}{value}: {str(err).splitlines()[0]}")
+
+
 def check_known_keys(composed: Any) -> None:
-    """Refuse keys the schema does not have. Hydra refuses ``train.max_step=3`` itself, but its
-    hint, ``+train.max_step=3``, adds the key to a typed node, where it would be ignored."""
+    """Refuse keys the schema does not have. Hydra refuses ``train.max_step=3`` itself, but
+    ``+train.max_step=3`` adds the key to a typed node, where it would be ignored."""
     from omegaconf import DictConfig, OmegaConf
 
     def unknown(node: DictConfig, schema: DictConfig, prefix: str) -> list[str]:
@@ -435,16 +480,19 @@ def check_known_keys(composed: Any) -> None:
 
     extra = unknown(composed, OmegaConf.structured(Config), "")
     if extra:
-        raise ConfigError(f"unknown config key(s) {', '.join(extra)}: no such setting ("
-                          "xmod_pretrain train --help lists every key and its value)")
+        raise unknown_keys_error(extra)
 
 
 def to_config(composed: Any) -> Config:
     """A composed Hydra config as the typed Config, every key known and every value checked."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     check_known_keys(composed)
-    config = OmegaConf.to_object(composed)
+    try:
+        config = OmegaConf.to_object(composed)
+    except OmegaConfBaseException as err:  # run_dir=runs/${nme}: an interpolation of no key
+        raise node_error(err) from None
     check_config(config)
     return config
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -45,6 +44,7 @@ from xmod_pretrain.curse_transfer import markdown as transfer_markdown
 from xmod_pretrain.curse_transfer import write as write_transfer
 from xmod_pretrain.metrics import METRICS_FILE, perplexity, read_records
 from xmod_pretrain.model import count_parameters
+from xmod_pretrain.overrides import hydra_errors_as_config_errors
 from xmod_pretrain.paths import resolve_paths
 from xmod_pretrain.prepared import ensure_prepared
 from xmod_pretrain.runs import load_config
@@ -113,10 +113,11 @@ def compose_config(overrides: Sequence[str]) -> Config:
     """``+exp=curse`` with ``overrides``, typed, as a training run would see it."""
     register_configs()
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with hydra_errors_as_config_errors(), initialize_config_dir(config_dir=CONF_DIR,
+                                                                   version_base="1.3"):
             cfg = compose("config", overrides=["+exp=curse", *overrides])
         return OmegaConf.to_object(cfg)
-    except (HydraException, OmegaConfBaseException) as err:
+    except OmegaConfBaseException as err:
         raise CurseError(f"bad override: {err}") from None
 
 

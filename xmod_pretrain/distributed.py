@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import importlib.util
 import io
 import logging
 import os
-import socket
 import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,12 +30,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Unactionable(logging.Filter):
@@ -57,21 +53,48 @@ def quiet_deepspeed() -> None:
     logging.getLogger("DeepSpeed").addFilter(_Unactionable())
 
 
+def use_own_extensions_dir() -> Path:
+    """Where DeepSpeed builds its ops (``TORCH_EXTENSIONS_DIR``): one folder per install.
+
+    torch's default is one folder for all of a user's Python installs, and it rebuilds an op whose
+    sources or flags changed, which name the install's paths: two venvs under one home would
+    rebuild the op over each other's build at every start. Unless the user set the variable, each
+    install (its prefix, and the folders and versions of its torch and DeepSpeed) gets a folder
+    of its own under torch's default, set before DeepSpeed builds anything."""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        install = [sys.prefix] + [f"{_package_dir(name)} {importlib.metadata.version(name)}"
+                                  for name in ("torch", "deepspeed")]
+        digest = hashlib.sha256("\n".join(install).encode()).hexdigest()[:12]
+        own = Path(get_default_build_root()) / f"install-{digest}"
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(own)
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
 def announce_cpu_comm_build() -> None:
     """DeepSpeed's CPU path compiles a shared-memory communication op the first time it runs
     with an install (about 40 s on 2 cores, then cached): say so, so the start does not look
-    hung. A cached build from another install (another venv) is rebuilt, and said so too."""
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    hung; and say so when another process's build holds it up (torch waits, silently and for
+    ever, while its lock file exists, even one that a killed build left behind)."""
+    root = use_own_extensions_dir()
     if not cpu_comm_build_is_current(root):
         print("DeepSpeed compiles its CPU communication op for this install with the C++ "
               f"compiler (about 40 s on 2 cores, once; cached in {root})", flush=True)
+    for lock in root.glob("**/deepspeed_shm_comm/lock"):
+        print(f"waiting for another process that builds DeepSpeed's CPU communication op in "
+              f"{lock.parent} (if none does, a build was killed: remove {lock})", flush=True)
+
+
+def _package_dir(name: str) -> str:
+    """Where an installed package's files are, without importing it."""
+    return importlib.util.find_spec(name).submodule_search_locations[0]
 
 
 def cpu_comm_build_is_current(root: Path) -> bool:
     """A built op whose build file names this DeepSpeed's sources and this torch's headers:
     torch rebuilds an extension whose sources or flags changed (the paths are in the flags)."""
-    installs = [importlib.util.find_spec(name).submodule_search_locations[0]
-                for name in ("deepspeed", "torch")]
+    installs = [_package_dir(name) for name in ("deepspeed", "torch")]
     for ninja in root.glob("**/deepspeed_shm_comm/build.ninja"):  # with or without py311_cpu/
         if ninja.with_name("deepspeed_shm_comm.so").is_file():
             text = ninja.read_text(encoding="utf-8", errors="replace")
@@ -81,14 +104,26 @@ def cpu_comm_build_is_current(root: Path) -> bool:
 
 
 def init_distributed(timeout_s: int) -> DistInfo:
-    """Join (or, alone, create) the default process group; gloo on CPU, nccl on GPUs.
+    """The process group and DeepSpeed's communication, in one call (``join_process_group``,
+    then ``start_deepspeed``)."""
+    info = join_process_group(timeout_s)
+    start_deepspeed(info, timeout_s)
+    return info
+
+
+def join_process_group(timeout_s: int) -> DistInfo:
+    """Join (or, alone, create) the default process group; gloo on CPU, nccl on GPUs. torch's
+    only: DeepSpeed, slow to import and maybe to build its op, starts later (start_deepspeed), so
+    that the run lock and every check come first.
 
     A launcher (torchrun, deepspeed, srun + torchrun) sets RANK/WORLD_SIZE; a plain
-    ``python -m xmod_pretrain`` is a world of one on a free local port.
+    ``python -m xmod_pretrain`` is a world of one on a local port the system picks as the
+    group's store binds it (port 0): a port chosen first and bound later could be taken in
+    between by another process.
     """
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     info = DistInfo(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
@@ -96,27 +131,39 @@ def init_distributed(timeout_s: int) -> DistInfo:
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
     )
     if not dist.is_initialized():
-        quiet_deepspeed()
-        if info.is_main and not torch.cuda.is_available():
-            announce_cpu_comm_build()
-        import deepspeed  # imported here: it is slow to import and only needed to train
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        options: dict[str, Any] = {"timeout": timedelta(seconds=timeout_s)}
         if torch.cuda.is_available():
             torch.cuda.set_device(info.local_rank)
-        # DeepSpeed prints "... deepspeed_shm_comm_op built successfully" at every start, the op
-        # cached or not (announce_cpu_comm_build says when it is really built); anything else it
-        # prints is passed on.
-        captured = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(captured):
-                deepspeed.init_distributed(dist_backend=backend,
-                                           timeout=timedelta(seconds=timeout_s))
-        finally:
-            kept = [line for line in captured.getvalue().splitlines(keepends=True)
-                    if "built successfully" not in line]
-            sys.stdout.write("".join(kept))
+            # As DeepSpeed's own start does: NCCL's communicators bound to this GPU, except on
+            # the torch versions where that hangs (pytorch/pytorch#153960).
+            if info.world_size > 1 and not "2.6.0" < torch.__version__ < "2.7.1":
+                options["device_id"] = torch.device("cuda", info.local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **options)
     return info
+
+
+def start_deepspeed(info: DistInfo, timeout_s: int) -> None:
+    """DeepSpeed's communication over the process group (on a CPU, its op built on first use)."""
+    if "deepspeed" in sys.modules and sys.modules["deepspeed"].comm.is_initialized():
+        return
+    use_own_extensions_dir()
+    quiet_deepspeed()
+    if info.is_main and not torch.cuda.is_available():
+        announce_cpu_comm_build()
+    import deepspeed  # imported here: it is slow to import and only needed to train
+
+    # DeepSpeed prints "... deepspeed_shm_comm_op built successfully" at every start, the op
+    # cached or not (announce_cpu_comm_build says when it is really built); anything else it
+    # prints is passed on.
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            deepspeed.init_distributed(dist_backend=dist.get_backend(),
+                                       timeout=timedelta(seconds=timeout_s))
+    finally:
+        kept = [line for line in captured.getvalue().splitlines(keepends=True)
+                if "built successfully" not in line]
+        sys.stdout.write("".join(kept))
 
 
 def shutdown_distributed() -> None:

@@ -11,8 +11,10 @@ from xmod_core.errors import UserError
 from xmod_pretrain.distributed import DistInfo
 
 
-class NonFiniteLoss(RuntimeError):
-    """A NaN or inf loss: the run stops before it can be saved."""
+class NonFiniteLoss(UserError, RuntimeError):
+    """A NaN or inf loss: the run stops before it can be saved. A user error (the message names
+    the steps and what to lower), so the command line prints it as one line; a RuntimeError, so
+    that the loop's failure handling sees it as a failed step."""
 
 
 class PeerLost(RuntimeError):

@@ -18,7 +18,7 @@ import torch
 from xmod_core.outputs import CONFIG_FILE, check_not_inside_run
 
 from xmod_pretrain.config import Config
-from xmod_pretrain.distributed import DistInfo, barrier, init_distributed
+from xmod_pretrain.distributed import DistInfo, barrier, join_process_group, start_deepspeed
 from xmod_pretrain.paths import resolve_paths
 from xmod_pretrain.recipes import Recipe, recipe_class
 from xmod_pretrain.resume import NothingToTrain, resume_point
@@ -35,7 +35,7 @@ def run(cfg: Config) -> None:
         recipe.dry_run(cfg)
         return
     check_not_inside_run(cfg.run_dir, "run_dir")  # before the lock makes its folder
-    info = init_distributed(cfg.deepspeed.dist_timeout_s)
+    info = join_process_group(cfg.deepspeed.dist_timeout_s)  # torch's only: DeepSpeed comes later
     lock = lock_run_dir(cfg.run_dir, info)  # first: nothing reads or writes the run before it
     stop_when_orphaned()
     started = recorded = False
@@ -63,6 +63,9 @@ def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:
     barrier()  # every rank has checked the run directory before rank 0 writes to it
     cfg = recipe.prepare()
     resume_from = resume_point(cfg, info)
+    # After every check that needs no model: DeepSpeed takes seconds to import, and on a CPU its
+    # first start in an install compiles an op (about 40 s), so a refusal never waits for it.
+    start_deepspeed(info, cfg.deepspeed.dist_timeout_s)
     if info.is_main:
         print(f"building the model ({cfg.recipe.value}) and its data", flush=True)
     parts = recipe.build(cfg)

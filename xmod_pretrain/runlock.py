@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from xmod_core.errors import UserError, error_line
 from xmod_core.outputs import LOCK_NAME
-from xmod_pretrain.distributed import DistInfo, barrier
+from xmod_pretrain.distributed import DistInfo, barrier, shutdown_distributed
 
 HEARTBEAT_S = 30.0
 # Ten missed heartbeats: a live holder on a busy filesystem is not mistaken for a dead one.
@@ -293,6 +293,8 @@ def lock_run_dir(run_dir: str | Path, info: DistInfo) -> RunLock | None:
         return lock
     if info.is_main:
         print(error_line(refusal), file=sys.stderr, flush=True)
-    # The line is out before any rank exits: torchrun kills the others at the first exit.
+    # The line is out before any rank exits: torchrun kills the others at the first exit. Every
+    # rank is here, so the group can be left (its threads stopped before the interpreter exits).
     barrier()
+    shutdown_distributed()
     raise SystemExit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,10 +16,10 @@ EXPECTED = ("train", "add-language", "prepare", "export", "evaluate", "report", 
             "load-language", "remove-language")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, "-m", "xmod_pretrain", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+                          text=True, timeout=120, env=env, cwd=cwd)
 
 
 def test_every_dispatched_command_is_listed():
@@ -50,10 +51,60 @@ def test_unknown_command_is_one_line_listing_the_commands():
         f"xmod_pretrain: unknown command 'trian' (commands: {', '.join(EXPECTED)})"]
 
 
-def test_add_language_steps_keep_the_experiments_warmup_share():
+def test_add_language_steps_keep_the_experiments_warmup_share(tmp_path):
     """``--steps 20`` with the experiment's 20 warmup steps would be all warmup."""
-    overrides = add_language_overrides(["--lang", "yo_NG", "--from", "runs/x", "--steps", "20"])
+    source = str(tmp_path)  # --from must exist
+    overrides = add_language_overrides(["--lang", "yo_NG", "--from", source, "--steps", "20"])
     assert "train.max_steps=20" in overrides and "optim.warmup_steps=2" in overrides
-    mine = add_language_overrides(["--lang", "yo_NG", "--from", "runs/x", "--steps", "20",
+    mine = add_language_overrides(["--lang", "yo_NG", "--from", source, "--steps", "20",
                                    "optim.warmup_steps=5"])
     assert [o for o in mine if o.startswith("optim.warmup_steps=")] == ["optim.warmup_steps=5"]
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """A refusal: exit status 1 and one line on stderr, no traceback."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xmod_pretrain: error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, names", [
+    (["train.max_step=3"], "unknown config key(s) train.max_step (did you mean train.max_steps?)"),
+    (["+train.max_step=3"], "unknown config key(s) train.max_step (did you mean train.max_steps?)"),
+    (["train.lr=1"], "unknown config key(s) train.lr (did you mean optim.lr?)"),
+    (["deepspeed=zero4"], "deepspeed=zero4: config group deepspeed has no option zero4 (did you "
+                          "mean zero3?); its options: zero0, zero1, zero2, zero2_offload, zero3"),
+    (["--cfg", "job", "train.max_step=3"], "train.max_step (did you mean train.max_steps?)"),
+    (["--multirun", "train.max_step=1,2"], "train.max_step (did you mean train.max_steps?)"),
+])
+def test_an_unknown_key_or_group_option_is_one_line_naming_the_closest(args, names, tmp_path):
+    """Not Hydra's lines and its hint to add ``+train.max_step``, which the schema refuses."""
+    work = tmp_path / "work"  # the working directory, where --multirun makes its sweep folder
+    work.mkdir()
+    line = one_error_line(cli(*args[:-1], "+exp=demo", args[-1], f"run_dir={tmp_path / 'run'}",
+                              cwd=work))
+    assert names in line and "xmod_pretrain train --help lists every config group, key" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_misspelt_experiment_is_one_line_naming_the_closest():
+    line = one_error_line(cli("+exp=dem"))
+    assert line == ("xmod_pretrain: error: exp=dem: config group exp has no option dem (did you "
+                    "mean demo?); its options: add_language, base, curse, demo, large, transfer "
+                    "(xmod_pretrain train --help lists every config group, key and value)")
+
+
+@pytest.mark.parametrize("override, line", [
+    ("train.precision=fp17", "train.precision=fp17 is not allowed: one of fp32, bf16"),
+    ("train.precision=bf15", "train.precision=bf15 is not allowed: one of fp32, bf16 "
+                             "(did you mean bf16?)"),
+    ("train.max_steps=abc", "train.max_steps=abc: Value 'abc' of type 'str' could not be "
+                            "converted to Integer"),
+    ("train.max_steps=[1", "cannot read the override 'train.max_steps=[1': no viable "
+                           "alternative at input '[1' (Hydra's override grammar)"),
+    ("run_dir=runs/${nme}", "run_dir: Interpolation key 'nme' not found"),
+])
+def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(override, line):
+    assert one_error_line(cli("+exp=demo", override)) == f"xmod_pretrain: error: {line}"
+

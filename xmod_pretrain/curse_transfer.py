@@ -66,6 +66,8 @@ def run_transfer(run_dir: Path, out_dir: Path, task: str, targets: Sequence[str]
     if code != 0:
         tail = log.read_text(encoding="utf-8").splitlines()[-15:]
         raise error(f"{label} exited {code}; the end of {log}:\n" + "\n".join(tail))
+    if not summary.is_file():  # a stop signal ended it after a seed, saved
+        raise error(f"{label} stopped before its summary (see {log}); the same command resumes it")
     print(f"{label} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 

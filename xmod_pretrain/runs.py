@@ -220,13 +220,14 @@ def record_start(cfg: Config, info: DistInfo) -> bool:
     return True
 
 
-def check_own_run_dir(cfg: Config, info: DistInfo, option: str, kind: str,
+def check_own_run_dir(cfg: Config, info: DistInfo | None, option: str, kind: str,
                       request: Callable[[Config], dict[str, Any]]) -> None:
     """A command's run directory (``option``, e.g. ``--out``) must be new, empty, or a start
     of this same request, which the command then resumes; a start that never reached a
     checkpoint (killed while preparing its data) is started again, with a line saying so.
     ``request`` reads the settings that make the run what it is (its source, languages,
-    vocabulary) from a config; ``kind`` describes the run (``an add-language run of yo_NG``).
+    vocabulary) from a config; ``kind`` describes the run (``an add-language run of yo_NG``);
+    ``info`` None checks without a word (a command's check before its runs start).
     RunDirError otherwise, naming what differs, before anything is written."""
     run_dir = check_not_inside_run(cfg.run_dir, option)
     if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != LOCK_NAME]:
@@ -246,7 +247,7 @@ def check_own_run_dir(cfg: Config, info: DistInfo, option: str, kind: str,
         raise RunDirError(f"{option} {run_dir} holds another run than {kind}: its "
                           f"{'; '.join(differ)}. Pick another {option}, or repeat that run's "
                           "command to resume it")
-    if info.is_main and not available_steps(run_dir):
+    if info is not None and info.is_main and not available_steps(run_dir):
         print(f"{option} {run_dir} holds a start of {kind} that never reached a checkpoint: "
               "starting it again", file=sys.stderr, flush=True)
 

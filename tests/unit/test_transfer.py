@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,7 @@ def write_task(root: Path, rows: dict[str, list[dict]]) -> Path:
 
 GOOD = {"train/en_XX.jsonl": [{"text": "a b", "label": "x"}, {"text": "c", "label": "y"}],
         "dev/en_XX.jsonl": [{"text": "d", "label": "x"}],
+        "test/en_XX.jsonl": [{"text": "g", "label": "x"}],
         "test/de_DE.jsonl": [{"text_a": "e", "text_b": "f", "label": "y"}]}
 
 
@@ -149,8 +151,31 @@ def test_a_user_task_folder_and_manifest(tmp_path):
     manifest = tmp_path / "t" / "task.json"
     manifest.write_text(json.dumps({"train": {"en_XX": "train/en_XX.jsonl"},
                                     "dev": {"en_XX": "dev/en_XX.jsonl"},
-                                    "test": {"de_DE": "test/de_DE.jsonl"}}))
+                                    "test": {"de_DE": "test/de_DE.jsonl",
+                                             "en_XX": "test/en_XX.jsonl"}}))
     assert load_task(str(manifest), "en_XX").test == task.test
+
+
+def test_a_tasks_content_hash_follows_what_it_reads(tmp_path):
+    """The same files in their roles hash the same (moved, or listed by a manifest); a label
+    edited, or a test language added, changes the hash; a file the task does not read does not."""
+    folder = write_task(tmp_path / "t", GOOD)
+    first = load_task(str(folder), "en_XX").content_hash
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "t")
+    assert load_task(str(moved), "en_XX").content_hash == first
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({split: {path.stem: str(path.relative_to(tmp_path))
+                                            for path in sorted((folder / split).glob("*.jsonl"))}
+                                    for split in ("train", "dev", "test")}))
+    assert load_task(str(manifest), "en_XX").content_hash == first
+    write_task(moved, {"train/de_DE.jsonl": GOOD["train/en_XX.jsonl"]})  # not read: en_XX trains
+    assert load_task(str(moved), "en_XX").content_hash == first
+    write_task(moved, {"dev/en_XX.jsonl": [{"text": "d", "label": "y"}]})
+    relabelled = load_task(str(moved), "en_XX").content_hash
+    write_task(moved, {"test/ru_RU.jsonl": GOOD["test/de_DE.jsonl"]})
+    assert len({first, relabelled, load_task(str(moved), "en_XX").content_hash}) == 3
+    bundled = {load_task(GUIDE_TOPIC, source).content_hash for source in ("en_XX", "en_XX", "de_DE")}
+    assert len(bundled) == 2  # the same files read alike; another source reads another file
 
 
 @pytest.mark.parametrize("change, named", [
@@ -158,10 +183,12 @@ def test_a_user_task_folder_and_manifest(tmp_path):
     ({"dev/en_XX.jsonl": [{"text": "d"}]}, "dev/en_XX.jsonl:1: no \"label\""),
     ({"test/de_DE.jsonl": []}, "test/de_DE.jsonl holds no examples"),
     ({"train/en_XX.jsonl": [{"text": "a", "label": "x"}]}, "one label only"),
+    ({"test/en_XX.jsonl": None}, "no test file for the source language en_XX (has de_DE)"),
 ])
 def test_bad_user_tasks_are_refused_naming_the_file(tmp_path, change, named):
-    with pytest.raises(TransferTaskError, match=named.replace("(", r"\(")):
-        load_task(str(write_task(tmp_path / "t", {**GOOD, **change})), "en_XX")
+    files = {name: rows for name, rows in {**GOOD, **change}.items() if rows is not None}
+    with pytest.raises(TransferTaskError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        load_task(str(write_task(tmp_path / "t", files)), "en_XX")
 
 
 def test_unknown_task_and_language_without_test_data():
@@ -217,6 +244,20 @@ def test_bad_hf_tasks_are_refused_naming_the_problem(xnli, tmp_path):
     (folder / "README.md").write_text((xnli / "README.md").read_text())
     with pytest.raises(TransferTaskError, match=r"en/validation row 0: unlabelled \(label -1\)"):
         load_task(f"hf:{folder}", "en_XX")
+
+
+def test_an_hf_folder_hashes_its_files_and_names_a_garbage_data_file(xnli, tmp_path):
+    copy = shutil.copytree(xnli, tmp_path / "xnli")
+    first = load_task(f"hf:{copy}", "en_XX", ["de_DE"]).content_hash
+    assert load_task(f"hf:{xnli}", "en_XX", ["de_DE"]).content_hash == first  # moved: the same
+    readme = copy / "README.md"
+    readme.write_text(readme.read_text().replace("A local", "A relabelled local"))
+    assert load_task(f"hf:{copy}", "en_XX", ["de_DE"]).content_hash != first
+    garbage = copy / "de" / "test-00000-of-00001.parquet"
+    garbage.write_bytes(b"not parquet\n" * 64)
+    with pytest.raises(TransferTaskError, match=rf"cannot load config 'de': {garbage} \(test "
+                                                r"split\) is not a readable parquet file"):
+        load_task(f"hf:{copy}", "en_XX", ["de_DE"])
 
 
 @pytest.mark.parametrize("value", ["hf:/data/x y/xnli:{iso}", "a'b\\c", "ends\\", "q\\'q",

@@ -7,6 +7,12 @@ train split through the source language's modules. A checkpoint is saved each ep
 with the best source dev accuracy is chosen (no target language is looked at), then evaluated
 on every target's test split through the target's own modules, and through the source's as the
 ablation. One run is one seed; ``xmod_pretrain transfer`` runs the seeds and the summary.
+
+A seed's run records its task's content hash when it starts (``task.json``) and resumes only on
+the same content. A stop signal during its training saves and ends the run, as in pre-training;
+one during its evaluation lets the evaluation finish and then ends the process
+(``SeedStopped``). A seed trained to its end but never evaluated (killed, or aborted by a second
+Ctrl-C, while it was scored) is evaluated by its next start.
 """
 
 from __future__ import annotations
@@ -20,21 +26,27 @@ import torch
 
 from xmod_core.atomic import write_text
 from xmod_core.languages import language_index
-from xmod_core.outputs import CONFIG_FILE, inside_checkpoints
 from xmod_core.shards import read_manifest
 from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.checkpoint import TRAINER_STATE, resume_checkpoint
 from xmod_pretrain.classifier import (
     XmodForSequenceClassification,
     freeze_embeddings_and_language_adapters,
     load_encoder,
 )
-from xmod_pretrain.config import Config, ConfigError, RunKind
+from xmod_pretrain.config import Config, ConfigError
 from xmod_pretrain.distributed import DistInfo, barrier
 from xmod_pretrain.interop import is_hf_folder, open_hf_folder
 from xmod_pretrain.model import model_flops_per_token
 from xmod_pretrain.recipes.base import Recipe
-from xmod_pretrain.runlock import LOCK_NAME
-from xmod_pretrain.runs import RunCheckpoint, available_steps, load_config, open_run
+from xmod_pretrain.runs import (
+    RunCheckpoint,
+    available_steps,
+    check_own_run_dir,
+    open_run,
+    same_path,
+)
+from xmod_pretrain.signals import StopRequest
 from xmod_pretrain.train import Trainer
 from xmod_pretrain.transfer.batches import ExampleSampler, encode_rows, fixed_batches
 from xmod_pretrain.transfer.scoring import accuracy, predictions, wilson_interval
@@ -46,7 +58,18 @@ from xmod_pretrain.transfer.tasks import (
 )
 
 SEED_RESULT = "transfer.json"  # one seed's evaluation, in its run directory
+TASK_RECORD = "task.json"  # the task a seed's run trains on, and its content hash
 EVAL_BATCH = 64
+
+
+class SeedStopped(SystemExit):
+    """A stop signal arrived while a seed was evaluated: with its result written, the process
+    ends with status 0, as a stopped training does, and no later seed starts (``xmod_pretrain
+    transfer`` catches it to say what the same command does next)."""
+
+    def __init__(self, signum: int):
+        super().__init__(0)
+        self.signum = signum
 
 
 class Transfer(Recipe):
@@ -66,7 +89,7 @@ class Transfer(Recipe):
         self.task = task
         self.targets = check_targets(task, req.targets, text_languages(self.source))
         self.modules = module_indices(self.source, [req.source, *self.targets])
-        check_run_dir(cfg)
+        check_run_dir(cfg, task, info)
 
     def prepare(self) -> Config:
         cfg, req = self.cfg, self.cfg.transfer
@@ -77,7 +100,32 @@ class Transfer(Recipe):
         train = dataclasses.replace(cfg.train, max_steps=steps, eval_every=every, save_every=every,
                                     keep_checkpoints=0)  # every epoch's: the choice needs them
         optim = dataclasses.replace(cfg.optim, warmup_steps=round(req.warmup_fraction * steps))
-        return dataclasses.replace(cfg, model=self.source.config.model, train=train, optim=optim)
+        if self.info.is_main:
+            record_task(Path(cfg.run_dir), req.task, self.task)
+        prepared = dataclasses.replace(cfg, model=self.source.config.model, train=train,
+                                       optim=optim)
+        self.evaluate_if_never_evaluated(prepared)
+        return prepared
+
+    def evaluate_if_never_evaluated(self, cfg: Config) -> None:
+        """A seed at its last step without its result: evaluate it now (the start then has
+        nothing to train). The checkpoint is the one a resume would take, verified."""
+        run_dir = Path(cfg.run_dir)
+        if (run_dir / SEED_RESULT).is_file():
+            return
+        latest = resume_checkpoint(run_dir, self.info)
+        if latest is None or trained_step(latest) < cfg.train.max_steps:
+            return
+        if self.info.is_main:
+            self.write_result(cfg, run_dir)
+        barrier()
+
+    def write_result(self, cfg: Config, run_dir: Path) -> None:
+        result = evaluate_seed(cfg, run_dir, self.task, self.targets, self.modules)
+        write_text(run_dir / SEED_RESULT, json.dumps(result, indent=1) + "\n")
+        chosen = result["chosen_step"]
+        print(f"chose step {chosen} (source dev accuracy {result['dev'][str(chosen)]:.4f}); "
+              f"wrote {run_dir / SEED_RESULT}", flush=True)
 
     def tokenizer(self, cfg: Config) -> Path:
         return self.source.tokenizer
@@ -107,13 +155,21 @@ class Transfer(Recipe):
 
     def after_training(self, trainer: Trainer) -> None:
         if trainer.info.is_main:
-            result = evaluate_seed(trainer.cfg, trainer.run_dir, self.task, self.targets,
-                                   self.modules)
-            write_text(trainer.run_dir / SEED_RESULT, json.dumps(result, indent=1) + "\n")
-            chosen = result["chosen_step"]
-            print(f"chose step {chosen} (source dev accuracy {result['dev'][str(chosen)]:.4f}); "
-                  f"wrote {trainer.run_dir / SEED_RESULT}", flush=True)
+            self.write_result(trainer.cfg, trainer.run_dir)
         barrier()
+        stop = stop_since_training(trainer.stop_request)
+        if stop:
+            raise SeedStopped(stop)
+
+
+def stop_since_training(stops: StopRequest) -> int:
+    """The stop signal any rank received after training ended (0: none). Training read the
+    agreement in flight; one more round, waited for, covers the evaluation."""
+    return stops.agreed() or stops.finish()
+
+
+def trained_step(checkpoint: Path) -> int:
+    return json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
 
 
 def open_source_model(path: str) -> RunCheckpoint:
@@ -142,22 +198,42 @@ def module_indices(source: RunCheckpoint, languages: list[str]) -> dict[str, int
     return {lang: language_index(source.languages, shared or lang) for lang in languages}
 
 
-def check_run_dir(cfg: Config) -> None:
-    """The run directory is new, empty, or this same request started before (resumed)."""
-    run_dir = Path(cfg.run_dir)
-    if inside_checkpoints(run_dir) is not None:
-        raise ConfigError(f"--out {run_dir} is inside a run's checkpoints folder")
-    if not run_dir.is_dir() or not [p for p in run_dir.iterdir() if p.name != LOCK_NAME]:
+def check_run_dir(cfg: Config, task: ClassificationTask, info: DistInfo | None = None) -> None:
+    """The run directory is new, empty, or this same request started before (resumed) on a
+    task of the same content. Reads only: the command checks every seed before the first
+    starts (``info`` None: silently), and each seed again under its lock."""
+    req = cfg.transfer
+    check_own_run_dir(cfg, info, "--out", f"a transfer run of {req.task} from {req.source_run}",
+                      transfer_request)
+    check_same_content(Path(cfg.run_dir), req.task, task)
+
+
+def transfer_request(cfg: Config) -> dict[str, object]:
+    """What makes a transfer seed's run what it is: a resumed one must ask the same."""
+    req = cfg.transfer
+    return {"--from": same_path(req.source_run), "--task": req.task, "--source": req.source}
+
+
+def check_same_content(run_dir: Path, spec: str, task: ClassificationTask) -> None:
+    """The task reads as it did when the run started: its labels, its examples, its hub
+    revision unchanged (a run from before the record has none to compare)."""
+    record = run_dir / TASK_RECORD
+    if not record.is_file():
         return
-    saved = run_dir / CONFIG_FILE
-    if saved.is_file():
-        before = load_config(saved)
-        same = ("source_run", "task", "source")
-        if before.recipe == RunKind.transfer and all(
-                getattr(before.transfer, k) == getattr(cfg.transfer, k) for k in same):
-            return
-    raise ConfigError(f"{run_dir} already holds something else (not a transfer run of "
-                      f"{cfg.transfer.task} from {cfg.transfer.source_run}): pick a new --out")
+    was = json.loads(record.read_text(encoding="utf-8"))["content_hash"]
+    if was != task.content_hash:
+        raise TransferTaskError(
+            f"{run_dir} was trained on task {spec} with content hash {was[:12]}, but the task "
+            f"now hashes {task.content_hash[:12]} (its files or revision changed): train it "
+            "into a new --out, or restore the task to resume this one")
+
+
+def record_task(run_dir: Path, spec: str, task: ClassificationTask) -> None:
+    """``task.json`` when the run starts (kept on every resume: the check compares with it)."""
+    record = run_dir / TASK_RECORD
+    if not record.is_file():
+        write_text(record, json.dumps({"task": spec, "content_hash": task.content_hash},
+                                      indent=1) + "\n")
 
 
 def load_classifier(checkpoint: RunCheckpoint) -> XmodForSequenceClassification:
@@ -175,6 +251,15 @@ def choose_checkpoint(dev_accuracy: dict[int, float]) -> int:
     return max(sorted(dev_accuracy), key=lambda step: dev_accuracy[step])
 
 
+def epoch_steps(cfg: Config, run_dir: Path) -> list[int]:
+    """The checkpoints the choice is made among: each epoch's and the last; not one a stop
+    signal saved in between, so that a stopped and resumed seed chooses as an uninterrupted
+    one does."""
+    train = cfg.train
+    return [step for step in available_steps(run_dir)
+            if step % train.save_every == 0 or step == train.max_steps]
+
+
 def evaluate_seed(cfg: Config, run_dir: Path, task: ClassificationTask, targets: list[str],
                   modules: dict[str, int]) -> dict:
     """Choose the checkpoint on the source dev split, then score every language's test split
@@ -190,7 +275,7 @@ def evaluate_seed(cfg: Config, run_dir: Path, task: ClassificationTask, targets:
     dev = batches(task.dev, task.source)
     gold_dev = task.label_ids(task.dev)
     dev_accuracy = {step: accuracy(predictions(load_classifier(open_run(run_dir, step)), dev),
-                                   gold_dev) for step in available_steps(run_dir)}
+                                   gold_dev) for step in epoch_steps(cfg, run_dir)}
     chosen = choose_checkpoint(dev_accuracy)
     model = load_classifier(open_run(run_dir, chosen))
     rows = []

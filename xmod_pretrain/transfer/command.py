@@ -7,12 +7,16 @@
 A classification task runs the ``transfer`` recipe once per seed (``OUT/seed<k>``, resumable
 like any run, under torchrun and any ZeRO stage), then prints and writes the table over seeds
 with the baselines. A retrieval task trains nothing: it scores the model directly.
+
+A stop signal (Ctrl-C, SIGTERM, SIGUSR1) ends the command after the seed it reaches, saved, with
+exit status 0: no later seed starts, and the same command goes on from there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 
 import torch
@@ -22,7 +26,16 @@ from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs, to_config
 from xmod_pretrain.inference import encode_padded, masked_lm
-from xmod_pretrain.recipes.transfer import module_indices, open_source_model, text_languages
+from xmod_pretrain.overrides import hydra_errors_as_config_errors
+from xmod_pretrain.recipes.transfer import (
+    SEED_RESULT,
+    SeedStopped,
+    check_run_dir,
+    module_indices,
+    open_source_model,
+    text_languages,
+)
+from xmod_pretrain.signals import STOP_SIGNALS, signal_name
 from xmod_pretrain.transfer.batches import encode_rows
 from xmod_pretrain.transfer.scoring import (
     accuracy,
@@ -103,20 +116,21 @@ def seed_config(args: argparse.Namespace, seed: int, overrides: list[str]) -> Co
              f"transfer.epochs={args.epochs}"]
     if args.steps is not None:
         fixed.append(f"transfer.steps={args.steps}")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with hydra_errors_as_config_errors(), initialize_config_dir(config_dir=CONF_DIR,
+                                                               version_base="1.3"):
         return to_config(compose("config", fixed + overrides))
 
 
 def classification(args: argparse.Namespace, task: ClassificationTask, targets: list[str],
                    overrides: list[str]) -> None:
-    from xmod_pretrain.distributed import barrier, init_distributed
-    from xmod_pretrain.launch import run
-    from xmod_pretrain.recipes.transfer import SEED_RESULT
+    from xmod_pretrain.distributed import barrier, join_process_group
 
     configs = [seed_config(args, seed, overrides) for seed in range(1, args.seeds + 1)]
-    for cfg in configs:  # every seed's config is checked before the first trains
-        run(cfg)
-    info = init_distributed(configs[0].deepspeed.dist_timeout_s)
+    for cfg in configs:  # before any DeepSpeed start: a changed task is refused in seconds
+        check_run_dir(cfg, task)
+    if not train_seeds(configs):
+        return
+    info = join_process_group(configs[0].deepspeed.dist_timeout_s)
     if info.is_main:
         results = [json.loads((Path(c.run_dir) / SEED_RESULT).read_text(encoding="utf-8"))
                    for c in configs]
@@ -127,7 +141,7 @@ def classification(args: argparse.Namespace, task: ClassificationTask, targets: 
                                          MAJORITY])
         meta = {"task": task.name, "model": str(args.source_run), "source": task.source,
                 "metric": "accuracy", "seeds": args.seeds, "epochs": args.epochs,
-                "steps": args.steps, "labels": task.labels,
+                "steps": args.steps, "labels": task.labels, "content_hash": task.content_hash,
                 "chosen_steps": [r["chosen_step"] for r in results]}
         title = (f"{args.source_run} -> {task.name}, fine-tuned on {task.source}: accuracy, mean "
                  f"±std over {args.seeds} seed(s) [95% interval over the test set]")
@@ -137,6 +151,42 @@ def classification(args: argparse.Namespace, task: ClassificationTask, targets: 
         if args.export:
             export_best(args, results, configs, task.labels)
     barrier()
+
+
+def train_seeds(configs: list[Config]) -> bool:
+    """Each seed's run in turn; False when a stop signal ended one (no later seed started).
+
+    A seed's trainer leaves its stop handlers behind; the command's own come back after each
+    seed, so that a Ctrl-C between seeds interrupts (as before any training) rather than being
+    recorded for a trainer that is gone."""
+    from xmod_pretrain.distributed import join_process_group
+    from xmod_pretrain.launch import run
+
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for k, cfg in enumerate(configs, 1):
+        try:
+            run(cfg)
+            if (Path(cfg.run_dir) / SEED_RESULT).is_file():
+                continue
+            said, resumes = f"seed {k} of {len(configs)} stopped before its last step", True
+        except SeedStopped as stop:
+            said = f"stopping on {signal_name(stop.signum)} after seed {k}'s evaluation"
+            resumes = False
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        if join_process_group(cfg.deepspeed.dist_timeout_s).is_main:
+            print(f"transfer: {said}; the same command {what_is_left(k, len(configs), resumes)}",
+                  flush=True)
+        return False
+    return True
+
+
+def what_is_left(k: int, n: int, resumes: bool) -> str:
+    """What the same command does after seed ``k`` of ``n`` stopped (``resumes``: mid-training)."""
+    later = [] if k == n else [f"runs seed {n}" if k + 1 == n else f"runs seeds {k + 1}-{n}"]
+    steps = ["resumes it"] * resumes + later + ["writes the summary"]
+    return ", ".join(steps[:-1]) + " and " + steps[-1] if len(steps) > 1 else steps[0]
 
 
 def present_columns(rows: list[dict], columns: list[str]) -> list[str]:

@@ -8,10 +8,17 @@ a language, with ``{lang}`` -> ``en_XX`` and ``{iso}`` -> ``en``, as in data pre
 ``hf:`` sources, but with XNLI's ``{iso}`` as the default (data preparation's is ``{lang}``).
 The source language's ``train`` and ``validation`` (or ``dev``) splits train and pick the
 checkpoint; every language's ``test`` split is scored.
+
+The task's content hash is that of every file of a local folder (hidden ones aside), or of a hub
+dataset the fingerprints datasets gives each split loaded, which follow the dataset's revision.
+A data file that cannot be read is named, with its split.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tempfile
 from pathlib import Path
 
 from data_prep.sources import HF_ERRORS, fill_template, parse_hf_spec
@@ -21,6 +28,7 @@ from xmod_pretrain.transfer.tasks import (
     ClassificationTask,
     Example,
     TransferTaskError,
+    content_hash,
     row_example,
     train_labels,
 )
@@ -54,7 +62,21 @@ def hf_task(spec: str, source: str, languages: list[str]) -> ClassificationTask:
         name=name.rstrip("/").rsplit("/", 1)[-1], source=source, labels=order, train=train,
         dev=_examples(loaded[source], "dev", where[source], labels),
         test={lang: _examples(splits, "test", where[lang], labels)
-              for lang, splits in loaded.items()})
+              for lang, splits in loaded.items()},
+        content_hash=_content_hash(name, loaded))
+
+
+def _content_hash(name: str, loaded: dict) -> str:
+    """A local folder: its files (the README's configs and features, every data file); a hub
+    dataset: each loaded split's fingerprint (``loaded``: language -> DatasetDict)."""
+    root = Path(name)
+    if root.is_dir():
+        files = [p for p in sorted(root.rglob("*")) if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        return content_hash((str(p.relative_to(root)), p) for p in files)
+    fingerprints = {lang: {split: rows._fingerprint for split, rows in splits.items()}
+                    for lang, splits in loaded.items()}
+    return hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()
 
 
 def _config_names(name: str, spec: str) -> list[str]:
@@ -69,16 +91,50 @@ def _config_names(name: str, spec: str) -> list[str]:
 
 def _load(name: str, config: str, spec: str):
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
-    # datasets keys its cache of a local folder by the config's file patterns, not by the files'
-    # contents: a folder edited (or another folder of the same name) would be served stale.
-    local = Path(name).is_dir()
     try:
-        return datasets.load_dataset(name, config,
-                                     download_mode="force_redownload" if local else None)
+        if Path(name).is_dir():
+            return _load_folder(name, config)
+        return datasets.load_dataset(name, config)
+    except DatasetGenerationError as e:  # a data file it found but could not read
+        raise TransferTaskError(f"{spec}: cannot load config {config!r}: "
+                                f"{_unreadable(name, config, e.__cause__ or e)}") from None
     except HF_ERRORS as e:
         raise TransferTaskError(f"{spec}: cannot load config {config!r} "
                                 f"({type(e).__name__}: {e})") from None
+
+
+def _load_folder(name: str, config: str):
+    """A local folder's config, read through a cache of this call's own, into memory. datasets
+    keys its shared cache of a local folder by the config's file patterns, not by the files'
+    contents or the folder's path: an edited folder (or another of the same name) would be served
+    stale, and two processes loading such folders at once would rewrite one cache folder."""
+    import datasets
+
+    with tempfile.TemporaryDirectory(prefix="xmod-task-cache-") as cache:
+        return datasets.load_dataset(name, config, cache_dir=cache, keep_in_memory=True)
+
+
+def _unreadable(name: str, config: str, cause: BaseException) -> str:
+    """What datasets could not read: the parquet file of a local folder's ``config`` whose
+    footer does not parse, with its split (datasets' own error names neither); otherwise its
+    cause, on one line."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reason = f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+    if not Path(name).is_dir():
+        return reason
+    for split, files in datasets.load_dataset_builder(name, config).config.data_files.items():
+        for file in (f for f in files if f.endswith(".parquet")):
+            try:
+                pq.read_metadata(file)
+            except (pa.ArrowException, OSError) as err:
+                return (f"{file} ({split} split) is not a readable parquet file "
+                        f"({' '.join(str(err).split())})")
+    return reason
 
 
 def _examples(splits, split: str, where: str, labels: set[str] | None) -> list[Example]:

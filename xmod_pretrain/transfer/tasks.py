@@ -10,13 +10,19 @@ paths relative to the manifest. One example a line: ``{"text": ..., "label": ...
 ``{"text_a": ..., "text_b": ..., "label": ...}`` for sentence pairs (XNLI's premise and
 hypothesis). Labels are strings or ints; the label set is the source train file's. A
 ``datasets`` source, ``hf:NAME[:CONFIG]``, is read by ``xmod_pretrain.transfer.hf_task``.
+
+Every classification task carries a hash of its content (``content_hash``): the bytes of every
+file it reads, each under its role in the task, or for a hub dataset the fingerprints datasets
+gives its splits. A resumed transfer compares it with the hash its run recorded when it started.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +64,7 @@ class ClassificationTask:
     train: list[Example]
     dev: list[Example]
     test: dict[str, list[Example]]         # every language with test data, the source included
+    content_hash: str                      # sha256 of what the task was read from
 
     def label_ids(self, examples: list[Example]) -> list[int]:
         index = {label: i for i, label in enumerate(self.labels)}
@@ -72,6 +79,17 @@ class RetrievalTask:
     source: str
     keys: list[str]
     items: dict[str, list[str]] = field(default_factory=dict)
+
+
+def content_hash(files: Iterable[tuple[str, Path]]) -> str:
+    """sha256 over ``(role, file)`` pairs in the order given: each file's role in the task (a
+    split and language, or its name in its folder) and its bytes. A file edited, added, renamed
+    or swapped for another changes it; the task's folder moved does not."""
+    digest = hashlib.sha256()
+    for role, path in files:
+        with path.open("rb") as f:
+            digest.update(f"{role}\0{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
+    return digest.hexdigest()
 
 
 def load_task(spec: str, source: str,
@@ -132,9 +150,12 @@ def guide_topic(source: str) -> ClassificationTask:
     pretraining = _paged_lines(guide, source)
     train, dev = examples(pretraining, "train"), examples(pretraining, "dev")
     test = {lang: examples(_paged_lines(topic, lang), "test") for lang in languages}
+    read = [guide / f"{source}.txt.xz", guide / "pages.json", topic / "splits.json",
+            topic / "pages.json", *(topic / f"{lang}.txt.xz" for lang in languages)]
     return ClassificationTask(name=GUIDE_TOPIC, source=source,
                               labels=sorted({e.label for e in train}), train=train, dev=dev,
-                              test=test)
+                              test=test, content_hash=content_hash(
+                                  (str(p.relative_to(CORPUS_DIR)), p) for p in read))
 
 
 def udhr_retrieval(source: str) -> RetrievalTask:
@@ -229,18 +250,19 @@ def row_example(row: dict, where: str, labels: set[str] | None) -> Example:
 
 def user_task(path: Path, source: str) -> ClassificationTask:
     files = task_files(path)
-    for split in ("train", "dev"):
+    for split in SPLITS:  # the source's test row heads the table, beside the targets'
         if source not in files[split]:
             raise TransferTaskError(f"{path}: no {split} file for the source language {source} "
                                     f"(has {', '.join(files[split]) or 'none'})")
-    if not files["test"]:
-        raise TransferTaskError(f"{path}: no test files (test/<xx_YY>.jsonl)")
     train = read_examples(files["train"][source])
     labels = train_labels(train, files["train"][source])
+    read = [("train", source, files["train"][source]), ("dev", source, files["dev"][source]),
+            *(("test", lang, files["test"][lang]) for lang in sorted(files["test"]))]
     return ClassificationTask(
         name=path.stem, source=source, labels=sorted(labels), train=train,
         dev=read_examples(files["dev"][source], labels),
-        test={lang: read_examples(file, labels) for lang, file in files["test"].items()})
+        test={lang: read_examples(file, labels) for lang, file in files["test"].items()},
+        content_hash=content_hash((f"{split}/{lang}", file) for split, lang, file in read))
 
 
 def train_labels(train: list[Example], where: object) -> set[str]:

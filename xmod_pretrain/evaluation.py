@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from xmod_core.errors import UserError
-from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, inside_checkpoints
+from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, check_not_inside_run
 from xmod_core.shards import (
     MANIFEST,
     TOKENIZER_FILE,
@@ -393,11 +393,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def check_evaluation_out(out: Path, run: Path) -> Path:
-    """The tables go into the run itself or a folder of their own: never into a run's
-    checkpoints, nor into another run, whose report would then show this run's numbers."""
-    if inside_checkpoints(out) is not None:
-        raise EvaluationError(f"--out {out} is inside the checkpoints folder of a run: "
-                              "write the tables somewhere else")
+    """The tables go into the run itself (or a folder in it) or a folder of their own: never
+    into a run's checkpoints, nor into or inside another run, whose report would then show this
+    run's numbers."""
+    check_not_inside_run(out, "--out", own_run=run)
     if (out / CHECKPOINTS).is_dir() and out.resolve() != run.resolve():
         raise EvaluationError(f"--out {out} is another run: its report would show {run}'s "
                               "numbers; write the tables into the run or a folder of their own")

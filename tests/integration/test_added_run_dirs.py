@@ -87,6 +87,13 @@ def test_no_command_writes_inside_a_run(source, tiny_data, command):
     assert tree_hash(source) == before
 
 
+def test_evaluate_writes_into_its_own_run_only(source, added):
+    before = tree_hash(added)
+    line = one_error_line(cli("evaluate", "--from", str(source), "--out", str(inside(added))))
+    assert f"{inside(added)} is inside the run {added}" in line
+    assert tree_hash(added) == before
+
+
 def test_a_start_killed_while_preparing_its_text_is_started_again(source, tmp_path):
     """kill -9 during the text preparation leaves a run with no checkpoint; the same command
     says so and trains it, where it refused the folder as "something else" before."""
@@ -104,8 +111,9 @@ def test_a_start_killed_while_preparing_its_text_is_started_again(source, tmp_pa
     try:
         for line in proc.stdout:
             if line.startswith("preparing yo_NG"):
-                time.sleep(0.5)  # inside data_prep: the data folder is half-made
                 break
+        while not any((out / "data").glob("*")):  # inside data_prep: the folder is half-made
+            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()

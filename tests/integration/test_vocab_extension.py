@@ -130,6 +130,17 @@ def test_export_gives_our_ids_and_logits(grown, tmp_path, caplog):
     assert_same_logits(model, hf, batch, torch.ones_like(batch))
 
 
+def test_a_run_grown_from_a_grown_run_keeps_its_base(grown, tmp_path):
+    """add-language without --extend-vocab on a grown run: the new run keeps the vocabulary
+    record, so its modules (the grown language's too) have the grown run's base identity."""
+    run, _ = grown
+    add_language("--lang", "yo_NG", "--from", str(run), "--out", str(tmp_path / "more"),
+                 "--steps", "1", *TRAIN)
+    more, original = open_run(tmp_path / "more"), open_run(run)
+    assert more.config.vocab == original.config.vocab
+    assert run_identity(more, more.weights()) == run_identity(original, original.weights())
+
+
 def test_module_file_carries_the_pieces(source_run, grown, tmp_path):
     run, _ = grown
     cli = [sys.executable, "-m", "xmod_pretrain"]

@@ -218,7 +218,8 @@ class AddLanguage(Recipe):
             workers=cfg.data.prepare_workers, run_dir=cfg.run_dir,
             announce=f"preparing {', '.join(plan.new_languages)} from {source} with the "
                      f"{'grown ' if plan.grown else ''}tokenizer of {plan.source.run_dir}")
-        cfg = dataclasses.replace(cfg, model=plan.model_cfg)
+        # The source's vocabulary record goes on: a run grown from a grown run is of its base.
+        cfg = dataclasses.replace(cfg, model=plan.model_cfg, vocab=plan.source.config.vocab)
         return cfg if plan.grown is None else with_grown_model(cfg, plan.grown)
 
     def build_data(self, cfg: Config):

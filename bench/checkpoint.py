@@ -20,7 +20,7 @@ import torch
 
 from bench.common import MID, QUICK, REPO, engine_config, engine_step, machine, masked_batch
 from xmod_pretrain.checkpoint import Checkpointer
-from xmod_pretrain.distributed import init_distributed, shutdown_distributed
+from xmod_pretrain.distributed import finish_process, init_distributed
 from xmod_pretrain.engine import build_engine
 from xmod_pretrain.model import XmodForMaskedLM
 
@@ -102,9 +102,7 @@ def worker(out: Path, size_name: str) -> None:
         del engine, optimizer
     if info.is_main:
         out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    # As the CLI does: a process group left to the interpreter's exit can abort the process
-    # ("terminate called without an active exception"), and torchrun then reports a failure.
-    shutdown_distributed()
+    finish_process()  # as the CLI ends: an exit through the interpreter can abort a rank
 
 
 def report(result: dict) -> str:

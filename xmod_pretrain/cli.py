@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,11 +45,14 @@ def _train(cfg: DictConfig) -> None:
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
     """The CLI boundary: a UserError becomes one line on stderr and exit status 1, no traceback;
-    a second Ctrl-C during training (or one before it starts) one line and exit status 130."""
+    a second Ctrl-C during training (or one before it starts) one line and exit status 130.
+    A process group the command joined is left when it succeeds; one it found (a caller's, in
+    this process) stays."""
+    found_a_group = _in_a_process_group()
     try:
         yield
     except SystemExit as done:  # a tool's own exit status
-        if not done.code:
+        if not done.code and not found_a_group:
             _leave_process_group()
         raise
     except UserError as err:
@@ -64,26 +65,22 @@ def user_errors_exit() -> Iterator[None]:
         print("interrupted by Ctrl-C", file=sys.stderr, flush=True)
         sys.exit(Aborted.exit_status)
     else:
-        _leave_process_group()
+        if not found_a_group:
+            _leave_process_group()
+
+
+def _in_a_process_group() -> bool:
+    """Whether this process is in a torch process group (torch is not imported to tell)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def _leave_process_group() -> None:
-    """After a command that succeeded (not after a failure: a peer may be gone).
+    """After a command that succeeded (not after a failure: a peer may be gone)."""
+    if _in_a_process_group():  # only commands that trained joined a group
+        from xmod_pretrain.distributed import finish_process
 
-    A rank of several then ends at once, its output flushed (``os._exit(0)``): at interpreter
-    exit a thread of torch's gloo process group, left joinable, aborts the process ("terminate
-    called without an active exception", exit status 134) about once in 40 two-rank runs, after
-    every checkpoint is written and the group left, and torchrun reports the run as failed."""
-    if "torch.distributed" not in sys.modules:  # only commands that trained joined a group
-        return
-    from xmod_pretrain.distributed import shutdown_distributed
-
-    shutdown_distributed()
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        finish_process()
 
 
 def train_main() -> None:

@@ -167,11 +167,24 @@ def start_deepspeed(info: DistInfo, timeout_s: int) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group at a clean end, so that its threads stop before the interpreter
-    exits (left to the exit, one was seen to abort the process: "terminate called without an
-    active exception")."""
+    """Leave the process group, so that its threads stop before the interpreter exits."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish_process() -> None:
+    """The clean end of a process that trained: leave the process group; a rank of several then
+    ends at once, its output flushed (``os._exit(0)``). At interpreter exit a thread left
+    joinable in torch's or DeepSpeed's native code aborts a rank ("terminate called without an
+    active exception", exit status 134) in about 1 of 40 two-rank runs of the CLI and up to half
+    of the checkpoint bench's, after all its work is saved, and torchrun reports a failure."""
+    several = dist.is_initialized() and dist.get_world_size() > 1
+    shutdown_distributed()
+    if several:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def barrier() -> None:

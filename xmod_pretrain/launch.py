@@ -38,10 +38,10 @@ def run(cfg: Config) -> None:
     info = join_process_group(cfg.deepspeed.dist_timeout_s)  # torch's only: DeepSpeed comes later
     lock = lock_run_dir(cfg.run_dir, info)  # first: nothing reads or writes the run before it
     stop_when_orphaned()
-    started = recorded = False
+    started = False
+    recorded_before = (Path(cfg.run_dir) / CONFIG_FILE).exists()  # read under the lock
     try:
         kind = recipe(cfg, info)  # checks the request against the world; writes nothing
-        recorded = record_start(cfg, info)
         trainer = build_trainer(kind, info)
         started = True
         try:
@@ -53,14 +53,15 @@ def run(cfg: Config) -> None:
     finally:
         if lock:
             lock.release(remove_new_run_dir=not started)
-        if recorded and not started:  # a refused start leaves a folder it did not make as it was
-            (Path(cfg.run_dir) / CONFIG_FILE).unlink(missing_ok=True)
+            if not started and not recorded_before:  # a refused start leaves a folder as it was
+                (Path(cfg.run_dir) / CONFIG_FILE).unlink(missing_ok=True)
 
 
 def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:
     """The Trainer over ``recipe``'s parts, resumed where the run directory says."""
     configure_torch(recipe.cfg, info)
     barrier()  # every rank has checked the run directory before rank 0 writes to it
+    record_start(recipe.cfg, info)
     cfg = recipe.prepare()
     resume_from = resume_point(cfg, info)
     # After every check that needs no model: DeepSpeed takes seconds to import, and on a CPU its

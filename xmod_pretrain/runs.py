@@ -207,17 +207,16 @@ class RunDirError(UserError, FileExistsError):
     """The run directory holds another run or something else; nothing has been written."""
 
 
-def record_start(cfg: Config, info: DistInfo) -> bool:
+def record_start(cfg: Config, info: DistInfo) -> None:
     """Rank 0 writes the requested config as ``run_dir/config.yaml`` when the run has none yet
     (the recipe's checks have passed; the trainer later rewrites it with the model complete).
     A start killed before its first checkpoint, while it prepares data or learns a vocabulary,
     then leaves a folder that says which run it is, and the same command recognises it
-    (``check_own_run_dir``). Returns whether it wrote the file."""
+    (``check_own_run_dir``). Every rank has checked the run directory before (the caller's
+    barrier): a rank still checking would see the file half-made."""
     path = Path(cfg.run_dir) / CONFIG_FILE
-    if not info.is_main or path.exists():
-        return False
-    write_text(path, config_text(cfg))
-    return True
+    if info.is_main and not path.exists():
+        write_text(path, config_text(cfg))
 
 
 def check_own_run_dir(cfg: Config, info: DistInfo | None, option: str, kind: str,

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 TWO_RANKS = """
 import os, signal, sys, time
 from pathlib import Path
-from xmod_pretrain.distributed import init_distributed, shutdown_distributed
+from xmod_pretrain.distributed import finish_process, init_distributed
 from xmod_pretrain.signals import StopRequest
 
 info = init_distributed(60)
@@ -34,7 +34,7 @@ while step < 50:
               flush=True)
         break
 stop.finish()
-shutdown_distributed()  # as the CLI does: a process group left to the exit can abort it
+finish_process()  # as the CLI ends: an exit through the interpreter can abort a rank
 """
 
 

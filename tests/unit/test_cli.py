@@ -108,3 +108,18 @@ def test_a_misspelt_experiment_is_one_line_naming_the_closest():
 def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(override, line):
     assert one_error_line(cli("+exp=demo", override)) == f"xmod_pretrain: error: {line}"
 
+
+
+def test_a_command_run_in_a_callers_process_group_leaves_it_joined(capsys):
+    """In-process use (a notebook, a test): the caller's process group, which DeepSpeed caches
+    its own groups on, outlives a command that succeeded; a command leaves only a group it
+    joined itself."""
+    import torch.distributed as dist
+
+    from bench.common import single_process_group
+    from xmod_pretrain.cli import main
+
+    with single_process_group():
+        main(["--help"])
+        assert "commands:" in capsys.readouterr().out
+        assert dist.is_initialized()

@@ -16,6 +16,9 @@ from bench.memory import STAGES, per_rank
 from bench.zero3 import LAYOUTS
 from xmod_pretrain.model import model_flops_per_token
 
+# Each benchmark builds models and DeepSpeed engines in this process.
+pytestmark = pytest.mark.slow
+
 MACHINE_KEYS = {"cpu", "cores", "threads", "torch"}
 
 

@@ -142,6 +142,7 @@ def test_every_shipped_experiment_passes_the_checks(exp):
     check_config(load(f"+exp={exp}"))
 
 
+@pytest.mark.integration
 def test_a_bad_value_fails_within_seconds_with_one_line_and_writes_nothing(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "xmod_pretrain", "+exp=demo", "data.alpha=-1",
@@ -156,6 +157,7 @@ def test_a_bad_value_fails_within_seconds_with_one_line_and_writes_nothing(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("exp,total,active", [("base", 852.7e6, 285.4e6), ("large", 1.58e9, 572.8e6)])
 def test_dry_run_prints_the_parameter_count(exp, total, active, tmp_path):
     proc = subprocess.run(

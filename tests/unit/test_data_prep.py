@@ -290,6 +290,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration  # the prepare command in a subprocess
 def test_cli(tmp_path, prepared):
     folder = folder_with(tmp_path, {"fr_XX.txt": b"abc\n\x80\n"})
     failed = run_cli("--source", str(folder), "--out", str(tmp_path / "bad"))
@@ -306,6 +307,7 @@ def test_cli(tmp_path, prepared):
     assert entry["valid"]["lines"] == int(0.2 * (entry["train"]["lines"] + entry["valid"]["lines"]))
 
 
+@pytest.mark.integration  # the prepare command in a subprocess
 def test_a_vocabulary_the_text_cannot_fill_is_refused_naming_the_largest(tmp_path):
     """A small corpus with the default 8000 pieces: one line naming the option and the most
     SentencePiece can make from the text, exit 1, and no output folder left behind."""
@@ -322,6 +324,7 @@ def test_a_vocabulary_the_text_cannot_fill_is_refused_naming_the_largest(tmp_pat
     assert largest.returncode == 0, largest.stderr
 
 
+@pytest.mark.integration  # the prepare command in a subprocess
 def test_prepare_help_shows_the_defaults_and_the_console_command():
     shown = run_cli("--help").stdout
     assert "xmod_pretrain prepare" in shown and "(default: 8000)" in shown

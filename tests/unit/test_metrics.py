@@ -54,6 +54,7 @@ def step_norms(stage: int, model: XmodForMaskedLM) -> tuple[float, float | None]
     return logged, expected
 
 
+@pytest.mark.slow
 def test_gradient_norm_is_the_norm_before_clipping_under_zero0_and_zero2():
     """ZeRO-0 fp32: measured by the trainer; ZeRO-2: DeepSpeed's; the same step, the same norm."""
     torch.manual_seed(0)

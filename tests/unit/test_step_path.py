@@ -23,6 +23,9 @@ from xmod_pretrain.launch import build_trainer
 from xmod_pretrain.prefetch import Prefetcher
 from xmod_pretrain.recipes import recipe_class
 
+# Each test builds a DeepSpeed engine and a Trainer in this process.
+pytestmark = pytest.mark.slow
+
 # Tensor methods that make the host wait for the device (a pipeline stall on an accelerator).
 SYNCS = {"item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__float__",
          "__index__", "equal", "allclose"}

@@ -27,6 +27,9 @@ from xmod_core.vocab_extension import (
 )
 from xmod_pretrain.interop.tokenizer import build_tokenizer
 
+# The module fixture trains the 19-language, 8000-piece tokenizer (about 15 s).
+pytestmark = pytest.mark.slow
+
 PRETRAINING = sorted(p.name.split(".")[0] for p in (CORPUS_DIR / "debian_ig").glob("*.txt.xz"))
 
 

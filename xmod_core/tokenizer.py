@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from xmod_core.atomic import write_bytes
 from xmod_core.errors import UserError
@@ -33,6 +34,11 @@ BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 # Piece ids the SentencePiece model must have for the layout above (XLM-R's model has them).
 SP_UNK_ID, SP_BOS_ID, SP_EOS_ID, SP_PAD_ID = 0, 1, 2, -1
 PIECE_OFFSET = 1  # id = piece + 1 for every real piece (fairseq's dictionary shift)
+SPACE = "\u2581"  # "▁", SentencePiece's visible space
+# Piece types of sentencepiece_model.proto, as the model file stores them.
+_PIECE = model_pb2.ModelProto.SentencePiece
+NORMAL, CONTROL, USER_DEFINED, UNUSED, BYTE = (_PIECE.NORMAL, _PIECE.CONTROL, _PIECE.USER_DEFINED,
+                                               _PIECE.UNUSED, _PIECE.BYTE)
 
 TextSource = str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str]
 
@@ -252,3 +258,11 @@ class _Lines:
             self.error = e
             raise
 
+
+def read_model(path: str | Path) -> model_pb2.ModelProto:
+    """A SentencePiece model file as its protobuf message (pieces, trainer and normalizer
+    settings; absent fields read as the proto's defaults), through the module sentencepiece
+    ships: the one reader of the file's contents."""
+    model = model_pb2.ModelProto()
+    model.ParseFromString(Path(path).read_bytes())
+    return model

@@ -34,10 +34,17 @@ from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from xmod_core.atomic import write_bytes
 from xmod_core.errors import UserError
-from xmod_core.tokenizer import PIECE_OFFSET, SP_UNK_ID, UNK_ID, Tokenizer
+from xmod_core.tokenizer import (
+    BYTE,
+    NORMAL,
+    PIECE_OFFSET,
+    SP_UNK_ID,
+    SPACE,
+    UNK_ID,
+    Tokenizer,
+    read_model,
+)
 
-SPACE = "▁"  # U+2581, SentencePiece's visible space
-NORMAL, BYTE = model_pb2.ModelProto.SentencePiece.NORMAL, model_pb2.ModelProto.SentencePiece.BYTE
 # Trainer options of the old model that decide how text splits into pieces: the new pieces must
 # split text the same way (whitespace as a prefix, no piece across scripts or digits).
 _SPLIT_OPTIONS = ("split_by_whitespace", "split_by_unicode_script", "split_by_number",
@@ -60,12 +67,6 @@ class LearnedPieces:
     """Letters and marks of the text that no old piece has: what the pieces are built from."""
     left_out: dict[str, str] = field(default_factory=dict)
     """Characters the old vocabulary lacks that no piece may contain, each with the reason."""
-
-
-def read_model(path: str | Path) -> model_pb2.ModelProto:
-    model = model_pb2.ModelProto()
-    model.ParseFromString(Path(path).read_bytes())
-    return model
 
 
 def vocabulary_characters(model: model_pb2.ModelProto) -> set[str]:

@@ -11,8 +11,8 @@ import pytest
 import sentencepiece as spm
 import transformers
 
-from xmod_core.tokenizer import Tokenizer, train_tokenizer
-from xmod_pretrain.interop import read_sentencepiece, write_tokenizer_files
+from xmod_core.tokenizer import Tokenizer, read_model, train_tokenizer
+from xmod_pretrain.interop import write_tokenizer_files
 
 CORPUS = Path(__file__).resolve().parents[2] / "data_prep" / "corpus"
 TRAIN_LINES = 150  # per Debian language; the lines after them are held out
@@ -82,7 +82,7 @@ def assert_same_ids(ours: Tokenizer, texts: list[str], got: list[list[int]]) -> 
     ``tokenizers`` sums in float64 and keeps the better one. Such a row must spell the same
     text with a total score that is better, by less than float32 can resolve at that magnitude.
     """
-    scores = {i + 1: p.score for i, p in enumerate(read_sentencepiece(ours.path).pieces)}
+    scores = {i + 1: p.score for i, p in enumerate(read_model(ours.path).pieces)}
     ties = 0
     for text, expected, row in zip(texts, ours.encode_batch(texts), got):
         if row == expected:
@@ -144,19 +144,6 @@ def test_xlmr_style_model_without_byte_fallback(tmp_path):
     texts = sample_texts()
     assert sum(row.count(ours.unk_id) for row in ours.encode_batch(texts)) > 100  # unknown chars
     assert assert_same_ids(ours, texts, hf_ids(exported, texts)) < len(texts) / 500
-
-
-def test_reads_the_model_file_like_protobuf(ours):
-    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
-    proto = pb.ModelProto()
-    proto.ParseFromString(ours.path.read_bytes())
-    model = read_sentencepiece(ours.path)
-    assert [(p.text, p.score, p.type) for p in model.pieces] == [
-        (p.piece, p.score, p.type) for p in proto.pieces]
-    spec = proto.normalizer_spec
-    assert (model.precompiled_charsmap, model.add_dummy_prefix, model.remove_extra_whitespaces,
-            model.escape_whitespaces) == (spec.precompiled_charsmap, spec.add_dummy_prefix,
-                                          spec.remove_extra_whitespaces, spec.escape_whitespaces)
 
 
 def test_refuses_a_model_it_cannot_reproduce(tmp_path):

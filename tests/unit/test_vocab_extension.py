@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.sources import CORPUS_DIR, open_source
-from xmod_core.tokenizer import Tokenizer, train_tokenizer
+from xmod_core.tokenizer import Tokenizer, read_model, train_tokenizer
 from xmod_core.vocab_extension import (
     ExtensionError,
     characters_outside,
@@ -21,7 +21,6 @@ from xmod_core.vocab_extension import (
     learn_pieces,
     old_spelling,
     piece_bytes,
-    read_model,
     tokens_per_character,
     vocabulary_characters,
 )

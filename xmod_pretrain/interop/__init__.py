@@ -26,7 +26,6 @@ from xmod_pretrain.interop.folder import (
 from xmod_pretrain.interop.tokenizer import (
     build_tokenizer,
     hf_tokenizer_file,
-    read_sentencepiece,
     write_tokenizer_files,
 )
 from xmod_pretrain.interop.weights import (
@@ -43,6 +42,6 @@ __all__ = [
     "HF_CONFIG", "HFCheckpoint", "TransformersFolderError", "WeightMismatchError",
     "build_tokenizer", "check_weights", "expected_shapes", "export_classifier", "export_model", "export_run",
     "hf_config", "hf_tokenizer_file", "is_hf_folder", "load_hf_weights", "model_config_from_hf",
-    "model_weights", "open_hf_folder", "read_hf_weights", "read_sentencepiece", "run_weights",
+    "model_weights", "open_hf_folder", "read_hf_weights", "run_weights",
     "write_tokenizer_files",
 ]

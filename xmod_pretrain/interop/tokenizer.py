@@ -26,127 +26,42 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
 from tokenizers.models import Unigram
 
 from xmod_core.atomic import atomic_path, write_text
 from xmod_core.shards import TOKENIZER_FILE
-from xmod_core.tokenizer import BOS_ID, EOS_ID, UNK_ID, Tokenizer
+from xmod_core.tokenizer import (
+    BOS_ID,
+    BYTE,
+    CONTROL,
+    EOS_ID,
+    NORMAL,
+    SPACE,
+    UNK_ID,
+    UNUSED,
+    USER_DEFINED,
+    Tokenizer,
+    read_model,
+)
 from xmod_pretrain.interop.config import TransformersFolderError
 
 TOKENIZER_JSON = "tokenizer.json"
-SPACE = "▁"  # U+2581, SentencePiece's visible space
-
-# SentencePiece piece types (sentencepiece_model.proto).
-NORMAL, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 3, 4, 5, 6
-UNIGRAM = 1
+UNIGRAM = model_pb2.TrainerSpec.UNIGRAM
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
             "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
 
 
-@dataclass(frozen=True)
-class Piece:
-    """One SentencePiece piece: its text, its score (a log probability) and its type."""
-
-    text: str
-    score: float
-    type: int
-
-
-@dataclass(frozen=True)
-class SentencePieceModel:
-    """What a SentencePiece model file says about encoding (the parts a tokenizer.json needs)."""
-
-    pieces: list[Piece]
-    model_type: int
-    treat_whitespace_as_suffix: bool
-    precompiled_charsmap: bytes
-    add_dummy_prefix: bool
-    remove_extra_whitespaces: bool
-    escape_whitespaces: bool
-
-
-def _fields(message: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of a serialized protobuf message: varints and fixed-width values as
-    ints, length-delimited ones as bytes. Read by hand, so that no protobuf runtime (whose
-    version must match the generated code) is needed for the handful of fields used here."""
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            byte = message[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    while pos < len(message):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            yield number, varint()
-        elif wire == 2:
-            size = varint()
-            yield number, message[pos:pos + size]
-            pos += size
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            yield number, int.from_bytes(message[pos:pos + width], "little")
-            pos += width
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire} (field {number})")
-
-
-def _piece(message: bytes) -> Piece:
-    text, score, kind = "", 0.0, NORMAL
-    for number, value in _fields(message):
-        if number == 1:
-            text = value.decode("utf-8")
-        elif number == 2:
-            score = struct.unpack("<f", struct.pack("<I", value))[0]
-        elif number == 3:
-            kind = value
-    return Piece(text, score, kind)
-
-
-def read_sentencepiece(path: str | Path) -> SentencePieceModel:
-    """Parse a SentencePiece model file (``ModelProto``); absent fields take the proto defaults."""
-    pieces: list[Piece] = []
-    trainer: dict[int, int | bytes] = {}
-    normalizer: dict[int, int | bytes] = {}
-    for number, value in _fields(Path(path).read_bytes()):
-        if number == 1:
-            pieces.append(_piece(value))
-        elif number == 2:
-            trainer = dict(_fields(value))
-        elif number == 3:
-            normalizer = dict(_fields(value))
-    return SentencePieceModel(
-        pieces=pieces,
-        model_type=int(trainer.get(3, UNIGRAM)),
-        treat_whitespace_as_suffix=bool(trainer.get(24, False)),
-        precompiled_charsmap=bytes(normalizer.get(2, b"")),
-        add_dummy_prefix=bool(normalizer.get(3, True)),
-        remove_extra_whitespaces=bool(normalizer.get(4, True)),
-        escape_whitespaces=bool(normalizer.get(5, True)),
-    )
-
-
-def _check_supported(model: SentencePieceModel, path: Path) -> None:
+def _check_supported(model: model_pb2.ModelProto, path: Path) -> None:
     """Refuse settings this pipeline does not reproduce (none of them is used by XLM-R or us)."""
     problems = []
-    if model.model_type != UNIGRAM:
+    if model.trainer_spec.model_type != UNIGRAM:
         problems.append("it is not a unigram model")
-    if model.treat_whitespace_as_suffix or not model.escape_whitespaces:
+    if model.trainer_spec.treat_whitespace_as_suffix or not model.normalizer_spec.escape_whitespaces:
         problems.append("its whitespace handling is not SentencePiece's default")
     if any(p.type == USER_DEFINED for p in model.pieces):
         problems.append("it has user-defined pieces")
@@ -154,7 +69,7 @@ def _check_supported(model: SentencePieceModel, path: Path) -> None:
         raise ValueError(f"{path}: cannot write a matching tokenizer.json: {'; '.join(problems)}")
 
 
-def _vocabulary(model: SentencePieceModel) -> list[tuple[str, float]]:
+def _vocabulary(model: model_pb2.ModelProto) -> list[tuple[str, float]]:
     """XLM-R's ids: <s> <pad> </s> <unk>, SentencePiece's pieces from 3 on, <mask> last.
 
     SentencePiece never matches control, byte or unused pieces against text; the ``tokenizers``
@@ -167,27 +82,28 @@ def _vocabulary(model: SentencePieceModel) -> list[tuple[str, float]]:
     vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     for p in model.pieces[3:]:
         never_matched = p.type in (CONTROL, BYTE, UNUSED)
-        vocab.append((p.text, len(p.text) * lowest - 10.0 if never_matched else p.score))
+        vocab.append((p.piece, len(p.piece) * lowest - 10.0 if never_matched else p.score))
     vocab.append(("<mask>", 0.0))
     return vocab
 
 
-def _normalizer(model: SentencePieceModel) -> normalizers.Normalizer:
+def _normalizer(model: model_pb2.ModelProto) -> normalizers.Normalizer:
     """SentencePiece's normalisation, after the NFC that ``Tokenizer.encode`` applies first.
 
     With ``remove_extra_whitespaces`` SentencePiece drops leading spaces, collapses runs of
     spaces, and drops trailing ``▁`` after escaping (a literal ``▁`` in the text included). Only
     U+0020 counts as a space here: tabs and other blanks are what the character map makes of them.
     """
+    spec = model.normalizer_spec
     steps: list[normalizers.Normalizer] = [normalizers.NFC()]
-    if model.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(model.precompiled_charsmap))
-    if model.remove_extra_whitespaces:
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
         steps += [normalizers.Replace(Regex("^ +"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
     steps.append(normalizers.Replace(" ", SPACE))
-    if model.add_dummy_prefix:
+    if spec.add_dummy_prefix:
         steps.append(normalizers.Prepend(SPACE))  # leaves empty text empty, as SentencePiece
-    if model.remove_extra_whitespaces:
+    if spec.remove_extra_whitespaces:
         steps.append(normalizers.Replace(Regex(f"{SPACE}+$"), ""))
     return normalizers.Sequence(steps)
 
@@ -197,14 +113,14 @@ def build_tokenizer(sp_path: str | Path) -> HFTokenizer:
     (up to the two differences the module docstring names)."""
     sp_path = Path(sp_path)
     Tokenizer.from_file(sp_path)  # refuses a model without XLM-R's special pieces
-    model = read_sentencepiece(sp_path)
+    model = read_model(sp_path)
     _check_supported(model, sp_path)
     has_bytes = any(p.type == BYTE for p in model.pieces)
     tok = HFTokenizer(Unigram(_vocabulary(model), unk_id=UNK_ID, byte_fallback=has_bytes))
     tok.normalizer = _normalizer(model)
-    if not any(SPACE in p.text[1:] for p in model.pieces if p.type == NORMAL):
+    if not any(SPACE in p.piece[1:] for p in model.pieces if p.type == NORMAL):
         tok.pre_tokenizer = pre_tokenizers.Metaspace(SPACE, prepend_scheme="never", split=True)
-    scheme = "always" if model.add_dummy_prefix else "never"
+    scheme = "always" if model.normalizer_spec.add_dummy_prefix else "never"
     tok.decoder = decoders.Sequence([decoders.ByteFallback(),
                                      decoders.Metaspace(SPACE, prepend_scheme=scheme)])
     bos, eos = SPECIALS["bos_token"], SPECIALS["eos_token"]

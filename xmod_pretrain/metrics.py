@@ -32,7 +32,7 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-def format_table(losses: dict[str, float], title: str,
+def loss_table(losses: dict[str, float], title: str,
                  start: dict[str, float] | None = None) -> str:
     """Per-language loss and perplexity, one language a row; with ``start``, the first
     validation's loss beside it, so a reader sees each language's progress."""

@@ -37,8 +37,8 @@ from xmod_pretrain.metrics import (
     MetricsLogger,
     SpikeWatch,
     duration,
-    format_table,
     language_line,
+    loss_table,
     perplexity,
     train_line,
 )
@@ -422,7 +422,7 @@ class Trainer:
     def _report_valid(self, losses: dict[str, float]) -> None:
         record = {"step": self.step, "split": "valid", "lang_loss": losses,
                   "lang_ppl": {lang: perplexity(v) for lang, v in losses.items()}}
-        table = format_table(losses, f"valid @ step {self.step}", start=self.first_valid)
+        table = loss_table(losses, f"valid @ step {self.step}", start=self.first_valid)
         self.metrics.log(record, table)
 
     def _print(self, text: str) -> None:

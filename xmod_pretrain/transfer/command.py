@@ -46,7 +46,7 @@ from xmod_pretrain.transfer.scoring import (
     pooled_states,
     top1,
 )
-from xmod_pretrain.transfer.summary import aggregate, baseline_row, format_table, write_summary
+from xmod_pretrain.transfer.summary import accuracy_table, aggregate, baseline_row, write_summary
 from xmod_pretrain.transfer.tasks import (
     BUNDLED_TASKS,
     ClassificationTask,
@@ -145,7 +145,7 @@ def classification(args: argparse.Namespace, task: ClassificationTask, targets: 
                 "chosen_steps": [r["chosen_step"] for r in results]}
         title = (f"{args.source_run} -> {task.name}, fine-tuned on {task.source}: accuracy, mean "
                  f"±std over {args.seeds} seed(s) [95% interval over the test set]")
-        print(format_table(rows, title, columns), flush=True)
+        print(accuracy_table(rows, title, columns), flush=True)
         for path in write_summary(args.out, meta, rows, columns, 1 / len(task.labels)):
             print(f"wrote {path}", flush=True)
         if args.export:
@@ -274,7 +274,7 @@ def retrieval(args: argparse.Namespace, task: RetrievalTask, targets: list[str],
              f"{1 / n:.3f}")
     notes = [f"  {BEST_EXISTING}: {lang} through {other}'s, the best existing for its text when "
              "it was added" for lang, other in best_existing.items() if lang in targets]
-    print("\n".join([format_table(rows, title, columns), *notes]), flush=True)
+    print("\n".join([accuracy_table(rows, title, columns), *notes]), flush=True)
     for path in write_summary(args.out, meta, rows, columns, 1 / n):
         print(f"wrote {path}", flush=True)
 

@@ -43,7 +43,7 @@ def baseline_row(language: str, name: str, accuracy: float, n: int) -> dict:
             "ci95": list(wilson_interval(accuracy, n)), "seeds": 0, "n": n}
 
 
-def format_table(rows: list[dict], title: str, columns: list[str]) -> str:
+def accuracy_table(rows: list[dict], title: str, columns: list[str]) -> str:
     """Languages down, ways of scoring across: ``0.612 ±0.010 [0.55,0.67]``; a mean row last."""
     cell = {(r["language"], r["scored_by"]): r for r in rows}
     languages = list(dict.fromkeys(r["language"] for r in rows))

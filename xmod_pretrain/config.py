@@ -507,6 +507,16 @@ def check_config(cfg: Config) -> None:
     _check_combinations(cfg)
 
 
+def check_model_shape(model: ModelConfig, key: str = "model.") -> None:
+    """The sizes a model can be built with (the config's check, and the model's before it is
+    built from a config made in code): a ConfigError naming the keys (``key`` their prefix)."""
+    for divisor in ("num_attention_heads", "adapter_reduction_factor"):
+        value = getattr(model, divisor)
+        if value < 1 or model.hidden_size % value:
+            raise ConfigError(f"{key}hidden_size={model.hidden_size} is not a multiple of "
+                              f"{key}{divisor}={value}")
+
+
 def _check_combinations(cfg: Config) -> None:
     model, data, ds = cfg.model, cfg.data, cfg.deepspeed
     if cfg.recipe == RunKind.pretrain and cfg.add_language.languages:
@@ -520,12 +530,7 @@ def _check_combinations(cfg: Config) -> None:
     if masking.mask_frac + masking.random_frac > 1:
         raise ConfigError(f"data.masking.mask_frac + data.masking.random_frac = "
                           f"{masking.mask_frac + masking.random_frac} is not allowed: <= 1")
-    if model.hidden_size % model.num_attention_heads:
-        raise ConfigError(f"model.hidden_size={model.hidden_size} is not a multiple of "
-                          f"model.num_attention_heads={model.num_attention_heads}")
-    if model.hidden_size % model.adapter_reduction_factor:
-        raise ConfigError(f"model.hidden_size={model.hidden_size} is not a multiple of "
-                          f"model.adapter_reduction_factor={model.adapter_reduction_factor}")
+    check_model_shape(model)
     # Real tokens take positions pad+1 .. pad+seq_len (RoBERTa's layout; model.position_ids).
     longest = model.max_position_embeddings - model.pad_token_id - 1
     if data.seq_len > longest:

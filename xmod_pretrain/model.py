@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmod_core.languages import check_language_list, language_index
-from xmod_pretrain.config import ModelConfig
+from xmod_pretrain.config import ModelConfig, check_model_shape
 
 # ``roberta.encoder.layer.3.output.adapter_modules.de_DE.dense1.weight`` -> ``de_DE``. A search,
 # not a match, so prefixes added by wrappers (``module.``, ``_orig_mod.``) do not matter.
@@ -482,16 +482,7 @@ def check_model_config(cfg: ModelConfig) -> None:
             f"ModelConfig.vocab_size must be an int before the model is built, got "
             f"{cfg.vocab_size!r} (None means: take it from the prepared tokenizer first)"
         )
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise ValueError(
-            f"ModelConfig.hidden_size ({cfg.hidden_size}) is not a multiple of "
-            f"num_attention_heads ({cfg.num_attention_heads})"
-        )
-    if cfg.adapter_reduction_factor < 1 or cfg.hidden_size % cfg.adapter_reduction_factor:
-        raise ValueError(
-            f"ModelConfig.hidden_size ({cfg.hidden_size}) must be a multiple of "
-            f"adapter_reduction_factor ({cfg.adapter_reduction_factor})"
-        )
+    check_model_shape(cfg, "ModelConfig.")
     if not cfg.languages:
         raise ValueError("ModelConfig.languages is empty: X-MOD needs at least one language")
     check_language_list(cfg.languages, where="ModelConfig.languages")

@@ -202,3 +202,14 @@ def test_model_flops_per_token() -> None:
     encoder = 6 * 12 * (4 * h * h + 2 * h * f + 2 * h * 384)
     expected = encoder + 12 * 12 * h * s + 6 * (h * h + h * v) * 0.15
     assert model_flops_per_token(BASE, s, 0.15) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("field", ["num_attention_heads", "adapter_reduction_factor"])
+def test_a_model_built_from_code_checks_its_shape_as_the_config_does(field):
+    """One rule for both routes: a config file (model.*) and a ModelConfig made in code."""
+    from xmod_pretrain.config import ConfigError
+
+    odd = dataclasses.replace(TINY, **{field: TINY.hidden_size - 1})
+    with pytest.raises(ConfigError, match=f"ModelConfig.hidden_size={TINY.hidden_size} is not a "
+                                          f"multiple of ModelConfig.{field}="):
+        XmodForMaskedLM(odd)

@@ -71,6 +71,27 @@ class Sampler(Protocol):
 
 
 @dataclass
+class TrainerState:
+    """Where the loop stands: what a checkpoint's ``trainer_state.json`` holds. The batches,
+    masks, dropout and learning rate are functions of the seed and the step, so no RNG state
+    is saved."""
+
+    step: int = 0                 # optimizer steps done
+    tokens_seen: int = 0          # training input tokens over all ranks
+    first_valid: dict[str, float] | None = None  # the first validation, which tables compare to
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> TrainerState:
+        """Of a checkpoint of any version: keys it does not know (an older ``sampler``, a derived
+        run's ``derived_from``) are left out."""
+        return cls(step=int(saved["step"]), tokens_seen=int(saved.get("tokens_seen", 0)),
+                   first_valid=saved.get("first_valid"))
+
+
+@dataclass
 class RunParts:
     """The Trainer's inputs besides the config. The trainable parameters are the model's with
     ``requires_grad``: the optimizer groups them (shared, and per language: optim.py)."""
@@ -173,9 +194,9 @@ class Trainer:
     def _resume(self, checkpoint: Path | None) -> None:
         if checkpoint is None:
             return
-        state = self.checkpointer.load(self.engine, checkpoint)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.first_valid, self.saved_step = state.get("first_valid"), self.step
+        state = TrainerState.from_json(self.checkpointer.load(self.engine, checkpoint))
+        self.step, self.tokens_seen, self.first_valid = state.step, state.tokens_seen, state.first_valid
+        self.saved_step = self.step
         self._print(f"resumed from {checkpoint} at step {self.step}")
 
     def _first_logged_step(self) -> int:
@@ -345,10 +366,8 @@ class Trainer:
         """A checkpoint of this step, after checking that no loss since the last log was
         NaN/inf (on every rank: a collective, as the save is)."""
         self._check_finite(self._summed_over_ranks(self.window_nonfinite[None])[0])
-        state = {"step": self.step, "tokens_seen": self.tokens_seen,
-                 "sampler": {"seed": self.cfg.train.seed, "next_step": self.step},
-                 "first_valid": self.first_valid}
-        self.checkpointer.save(self.engine, self.step, state)  # rank 0 says when it is saved
+        state = TrainerState(self.step, self.tokens_seen, self.first_valid)
+        self.checkpointer.save(self.engine, self.step, state.to_json())  # rank 0 says when saved
         self.saved_step = self.step
 
     # ---- reporting ----------------------------------------------------------------------

@@ -243,3 +243,15 @@ def test_written_files_follow_the_umask(tmp_path):
     files = [p for p in run.rglob("*") if p.is_file()] + [module, meta]
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == \
            {p.name: "0o644" for p in files}
+
+
+def test_trainer_state_reads_checkpoints_of_earlier_versions():
+    """trainer_state.json as earlier versions wrote it (with a ``sampler`` key nothing read)
+    and as derived runs write it (``derived_from``) resumes the loop where it stood."""
+    from xmod_pretrain.train import TrainerState
+
+    older = {"step": 7, "tokens_seen": 896, "sampler": {"seed": 0, "next_step": 7},
+             "first_valid": {"en_XX": 6.5}, "derived_from": {"run": "runs/demo"}}
+    state = TrainerState.from_json(older)
+    assert state == TrainerState(step=7, tokens_seen=896, first_valid={"en_XX": 6.5})
+    assert TrainerState.from_json(state.to_json()) == state

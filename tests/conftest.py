@@ -60,3 +60,7 @@ def tiny_data(tiny_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
     prepare(str(tiny_corpus), out, vocab_size=600, valid_fraction=0.1, workers=1)
     return out
+
+
+# Trained runs built once per suite, across both xdist workers (tests/support/runs.py).
+from tests.support.runs import run_2_steps, run_4_steps, run_30_steps, shared_data  # noqa: E402,F401

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.launch import TINY_PEAK_TFLOPS, read_metrics, run_training, tree_hash
+from tests.support.commands import TRAIN, add_language, weights_of
+from tests.support.launch import read_metrics, tree_hash
 from xmod_pretrain.distributed import DistInfo
 from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.recipes.add_language import (
@@ -24,31 +25,11 @@ from xmod_pretrain.runs import load_config, open_run
 
 pytestmark = pytest.mark.integration
 
-TRAIN = ["data.seq_len=64", "train.micro_batch_size=8", "train.eval_batches=2",
-         "train.log_every=5", "train.eval_every=0", f"train.peak_tflops={TINY_PEAK_TFLOPS}"]
-
 
 @pytest.fixture(scope="module")
-def source_run(tiny_data, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("source") / "run"
-    run_training(run, tiny_data, "train.max_steps=30", "train.eval_every=0")
-    return run
-
-
-def add_language(*args: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    cli = [sys.executable, "-c", "from xmod_pretrain.cli import main; main()", "add-language"]
-    if nproc > 1:
-        cli = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "xmod_pretrain.cli", "add-language"]
-    proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def weights_of(run: Path) -> dict[str, torch.Tensor]:
-    return open_run(run).weights()
+def source_run(run_30_steps) -> Path:
+    """The shared 30-step run (tests/support/runs.py); every test here only reads it."""
+    return run_30_steps
 
 
 def test_add_yoruba_trains_only_its_modules(source_run, tmp_path):
@@ -96,7 +77,11 @@ def _model(run: Path) -> XmodForMaskedLM:
     return model.eval()
 
 
-@pytest.mark.parametrize("stage,nproc", [(0, 1), (1, 1), (2, 1), (3, 1), (0, 2), (1, 2), (2, 2), (3, 2)])
+# Every stage on two ranks, and ZeRO-0 and ZeRO-3 on one. ZeRO-1 and ZeRO-2 on one rank are left
+# out: they build the optimizer of their two-rank cases (DeepSpeed's stage-1/2 optimizer over the
+# same frozen/trainable parameter groups) with a single partition, where two ranks split the
+# trainable ones; the one-rank start of add-language itself is ZeRO-0's and ZeRO-3's case here.
+@pytest.mark.parametrize("stage,nproc", [(0, 1), (3, 1), (0, 2), (1, 2), (2, 2), (3, 2)])
 def test_optimizer_holds_only_new_modules(source_run, tmp_path, stage, nproc):
     out = tmp_path / "grown"
     extra = ["data.language_per=step"] if stage == 3 else []

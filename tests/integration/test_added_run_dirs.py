@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import TINY_MODEL, run_training, tree_hash
-from tests.integration.test_add_language import TRAIN, add_language, weights_of
-from tests.integration.test_refused_starts import cli, one_error_line
+from tests.support.commands import TRAIN, add_language, cli, one_error_line, weights_of
+from tests.support.launch import TINY_MODEL, tree_hash
+from tests.support.runs import copy_run
 from xmod_pretrain.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -24,10 +24,10 @@ UDHR_YORUBA = Path(__file__).resolve().parents[2] / "data_prep" / "corpus" / "ud
 
 
 @pytest.fixture(scope="module")
-def source(tiny_data, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("source") / "run"
-    run_training(run, tiny_data, "train.max_steps=2", "train.eval_every=0")
-    return run
+def source(run_2_steps, tmp_path_factory) -> Path:
+    """A finished 2-step run: a copy of the shared one, in a folder of its own, since
+    add-language's default --out is beside it."""
+    return copy_run(run_2_steps, tmp_path_factory.mktemp("source") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.integration.launch import TINY_MODEL, read_metrics
+from tests.support.launch import TINY_MODEL, read_metrics
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.curse import main as curse_main

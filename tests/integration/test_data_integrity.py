@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.launch import TINY_MODEL
+from tests.support.launch import TINY_MODEL
 from xmod_core.atomic import file_sha256
 from xmod_core.shards import MANIFEST
 

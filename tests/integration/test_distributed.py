@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.launch import TINY_MODEL, read_metrics, run_training
+from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_core.shards import read_manifest
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.config import DataConfig

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import BUNDLE, TINY_LANGUAGES
-from tests.integration.launch import read_metrics, run_training
+from tests.support.launch import read_metrics
+from tests.support.runs import copy_run
 from xmod_pretrain.cli import main
 
 pytestmark = pytest.mark.integration
@@ -20,11 +21,10 @@ FIGURES = ("loss.png", "lang_loss.png", "lr.png", "tokens_per_s.png", "valid_los
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("evaluate") / "run"
-    run_training(run_dir, tiny_data, "train.max_steps=4", "train.log_every=1",
-                 "train.eval_every=2", "train.save_every=4")
-    return run_dir
+def run(run_4_steps, tmp_path_factory):
+    """The shared 4-step run (a record each step, validation every 2, a checkpoint at 4), copied:
+    evaluate writes its table into the run."""
+    return copy_run(run_4_steps, tmp_path_factory.mktemp("evaluate") / "run")
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

@@ -17,7 +17,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import xmod_pretrain
-from tests.integration.launch import run_training
+from tests.support.hf import UDHR, assert_same_logits, export_with_cli, udhr_lines
+from tests.support.launch import run_training
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.config import ModelConfig
@@ -36,23 +37,11 @@ from xmod_pretrain.runs import open_run
 
 pytestmark = pytest.mark.integration
 
-UDHR = Path(__file__).resolve().parents[2] / "data_prep" / "corpus" / "udhr"
 SHORT_RUN = ["train.max_steps=4", "train.save_every=2", "train.eval_every=0", "train.log_every=2",
              "optim.warmup_steps=1"]
 LARGE_FLAGS = ["model.pre_norm=true", "model.ln_before_adapter=false",
                "model.adapter_layer_norm=true", "model.adapter_reuse_layer_norm=false",
                "model.adapter_reduction_factor=4"]
-
-
-def udhr_lines(lang: str, n: int) -> list[str]:
-    with lzma.open(UDHR / f"{lang}.txt.xz", "rt", encoding="utf-8") as f:
-        return [next(f).rstrip("\n") for _ in range(n)]
-
-
-def export_with_cli(run: Path, out: Path, *extra: str) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        cli_main(["export", "--from", str(run), "--out", str(out), *extra])
-    assert exit_.value.code == 0
 
 
 def load_hf(folder: Path, caplog) -> transformers.XmodForMaskedLM:
@@ -68,19 +57,6 @@ def load_hf(folder: Path, caplog) -> transformers.XmodForMaskedLM:
     assert not any(info.values()), info
     assert not [r for r in caplog.records if r.name.startswith("transformers")], caplog.text
     return model.eval()
-
-
-def assert_same_logits(ours: RunModel, hf: transformers.XmodForMaskedLM, ids: torch.Tensor,
-                       mask: torch.Tensor | None = None) -> float:
-    """Logits of every language agree to 1e-5; return the largest difference seen."""
-    worst = 0.0
-    for index, lang in enumerate(ours.languages):
-        with torch.no_grad():
-            got = ours(ids, lang, attention_mask=mask)
-            expected = hf(ids, attention_mask=mask, lang_ids=torch.full((len(ids),), index)).logits
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-        worst = max(worst, (got - expected).abs().max().item())
-    return worst
 
 
 def random_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

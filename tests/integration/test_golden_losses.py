@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import TINY_MODEL, read_metrics, run_training
+from tests.support.launch import TINY_MODEL, read_metrics, run_training
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def measured(tiny_data, tmp_path_factory) -> dict[str, list[float]]:
     runs = {"demo": demo(root / "demo", tiny_data)}
     runs["zero2_two_ranks"] = demo(root / "zero2", tiny_data, "deepspeed=zero2", nproc=2)
     grown = root / "grown"
-    from tests.integration.test_add_language import add_language
+    from tests.support.commands import add_language
 
     add_language("--lang", "yo_NG", "--from", str(root / "demo"), "--out", str(grown),
                  "--steps", str(STEPS), "train.log_every=1", "train.eval_every=0",

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_LANGUAGES
-from tests.integration.launch import read_metrics, run_training, tree_hash
-from tests.integration.test_add_language import TRAIN, add_language
-from tests.integration.test_export import udhr_lines
+from tests.support.commands import TRAIN, add_language
+from tests.support.hf import udhr_lines
+from tests.support.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.cli import main
 from xmod_pretrain.language_modules import (
     LanguageModuleError,
@@ -41,10 +41,10 @@ def tree_digest(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def base(tiny_data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("base") / "run"
-    run_training(run_dir, tiny_data, "train.max_steps=4", *FAST)
-    return run_dir
+def base(run_4_steps) -> Path:
+    """The shared 4-step run (tests/support/runs.py), trained on ``shared_data``; every test here
+    only reads it (``base_digest`` checks)."""
+    return run_4_steps
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,10 @@ def base_digest(base) -> str:
 
 
 @pytest.fixture(scope="module")
-def other_base(tiny_data, tmp_path_factory) -> Path:
+def other_base(shared_data, tmp_path_factory) -> Path:
+    """Another base on ``base``'s data: other weights, the same tokenizer and shapes."""
     run_dir = tmp_path_factory.mktemp("other") / "run"
-    run_training(run_dir, tiny_data, "train.max_steps=1", "train.seed=2", *FAST)
+    run_training(run_dir, shared_data, "train.max_steps=1", "train.seed=2", *FAST)
     return run_dir
 
 
@@ -259,7 +260,7 @@ def test_evaluate_says_which_languages_it_skips_and_why(chosen, tiny_data, tmp_p
                          f"in {tiny_data}; pass --text lb_LU=PATH\n" in err
 
 
-def test_a_grown_module_loaded_into_a_plain_run_evaluates(base, grown, tiny_data, tmp_path,
+def test_a_grown_module_loaded_into_a_plain_run_evaluates(base, grown, shared_data, tmp_path,
                                                           capsys):
     module, _ = save_language_module(grown, "ti_ET", tmp_path / "mods")
     loaded = load_language_module(base, module, tmp_path / "loaded")
@@ -267,7 +268,7 @@ def test_a_grown_module_loaded_into_a_plain_run_evaluates(base, grown, tiny_data
     rows, skipped = evaluated(capsys, loaded, tmp_path / "e1", "--batches", "1")
     theirs = evaluated(capsys, grown, tmp_path / "e2", "--batches", "1")[0]
     assert rows == {lang: theirs[lang] for lang in TINY_LANGUAGES}
-    assert skipped == {"ti_ET": f"no valid text for it in {tiny_data}"}
+    assert skipped == {"ti_ET": f"no valid text for it in {shared_data}"}
     text = tmp_path / "ti.txt"
     text.write_text("\n".join(udhr_lines("ti_ET", 60)) + "\n", encoding="utf-8")
     rows = evaluated(capsys, loaded, tmp_path / "e3", "--text", f"ti_ET={text}")[0]

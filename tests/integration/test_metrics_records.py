@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import TINY_MODEL, read_metrics, run_training
+from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.metrics import read_records
 from xmod_pretrain.report import main as report_main

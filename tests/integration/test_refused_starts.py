@@ -3,50 +3,33 @@ and an output that did not exist is not left half-made."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import run_training, tree_hash
+from tests.support.commands import cli, one_error_line
+from tests.support.launch import run_training, tree_hash
+from tests.support.runs import copy_run
 from xmod_pretrain.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory) -> Path:
-    """A finished 2-step run with one checkpoint."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    run_training(run, tiny_data, "train.max_steps=2", "train.save_every=2", "train.eval_every=0")
-    return run
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from xmod_pretrain.cli import main; main()",
-                           *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single line a refusal prints: no traceback."""
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    return errors[0]
+def trained(run_2_steps, tmp_path_factory) -> Path:
+    """A finished 2-step run with one checkpoint: a copy of the shared one (the trainer starts
+    here take the run's lock), trained on ``shared_data``."""
+    return copy_run(run_2_steps, tmp_path_factory.mktemp("trained") / "run")
 
 
 @pytest.mark.parametrize("overrides,message", [
     (["model.hidden_size=32"], "was trained with another model (hidden_size 64 -> 32)"),
     (["train.resume=false", "train.max_steps=4"], "holds checkpoints and train.resume=false"),
 ])
-def test_a_refused_resume_leaves_the_run_byte_identical(trained, tiny_data, overrides, message):
+def test_a_refused_resume_leaves_the_run_byte_identical(trained, shared_data, overrides, message):
     before = tree_hash(trained)
-    proc = run_training(trained, tiny_data, *overrides, check=False)
+    proc = run_training(trained, shared_data, *overrides, check=False)
     assert message in one_error_line(proc)
     assert tree_hash(trained) == before
 
@@ -57,9 +40,9 @@ def test_resume_true_on_a_new_run_dir_creates_nothing(tiny_data, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_max_steps_already_reached_says_so_and_exits_0_without_validating(trained, tiny_data):
+def test_max_steps_already_reached_says_so_and_exits_0_without_validating(trained, shared_data):
     before = tree_hash(trained)
-    proc = run_training(trained, tiny_data, "train.max_steps=2")
+    proc = run_training(trained, shared_data, "train.max_steps=2")
     assert "is at step 2 and train.max_steps=2: nothing to train" in proc.stdout
     assert "valid @ step" not in proc.stdout  # no validation pass, no DeepSpeed start
     assert tree_hash(trained) == before

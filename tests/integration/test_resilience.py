@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.launch import TINY_MODEL, read_metrics, run_training
+from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
 from xmod_pretrain.distributed import DistInfo
 

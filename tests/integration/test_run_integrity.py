@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import read_metrics, run_training, tree_hash
+from tests.support.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.checkpoint import CheckpointCorrupt, latest_checkpoint, verify_checkpoint
 
 pytestmark = pytest.mark.integration

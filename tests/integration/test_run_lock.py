@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import TINY_MODEL, run_training
+from tests.support.launch import TINY_MODEL, run_training
 from xmod_pretrain.checkpoint import latest_checkpoint
 from xmod_pretrain.runlock import LOCK_NAME
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import TINY_MODEL, read_metrics
+from tests.support.launch import TINY_MODEL, read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 

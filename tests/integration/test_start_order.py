@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launch import TINY_MODEL, run_training, tree_hash
+from tests.support.launch import TINY_MODEL, run_training, tree_hash
 from xmod_pretrain.runlock import RunLock
 
 pytestmark = pytest.mark.integration

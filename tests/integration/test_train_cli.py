@@ -7,7 +7,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.integration.launch import TINY_PEAK_TFLOPS, read_metrics, run_training
+from tests.support.launch import TINY_PEAK_TFLOPS, read_metrics, run_training
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_LANGUAGES
-from tests.integration.launch import TINY_PEAK_TFLOPS, run_training, tree_hash
+from tests.support.launch import TINY_PEAK_TFLOPS, tree_hash
 from tests.xnli_folder import XNLI_LABELS, write_xnli_folder
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.inference import encode_padded
@@ -41,10 +41,10 @@ def transfer(*argv: str, nproc: int = 1) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("transfer") / "run"
-    run_training(run_dir, tiny_data, "train.max_steps=4", "train.save_every=4")
-    return run_dir
+def pretrained(run_4_steps):
+    """The shared 4-step run with its one checkpoint (tests/support/runs.py); transfer only
+    reads it."""
+    return run_4_steps
 
 
 @pytest.fixture(scope="module")

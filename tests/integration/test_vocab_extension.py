@@ -14,9 +14,9 @@ import torch
 import transformers
 
 import xmod_pretrain
-from tests.integration.launch import run_training, tree_hash
-from tests.integration.test_add_language import TRAIN, add_language
-from tests.integration.test_export import assert_same_logits, export_with_cli, udhr_lines
+from tests.support.commands import TRAIN, add_language
+from tests.support.hf import assert_same_logits, export_with_cli, udhr_lines
+from tests.support.launch import tree_hash
 from xmod_core.tokenizer import Tokenizer
 from xmod_core.vocab_extension import old_spelling, read_model
 from xmod_pretrain.grown_vocabulary import BIAS, EMBEDDINGS, split_vocabulary
@@ -30,10 +30,10 @@ ASKED = 100_000  # more than Tigrinya's UDHR supports: the run goes on with what
 
 
 @pytest.fixture(scope="module")
-def source_run(tiny_data, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("source") / "run"
-    run_training(run, tiny_data, "train.max_steps=30", "train.eval_every=0")
-    return run
+def source_run(run_30_steps) -> Path:
+    """The shared 30-step run (tests/support/runs.py), test_add_language's source too; every
+    test here only reads it."""
+    return run_30_steps
 
 
 @pytest.fixture(scope="module")

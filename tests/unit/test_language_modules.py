@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.integration.launch import tree_hash
+from tests.support.launch import tree_hash
 
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.language_modules import (

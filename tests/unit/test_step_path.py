@@ -16,7 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 import xmod_pretrain
 from bench.common import single_process_group
-from tests.integration.launch import TINY_MODEL
+from tests.support.launch import TINY_MODEL
 from xmod_pretrain.config import CONF_DIR, register_configs
 from xmod_pretrain.failures import NonFiniteLoss
 from xmod_pretrain.launch import build_trainer

@@ -531,6 +531,11 @@ def _check_combinations(cfg: Config) -> None:
         raise ConfigError(f"data.masking.mask_frac + data.masking.random_frac = "
                           f"{masking.mask_frac + masking.random_frac} is not allowed: <= 1")
     check_model_shape(model)
+    total = cfg.optim.total_steps
+    if total is not None and total < cfg.train.max_steps:
+        raise ConfigError(f"optim.total_steps={total} is below train.max_steps="
+                          f"{cfg.train.max_steps}: the steps after {total} would train at learning "
+                          "rate 0; raise it, or set it to null (the schedule spans train.max_steps)")
     # Real tokens take positions pad+1 .. pad+seq_len (RoBERTa's layout; model.position_ids).
     longest = model.max_position_embeddings - model.pad_token_id - 1
     if data.seq_len > longest:

@@ -52,8 +52,8 @@ def resume_point(cfg: Config, info: DistInfo) -> Path | None:
     check_same_model(latest, saved.model, cfg.model)
     if is_prepared(cfg.data.dir):  # recipes on prepared shards (transfer reads its own task)
         check_run_tokenizer(latest / TOKENIZER_FILE, cfg.data.dir)
-    warn_changed_settings(latest, saved, cfg, info)
     step = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
+    warn_changed_settings(latest, step, saved, cfg, info)
     if step >= cfg.train.max_steps:
         raise NothingToTrain(f"{latest} is at step {step} and train.max_steps="
                              f"{cfg.train.max_steps}: nothing to train (raise train.max_steps, "
@@ -70,7 +70,7 @@ def check_same_model(checkpoint: Path, saved: ModelConfig, asked: ModelConfig) -
                             " resume with its model config, or pick another run_dir")
 
 
-def warn_changed_settings(checkpoint: Path, saved_cfg: Config, cfg: Config,
+def warn_changed_settings(checkpoint: Path, step: int, saved_cfg: Config, cfg: Config,
                           info: DistInfo) -> None:
     """Say which settings that shape the batches or the schedule differ from the checkpoint's:
     allowed (fairseq allows it too), but the run is then not the uninterrupted one, and a
@@ -80,12 +80,19 @@ def warn_changed_settings(checkpoint: Path, saved_cfg: Config, cfg: Config,
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items()
                if key.startswith(SHAPES_THE_RUN) and key not in PLACE_ONLY
                and saved.get(key) != value]
-    if cfg.optim.total_steps is None and saved.get("train.max_steps") != now["train.max_steps"]:
-        changed.append(f"train.max_steps {saved.get('train.max_steps')} -> "
-                       f"{now['train.max_steps']} (the schedule's length, optim.total_steps "
-                       f"being null: set optim.total_steps={saved.get('train.max_steps')} to "
-                       "keep the learning rate where it was)")
+    before, after = saved.get("train.max_steps"), now["train.max_steps"]
+    if cfg.optim.total_steps is None and before != after:
+        changed.append(f"train.max_steps {before} -> {after} (the schedule's length, "
+                       f"optim.total_steps being null: {_schedule_change(step, before)})")
     if changed and info.is_main:
         print(f"warning: resuming {checkpoint.name} with settings other than its run's: "
               f"{'; '.join(changed)}. The batches or the learning rate from here differ from "
               "an uninterrupted run's", file=sys.stderr, flush=True)
+
+
+def _schedule_change(step: int, before: int) -> str:
+    """What a new ``train.max_steps`` does to the learning rate of a run resumed at ``step``."""
+    if step >= before:  # the old schedule had decayed to its end: keeping it would train at 0
+        return (f"the learning rate, decayed to its end at step {before}, follows the longer "
+                "schedule from this step")
+    return f"set optim.total_steps={before} to keep the learning rate where it was"

@@ -100,6 +100,8 @@ def test_deepspeed_config_follows_train_config():
     ("add_language.languages=[yo_NG]", "recipe=pretrain with add_language.languages=['yo_NG']"),
     ("deepspeed.offload_param=true", "offload_param=true needs deepspeed.zero_stage=3"),
     ("model.num_attention_heads=5", "not a multiple of model.num_attention_heads=5"),
+    ("optim.total_steps=500", "optim.total_steps=500 is below train.max_steps=600: the steps "
+                              "after 500 would train at learning rate 0"),
 ])
 def test_check_config_names_the_key_the_value_and_what_is_allowed(override, message):
     cfg = load("+exp=demo", override)

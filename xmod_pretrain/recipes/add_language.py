@@ -61,7 +61,8 @@ def plan_add_language(cfg: Config, info: DistInfo) -> AddLanguagePlan:
     req = cfg.add_language
     source = open_source(req.source_run or cfg.init_from)
     if Path(cfg.run_dir).resolve() == source.run_dir.resolve():
-        raise AddLanguageError(f"run_dir {cfg.run_dir} is the source run: pick a new directory")
+        raise AddLanguageError(f"--out {cfg.run_dir} is the source run: the source is read "
+                               "only; pick a new directory")
     new = check_language_list(req.languages, "add_language.languages")
     if not new:
         raise AddLanguageError("add_language.languages is empty: name at least one (--lang yo_NG)")

@@ -9,6 +9,7 @@ checkpoints, over a run, inside a run, or over prepared data.
 
 from __future__ import annotations
 
+import difflib
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,15 @@ def inside_checkpoints(path: str | Path) -> Path | None:
                                            or any(folder.glob("step_*"))):
             return folder
     return None
+
+
+def closest_folders(path: str | Path) -> str:
+    """`` (did you mean runs/demo?)`` for a folder that does not exist: the closest names of
+    its siblings, or nothing."""
+    path = Path(path)
+    siblings = [p.name for p in path.parent.iterdir() if p.is_dir()] if path.parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=2)
+    return f" (did you mean {' or '.join(str(path.parent / name) for name in close)}?)" if close else ""
 
 
 def is_run_dir(folder: str | Path) -> bool:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmod_core.errors import Aborted, UserError, error_line
 from xmod_core.languages import check_language_code
-from xmod_core.outputs import check_not_inside_run
+from xmod_core.outputs import check_not_inside_run, closest_folders
 from xmod_pretrain.config import CONF_DIR, quoted, register_configs, to_config
 from xmod_pretrain.overrides import hydra_errors_as_config_errors
 
@@ -148,13 +147,8 @@ def add_language_overrides(argv: list[str]) -> list[str]:
 
 def check_source_exists(source: str) -> None:
     """``--from`` names a folder; else one line, with the closest sibling names."""
-    path = Path(source)
-    if path.is_dir():
-        return
-    siblings = [p.name for p in path.parent.iterdir() if p.is_dir()] if path.parent.is_dir() else []
-    close = difflib.get_close_matches(path.name, siblings, n=2)
-    hint = f" (did you mean {' or '.join(str(path.parent / name) for name in close)}?)" if close else ""
-    raise UserError(f"--from {source} does not exist{hint}")
+    if not Path(source).is_dir():
+        raise UserError(f"--from {source} does not exist{closest_folders(source)}")
 
 
 def default_added_run(source: str, languages: list[str], extend_vocab: int | None,

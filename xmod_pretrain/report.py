@@ -23,7 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from xmod_core.errors import UserError
-from xmod_core.outputs import CONFIG_FILE
+from xmod_core.outputs import CONFIG_FILE, closest_folders
 from xmod_pretrain.metrics import METRICS_FILE, perplexity, read_records
 
 REPORT_DIR = "report"
@@ -307,7 +307,7 @@ def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report/`` (figures and index.html); return the page's path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ReportError(f"run directory {run_dir} does not exist")
+        raise ReportError(f"run directory {run_dir} does not exist{closest_folders(run_dir)}")
     train, valid, transfer = read_metrics(run_dir)
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)

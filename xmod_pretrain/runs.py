@@ -33,6 +33,7 @@ from xmod_core.outputs import (
     LOCK_NAME,
     check_new_run_dir,
     check_not_inside_run,
+    closest_folders,
 )
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.checkpoint import (
@@ -115,7 +116,7 @@ def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunNotFoundError(f"run directory {run_dir} does not exist")
+        raise RunNotFoundError(f"run directory {run_dir} does not exist{closest_folders(run_dir)}")
     path = _checkpoint_dir(run_dir, step)
     missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if missing:

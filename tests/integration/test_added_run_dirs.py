@@ -130,3 +130,11 @@ def test_a_mistyped_from_is_refused_with_the_closest_name(source):
     line = one_error_line(cli("add-language", "--lang", "yo_NG", "--from", str(typo)))
     assert f"--from {typo} does not exist (did you mean {source}?)" in line
     assert not Path(f"{typo}+yo_NG").exists()
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "x"], ["evaluate"], ["report"],
+                                     ["save-language", "--lang", "de_DE", "--out", "x"]])
+def test_every_command_names_the_closest_run_to_a_mistyped_from(source, command):
+    typo = source.with_name("rnu")
+    line = one_error_line(cli(command[0], "--from", str(typo), *command[1:]))
+    assert f"run directory {typo} does not exist (did you mean {source}?)" in line

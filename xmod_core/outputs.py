@@ -9,13 +9,12 @@ checkpoints, over a run, inside a run, or over prepared data.
 
 from __future__ import annotations
 
-import difflib
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from xmod_core.errors import UserError
+from xmod_core.errors import UserError, closest, did_you_mean
 from xmod_core.shards import MANIFEST
 
 CONFIG_FILE = "config.yaml"
@@ -43,8 +42,7 @@ def closest_folders(path: str | Path) -> str:
     its siblings, or nothing."""
     path = Path(path)
     siblings = [p.name for p in path.parent.iterdir() if p.is_dir()] if path.parent.is_dir() else []
-    close = difflib.get_close_matches(path.name, siblings, n=2)
-    return f" (did you mean {' or '.join(str(path.parent / name) for name in close)}?)" if close else ""
+    return did_you_mean([str(path.parent / name) for name in closest(path.name, siblings, n=2)])
 
 
 def is_run_dir(folder: str | Path) -> bool:

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from xmod_core.outputs import CONFIG_FILE, check_not_inside_run
-
 from xmod_pretrain.config import Config
 from xmod_pretrain.distributed import DistInfo, barrier, join_process_group, start_deepspeed
 from xmod_pretrain.paths import resolve_paths

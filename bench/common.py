@@ -36,12 +36,12 @@ from xmod_pretrain.config import (
     OptimConfig,
     TrainConfig,
 )
-from xmod_pretrain.data import Masker
-from xmod_pretrain.distributed import DistInfo, init_distributed
-from xmod_pretrain.engine import build_engine
+from xmod_pretrain.data.masking import Masker
+from xmod_pretrain.training.distributed import DistInfo, init_distributed
+from xmod_pretrain.training.engine import build_engine
 from xmod_pretrain.interop import hf_config
-from xmod_pretrain.model import XmodForMaskedLM
-from xmod_pretrain.optim import build_optimizer
+from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.training.optim import build_optimizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = RESULTS_DIR.parent.parent

@@ -33,9 +33,11 @@ from data_prep.sources import open_source
 from xmod_core.shards import TOKENIZER_FILE, read_manifest
 from xmod_core.tokenizer import train_tokenizer
 from xmod_pretrain.config import CONF_DIR, DataConfig, MaskingConfig, ModelConfig, OptimConfig
-from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
-from xmod_pretrain.model import XmodForMaskedLM
-from xmod_pretrain.optim import build_optimizer
+from xmod_pretrain.data.masking import Masker
+from xmod_pretrain.data.sampler import LanguageSampler
+from xmod_pretrain.data.shards import ShardSet
+from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.training.optim import build_optimizer
 
 MB = 1e6
 GOAL_VS_SENTENCEPIECE = 0.7  # per-worker rate >= 70% of SentencePiece's raw encode

@@ -25,8 +25,8 @@ from bench.common import (
     single_process_group,
 )
 from xmod_pretrain.config import CONF_DIR, ModelConfig, OptimConfig
-from xmod_pretrain.engine import build_engine
-from xmod_pretrain.model import XmodForMaskedLM, count_parameters
+from xmod_pretrain.training.engine import build_engine
+from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
 
 STAGES = (0, 1, 2, 3)
 RANKS = (1, 2, 4, 8)

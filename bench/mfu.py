@@ -12,8 +12,8 @@ import torch
 
 from bench.common import MID, QUICK, machine, measure_pair, target
 from bench.throughput import QUICK_BACKEND
-from xmod_pretrain.model import model_flops_per_token
-from xmod_pretrain.peak import measure_matmul_peak
+from xmod_pretrain.model.xmod import model_flops_per_token
+from xmod_pretrain.training.peak import measure_matmul_peak
 
 GOAL = 0.5  # ours >= 50% of the measured matmul peak at the mid config
 RUNS = ("ours", "ours_compiled", "ours_engine", "transformers")

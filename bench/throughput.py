@@ -21,8 +21,8 @@ from bench.common import (
     target,
 )
 from xmod_pretrain.config import OptimConfig
-from xmod_pretrain.model import XmodForMaskedLM
-from xmod_pretrain.optim import build_optimizer
+from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.training.optim import build_optimizer
 
 GOAL = 3.0  # ours >= 3x transformers at the small config
 SERIES = {"ours": "ours", "ours_compiled": "ours (compiled)",

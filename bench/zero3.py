@@ -27,7 +27,7 @@ from pathlib import Path
 from bench.common import REPO, machine
 from bench.data_prep import bundled_cut, write_corpus
 from data_prep.prepare import prepare
-from xmod_pretrain.metrics import METRICS_FILE, read_records
+from xmod_pretrain.training.metrics import METRICS_FILE, read_records
 
 LAYOUTS = {
     "zero2_per_rank": ["deepspeed=zero2", "data.language_per=rank"],

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # DeepSpeed's CPU op, built for this install if it is not yet (the first start's 40 s or more).
 BUILD_CPU_OP = """
 import torch
-import xmod_pretrain.distributed as d
+import xmod_pretrain.training.distributed as d
 if not torch.cuda.is_available() and not d.cpu_comm_build_is_current(d.use_own_extensions_dir()):
     d.init_distributed(600)
 """

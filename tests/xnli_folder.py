@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xmod_pretrain.transfer.tasks import GUIDE_TOPIC, load_task
+from xmod_pretrain.recipes.transfer.tasks import GUIDE_TOPIC, load_task
 
 XNLI_LABELS = ["entailment", "neutral", "contradiction"]
 SPLITS = ("train", "validation", "test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from xmod_pretrain.inference import load_run
+    from xmod_pretrain.runs.inference import load_run
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_run"]
@@ -15,7 +15,7 @@ def __getattr__(name: str):
     # ``load_run`` is imported on first use (PEP 562), so ``import xmod_pretrain`` stays light:
     # no torch, safetensors or OmegaConf until inference is asked for.
     if name == "load_run":
-        from xmod_pretrain.inference import load_run
+        from xmod_pretrain.runs.inference import load_run
 
         return load_run
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,15 +26,15 @@ from xmod_core.outputs import check_not_inside_run, closest_folders
 from xmod_pretrain.config import CONF_DIR, quoted, register_configs, to_config
 from xmod_pretrain.overrides import hydra_errors_as_config_errors
 
-# Commands that read a run and write a module file or a derived run (language_modules.py).
+# Commands that read a run and write a module file or a derived run (runs/language_modules.py).
 LANGUAGE_COMMANDS = ("save-language", "load-language", "remove-language")
 
 
 def _train(cfg: DictConfig) -> None:
     with user_errors_exit():
         config = to_config(cfg)  # before the heavy imports: a bad value fails in about a second
-        from xmod_pretrain.data import check_first_use
-        from xmod_pretrain.launch import run
+        from xmod_pretrain.data.shards import check_first_use
+        from xmod_pretrain.runs.launch import run
 
         # As typed: read through the ListConfig, an override's ${...} would be resolved.
         check_first_use(config, OmegaConf.to_container(HydraConfig.get().overrides.task))
@@ -77,7 +77,7 @@ def _in_a_process_group() -> bool:
 def _leave_process_group() -> None:
     """After a command that succeeded (not after a failure: a peer may be gone)."""
     if _in_a_process_group():  # only commands that trained joined a group
-        from xmod_pretrain.distributed import finish_process
+        from xmod_pretrain.training.distributed import finish_process
 
         finish_process()
 
@@ -119,7 +119,7 @@ def add_language_overrides(argv: list[str]) -> list[str]:
     for lang in args.lang:  # before any DeepSpeed start: a typo fails in a second
         check_language_code(lang, "--lang")
     if args.source is None:
-        from xmod_pretrain.runs import default_source_run
+        from xmod_pretrain.runs.records import default_source_run
 
         args.source = default_source_run()
     check_source_exists(args.source)
@@ -164,10 +164,10 @@ def default_added_run(source: str, languages: list[str], extend_vocab: int | Non
 # Subcommands with an argparse ``main(argv) -> int`` of their own, imported only when used.
 TOOLS = {
     "prepare": "data_prep.prepare",
-    "export": "xmod_pretrain.export",
-    "evaluate": "xmod_pretrain.evaluation",
-    "report": "xmod_pretrain.report",
-    "transfer": "xmod_pretrain.transfer.command",
+    "export": "xmod_pretrain.interop.export",
+    "evaluate": "xmod_pretrain.evaluation.masked_lm",
+    "report": "xmod_pretrain.evaluation.report",
+    "transfer": "xmod_pretrain.recipes.transfer.command",
 }
 
 
@@ -220,7 +220,7 @@ def _dispatch(argv: list[str]) -> None:
     if command in TOOLS:
         sys.exit(importlib.import_module(TOOLS[command]).main(argv[1:]))
     if command in LANGUAGE_COMMANDS:
-        from xmod_pretrain.language_modules import main as language_main
+        from xmod_pretrain.runs.language_modules import main as language_main
 
         sys.exit(language_main(argv[1:], command))
     if command == "add-language":

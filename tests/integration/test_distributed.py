@@ -15,10 +15,12 @@ from safetensors.torch import load_file
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_core.shards import read_manifest
-from xmod_pretrain.checkpoint import latest_checkpoint
+from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
 from xmod_pretrain.config import DataConfig
-from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
-from xmod_pretrain.model import language_of_parameter
+from xmod_pretrain.data.masking import Masker
+from xmod_pretrain.data.sampler import LanguageSampler
+from xmod_pretrain.data.shards import ShardSet
+from xmod_pretrain.model.xmod import language_of_parameter
 
 pytestmark = pytest.mark.integration
 

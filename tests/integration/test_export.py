@@ -22,7 +22,7 @@ from tests.support.launch import run_training
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.config import ModelConfig
-from xmod_pretrain.inference import RunModel, encode_padded
+from xmod_pretrain.runs.inference import RunModel, encode_padded
 from xmod_pretrain.interop import (
     WeightMismatchError,
     export_model,
@@ -32,8 +32,8 @@ from xmod_pretrain.interop import (
     model_config_from_hf,
 )
 from xmod_pretrain.interop.config import XMOD_CONFIG_DEFAULTS
-from xmod_pretrain.model import XmodForMaskedLM
-from xmod_pretrain.runs import open_run
+from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.runs.records import open_run
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +161,7 @@ def test_fine_tuning_changes_only_unfrozen_weights(exported, ours):
 
 def test_load_run(run, ours):
     model, tokenizer = ours
-    assert xmod_pretrain.load_run is xmod_pretrain.inference.load_run
+    assert xmod_pretrain.load_run is xmod_pretrain.runs.inference.load_run
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert all(p.device.type == "cpu" for p in model.parameters())
     ids, mask = encode_padded(tokenizer, ["Alle Menschen sind frei.", "Frei."])

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
-from xmod_pretrain.checkpoint import latest_checkpoint
-from xmod_pretrain.metrics import read_records
-from xmod_pretrain.report import main as report_main
+from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+from xmod_pretrain.training.metrics import read_records
+from xmod_pretrain.evaluation.report import main as report_main
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
-from xmod_pretrain.checkpoint import Checkpointer, latest_checkpoint
-from xmod_pretrain.distributed import DistInfo
+from xmod_pretrain.checkpoint.checkpointer import Checkpointer, latest_checkpoint
+from xmod_pretrain.training.distributed import DistInfo
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +82,8 @@ def test_nan_loss_stops_without_a_poisoned_checkpoint(tiny_data, tmp_path):
 WRITER = """
 import os, sys, torch
 from pathlib import Path
-import xmod_pretrain.checkpoint as ckpt
-from xmod_pretrain.distributed import DistInfo
+import xmod_pretrain.checkpoint.checkpointer as ckpt
+from xmod_pretrain.training.distributed import DistInfo
 run = Path(sys.argv[1])
 saver = ckpt.Checkpointer(run, DistInfo(0, 1, 0, 1), keep=0, sidecars={"config.yaml": "x: 1\\n"})
 saver.save_weights({"w": torch.ones(4)}, 1, {"step": 1})

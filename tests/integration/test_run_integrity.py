@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.launch import read_metrics, run_training, tree_hash
-from xmod_pretrain.checkpoint import CheckpointCorrupt, latest_checkpoint, verify_checkpoint
+from xmod_pretrain.checkpoint.checkpointer import CheckpointCorrupt, latest_checkpoint, verify_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -157,8 +157,8 @@ def test_disk_full_during_a_save(small_tmpfs, tiny_data):
 TWO_RANKS = """
 import sys, torch
 from pathlib import Path
-import xmod_pretrain.checkpoint as ckpt
-from xmod_pretrain.distributed import init_distributed
+import xmod_pretrain.checkpoint.checkpointer as ckpt
+from xmod_pretrain.training.distributed import init_distributed
 
 info = init_distributed(60)
 torch.manual_seed(0)  # the same weights on both ranks, as in training

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.launch import TINY_MODEL, run_training
-from xmod_pretrain.checkpoint import latest_checkpoint
-from xmod_pretrain.runlock import LOCK_NAME
+from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+from xmod_pretrain.runs.lock import LOCK_NAME
 
 pytestmark = pytest.mark.integration
 

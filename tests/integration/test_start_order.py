@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.launch import TINY_MODEL, run_training, tree_hash
-from xmod_pretrain.runlock import RunLock
+from xmod_pretrain.runs.lock import RunLock
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_a_nan_loss_is_one_line_and_exit_1(tiny_data, tmp_path):
 
 
 EXTENSIONS_DIR = """
-from xmod_pretrain.distributed import use_own_extensions_dir
+from xmod_pretrain.training.distributed import use_own_extensions_dir
 from torch.utils.cpp_extension import _get_build_directory
 use_own_extensions_dir()
 print(_get_build_directory("deepspeed_shm_comm", False))  # where DeepSpeed's builder builds it

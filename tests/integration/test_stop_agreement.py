@@ -16,8 +16,8 @@ pytestmark = pytest.mark.integration
 TWO_RANKS = """
 import os, signal, sys, time
 from pathlib import Path
-from xmod_pretrain.distributed import finish_process, init_distributed
-from xmod_pretrain.signals import StopRequest
+from xmod_pretrain.training.distributed import finish_process, init_distributed
+from xmod_pretrain.training.signals import StopRequest
 
 info = init_distributed(60)
 step = 0

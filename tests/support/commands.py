@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tests.support.launch import TINY_PEAK_TFLOPS
-from xmod_pretrain.runs import open_run
+from xmod_pretrain.runs.records import open_run
 
 # add-language's training overrides for the tiny model (its model comes from the source run).
 TRAIN = ["data.seq_len=64", "train.micro_batch_size=8", "train.eval_batches=2",

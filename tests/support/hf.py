@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from xmod_pretrain.cli import main as cli_main
-from xmod_pretrain.inference import RunModel
+from xmod_pretrain.runs.inference import RunModel
 
 UDHR = Path(__file__).resolve().parents[2] / "data_prep" / "corpus" / "udhr"
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from xmod_pretrain.metrics import METRICS_FILE, read_records
+from xmod_pretrain.training.metrics import METRICS_FILE, read_records
 
 TINY_PEAK_TFLOPS = 0.2
 # A model small enough that a few dozen steps take seconds on 2 cores, with every part present.

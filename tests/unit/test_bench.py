@@ -14,7 +14,7 @@ from bench.__main__ import main, run_one
 from bench.languages import COUNTS
 from bench.memory import STAGES, per_rank
 from bench.zero3 import LAYOUTS
-from xmod_pretrain.model import model_flops_per_token
+from xmod_pretrain.model.xmod import model_flops_per_token
 
 # Each benchmark builds models and DeepSpeed engines in this process.
 pytestmark = pytest.mark.slow

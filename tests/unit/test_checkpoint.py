@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import xmod_pretrain.checkpoint as ckpt
+import xmod_pretrain.checkpoint.checkpointer as ckpt
 from tests.unit.test_language_modules import make_run
-from xmod_pretrain.checkpoint import (
+from xmod_pretrain.checkpoint.checkpointer import (
     CheckpointCorrupt,
     Checkpointer,
     CheckpointError,
@@ -25,9 +25,9 @@ from xmod_pretrain.checkpoint import (
     resume_checkpoint,
     verify_checkpoint,
 )
-from xmod_pretrain.distributed import DistInfo
-from xmod_pretrain.language_modules import save_language_module
-from xmod_pretrain.runs import open_run
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.runs.language_modules import save_language_module
+from xmod_pretrain.runs.records import open_run
 
 ALONE = DistInfo(0, 1, 0, 1)
 
@@ -248,7 +248,7 @@ def test_written_files_follow_the_umask(tmp_path):
 def test_trainer_state_reads_checkpoints_of_earlier_versions():
     """trainer_state.json as earlier versions wrote it (with a ``sampler`` key nothing read)
     and as derived runs write it (``derived_from``) resumes the loop where it stood."""
-    from xmod_pretrain.train import TrainerState
+    from xmod_pretrain.training.trainer import TrainerState
 
     older = {"step": 7, "tokens_seen": 896, "sampler": {"seed": 0, "next_step": 7},
              "first_valid": {"en_XX": 6.5}, "derived_from": {"run": "runs/demo"}}

@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 
 from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.config import ModelConfig
-from xmod_pretrain.model import XmodForMaskedLM
+from xmod_pretrain.model.xmod import XmodForMaskedLM
 
 # xmod-base's 81 languages, the last replaced by one added after pre-training.
 LANGUAGES = [*XMOD_BASE_LANGUAGES[:80], "yo_NG"]

@@ -22,7 +22,7 @@ from xmod_pretrain.config import (
     check_known_keys,
     register_configs,
 )
-from xmod_pretrain.engine import deepspeed_config
+from xmod_pretrain.training.engine import deepspeed_config
 
 
 def load(*overrides: str) -> Config:
@@ -51,7 +51,9 @@ def test_base_and_large_recipes():
 
 def test_the_large_recipe_gives_each_step_several_languages(tiny_data):
     """ZeRO-3 shares a micro-step's language over ranks; accumulation still mixes languages."""
-    from xmod_pretrain.data import LanguageSampler, Masker, ShardSet
+    from xmod_pretrain.data.masking import Masker
+    from xmod_pretrain.data.sampler import LanguageSampler
+    from xmod_pretrain.data.shards import ShardSet
 
     cfg = load("+exp=large", f"data.dir={tiny_data}")
     assert cfg.data.language_per == "step" and cfg.deepspeed.zero_stage == 3
@@ -179,7 +181,7 @@ def test_dry_run_prints_the_parameter_count(exp, total, active, tmp_path):
 
 def test_a_model_and_data_that_do_not_belong_together_name_the_experiments():
     """No +exp: the default model is xmod-base (XLM-R's 250,002 ids), the default data the demo's."""
-    from xmod_pretrain.recipes.pretrain import resolve_model_config
+    from xmod_pretrain.recipes.pretrain.recipe import resolve_model_config
 
     cfg = load()
     manifest = {"tokenizer": {"vocab_size": 8002}, "languages": ["en_XX", "de_DE"]}
@@ -190,7 +192,7 @@ def test_a_model_and_data_that_do_not_belong_together_name_the_experiments():
 
 
 def test_compile_is_on_where_it_pays_and_refused_under_zero3():
-    from xmod_pretrain.train import compiles
+    from xmod_pretrain.training.trainer import compiles
 
     assert compiles(load("+exp=demo")) == torch.cuda.is_available()  # null: CUDA, ZeRO 0-2
     assert compiles(load("+exp=demo", "train.compile=true"))

@@ -18,8 +18,8 @@ from xmod_core.shards import (
     check_run_tokenizer,
     read_manifest,
 )
-from xmod_pretrain import data as data_module
-from xmod_pretrain.data import DataError, ShardSet
+from xmod_pretrain.data import shards as data_module
+from xmod_pretrain.data.shards import DataError, ShardSet
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def _config(run_dir: str, data_dir: str, source_run: str | None = None):
 
 
 def test_resolve_paths_makes_every_path_absolute(tmp_path, monkeypatch):
-    from xmod_pretrain.paths import resolve_paths
+    from xmod_pretrain.runs.paths import resolve_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = resolve_paths(_config("runs/demo", "data/demo", "runs/base"))
@@ -103,7 +103,7 @@ def test_resolve_paths_makes_every_path_absolute(tmp_path, monkeypatch):
 
 
 def test_a_moved_run_finds_its_data_where_it_moved_with_it(tmp_path):
-    from xmod_pretrain.paths import relocate_paths
+    from xmod_pretrain.runs.paths import relocate_paths
 
     new = tmp_path / "new" / "repo"
     (new / "data" / "demo").mkdir(parents=True)
@@ -119,7 +119,7 @@ def test_a_moved_run_finds_its_data_where_it_moved_with_it(tmp_path):
 
 
 def test_relative_paths_of_older_runs_resolve_against_the_runs_base(tmp_path):
-    from xmod_pretrain.paths import relocate_paths
+    from xmod_pretrain.runs.paths import relocate_paths
 
     cfg = relocate_paths(_config("runs/demo", "data/demo"), tmp_path / "runs" / "demo")
     assert cfg.data.dir == str(tmp_path / "data" / "demo")
@@ -128,7 +128,7 @@ def test_relative_paths_of_older_runs_resolve_against_the_runs_base(tmp_path):
 # ---- first-use preparation ----------------------------------------------------------------------
 
 def test_first_use_prepares_only_the_experiments_folder_or_a_named_source(tmp_path):
-    from xmod_pretrain.data import check_first_use
+    from xmod_pretrain.data.shards import check_first_use
 
     typo = _config("runs/x", str(tmp_path / "dta"))
     with pytest.raises(DataError, match=f"data.dir={tmp_path / 'dta'} holds no manifest.json.*"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xmod_pretrain.distributed import announce_cpu_comm_build
+from xmod_pretrain.training.distributed import announce_cpu_comm_build
 
 
 def test_a_build_lock_left_behind_is_named_with_what_to_do(tmp_path, monkeypatch, capsys):

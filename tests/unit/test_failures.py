@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xmod_pretrain.distributed import DistInfo
-from xmod_pretrain.failures import NonFiniteLoss, OutOfMemory, PeerLost, classify_failure
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.failures import NonFiniteLoss, OutOfMemory, PeerLost, classify_failure
 
 TWO_RANKS, ONE_RANK = DistInfo(1, 2, 1, 2), DistInfo(0, 1, 0, 1)
 LATEST = Path("runs/x/checkpoints/step_00000200")

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from tests.support.launch import tree_hash
 
 from xmod_pretrain.config import Config, ModelConfig
-from xmod_pretrain.language_modules import (
+from xmod_pretrain.runs.language_modules import (
     LanguageModuleError,
     base_identity,
     load_language_module,
@@ -24,8 +24,8 @@ from xmod_pretrain.language_modules import (
     run_key,
     save_language_module,
 )
-from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
-from xmod_pretrain.runs import (
+from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.runs.records import (
     RunFormatError,
     RunNotFoundError,
     default_source_run,

@@ -13,9 +13,9 @@ import torch
 
 from bench.common import Size, engine_config, masked_batch, single_process_group
 from xmod_pretrain.config import LoggingConfig
-from xmod_pretrain.distributed import announce_cpu_comm_build
-from xmod_pretrain.engine import build_engine, gradient_norm, reports_gradient_norm
-from xmod_pretrain.metrics import (
+from xmod_pretrain.training.distributed import announce_cpu_comm_build
+from xmod_pretrain.training.engine import build_engine, gradient_norm, reports_gradient_norm
+from xmod_pretrain.training.metrics import (
     WANDB_ID_FILE,
     MetricsError,
     MetricsLogger,
@@ -27,7 +27,7 @@ from xmod_pretrain.metrics import (
     read_records,
     train_line,
 )
-from xmod_pretrain.model import XmodForMaskedLM
+from xmod_pretrain.model.xmod import XmodForMaskedLM
 
 TINY = Size("tiny", hidden=32, layers=2, heads=2, intermediate=64, vocab=300, languages=3,
             batch=2, seq=16)
@@ -136,7 +136,7 @@ def test_the_first_cpu_start_announces_the_comm_op_build(tmp_path, monkeypatch, 
 
 
 def test_many_language_curves_highlight_the_best_and_worst_and_the_page_has_captions(tmp_path):
-    from xmod_pretrain.report import (
+    from xmod_pretrain.evaluation.report import (
         highlighted_languages,
         language_colors,
         language_figure,
@@ -252,7 +252,7 @@ def test_the_reader_names_the_file_and_line_of_what_it_cannot_parse(tmp_path, li
 
 
 def test_report_names_the_file_and_line_in_one_line(tmp_path, capsys):
-    from xmod_pretrain.report import main
+    from xmod_pretrain.evaluation.report import main
 
     path = tmp_path / "metrics.jsonl"
     write_log(path, KILLED[:2], tail=b'{"step": 2, "lo')

@@ -11,7 +11,7 @@ import transformers
 
 from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.config import ModelConfig
-from xmod_pretrain.model import (
+from xmod_pretrain.model.xmod import (
     XmodForMaskedLM,
     count_parameters,
     language_of_parameter,

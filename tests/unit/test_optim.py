@@ -8,8 +8,8 @@ import torch
 
 from tests.unit.test_model import LANGUAGES, TINY, batch
 from xmod_pretrain.config import OptimConfig
-from xmod_pretrain.model import XmodForMaskedLM, language_of_parameter
-from xmod_pretrain.optim import build_optimizer, parameter_groups
+from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.training.optim import build_optimizer, parameter_groups
 
 CFG = OptimConfig(lr=1e-2, weight_decay=0.1)
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from xmod_pretrain.peak import (
+from xmod_pretrain.training.peak import (
     MIN_MATMUL_SIZE,
     Peak,
     PeakMeter,

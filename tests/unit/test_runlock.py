@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from xmod_core.errors import UserError
-from xmod_pretrain.runlock import LOCK_NAME, Holder, RunLock, RunLockError, process_start_time
+from xmod_pretrain.runs.lock import LOCK_NAME, Holder, RunLock, RunLockError, process_start_time
 
 HOST = socket.gethostname()
 

@@ -8,13 +8,9 @@ import pytest
 from xmod_core.shards import TOKEN_DTYPE, read_manifest
 from xmod_core.tokenizer import BOS_ID, EOS_ID
 from xmod_pretrain.config import DataConfig, MaskingConfig
-from xmod_pretrain.data import (
-    LanguageSampler,
-    Masker,
-    ShardSet,
-    language_probabilities,
-    validation_batches,
-)
+from xmod_pretrain.data.masking import Masker
+from xmod_pretrain.data.sampler import LanguageSampler, language_probabilities, validation_batches
+from xmod_pretrain.data.shards import ShardSet
 
 
 def make_sampler(data_dir, alpha=0.7, language_per="rank", batch=4, seed=1, lang_ids=None):

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from xmod_pretrain.config import Config, DataConfig, ModelConfig
-from xmod_pretrain.model import count_parameters
-from xmod_pretrain.recipes.pretrain import resolve_model_config
+from xmod_pretrain.model.xmod import count_parameters
+from xmod_pretrain.recipes.pretrain.recipe import resolve_model_config
 
 MANIFEST = {"tokenizer": {"vocab_size": 300}, "languages": {"en_XX": {}, "de_DE": {}, "el_GR": {}}}
 SMALL = ModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

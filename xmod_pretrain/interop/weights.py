@@ -1,6 +1,6 @@
 """Weights between our model and a transformers X-MOD folder.
 
-Our parameter names are transformers' (model.py), so the weights are a copy; tied decoder tensors
+Our parameter names are transformers' (model/xmod.py), so the weights are a copy; tied decoder tensors
 are stored once, under the name they are tied to (``model.TIED``).
 """
 
@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from xmod_core.errors import UserError
-from xmod_pretrain.checkpoint import WEIGHTS
+from xmod_pretrain.checkpoint.checkpointer import WEIGHTS
 from xmod_pretrain.config import ModelConfig
 from xmod_pretrain.interop.config import TransformersFolderError
-from xmod_pretrain.model import TIED, XmodForMaskedLM
-from xmod_pretrain.runs import RunCheckpoint
+from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM
+from xmod_pretrain.runs.records import RunCheckpoint
 
 # In transformers checkpoints but not weights of a masked LM: XmodModel's pooler, and the
 # position-id buffer that transformers saved before 4.31.

@@ -1,6 +1,6 @@
 """What every kind of run hands the Trainer, and the steps a recipe takes to build it.
 
-The launcher (``launch.py``) drives a recipe in a fixed order: the constructor checks the
+The launcher (``runs/launch.py``) drives a recipe in a fixed order: the constructor checks the
 request against the world (source runs, text, the run directory) and writes nothing; ``prepare``
 makes the data on first use and returns the config with the model complete; ``build`` makes the
 parts; ``after_training`` reports what the kind of run promises beyond the validation table.
@@ -15,10 +15,12 @@ import torch
 from xmod_core.languages import check_language_list, language_index
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.config import Config, ConfigError, LanguagePer
-from xmod_pretrain.data import LanguageSampler, Masker, MicroBatch, ShardSet, validation_batches
-from xmod_pretrain.distributed import DistInfo
-from xmod_pretrain.model import XmodForMaskedLM, model_flops_per_token
-from xmod_pretrain.train import RunParts, Trainer
+from xmod_pretrain.data.masking import Masker, MicroBatch
+from xmod_pretrain.data.sampler import LanguageSampler, validation_batches
+from xmod_pretrain.data.shards import ShardSet
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.model.xmod import XmodForMaskedLM, model_flops_per_token
+from xmod_pretrain.training.trainer import RunParts, Trainer
 
 
 class Recipe:

@@ -1,0 +1,98 @@
+"""Where a start picks up: a fresh run, or the run directory's newest verified checkpoint,
+checked against the config before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from xmod_core.errors import UserError
+from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE
+from xmod_core.shards import TOKENIZER_FILE, check_run_tokenizer, is_prepared
+from xmod_pretrain.checkpoint.checkpointer import TRAINER_STATE, complete_checkpoints, resume_checkpoint
+from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.metrics import flatten
+from xmod_pretrain.runs.records import load_config
+
+# Settings whose change on resume gives other batches or another schedule than the run had.
+SHAPES_THE_RUN = ("data.", "optim.", "train.seed", "train.micro_batch_size",
+                  "train.grad_accum_steps")
+PLACE_ONLY = {"data.dir", "data.source", "data.prepare_workers", "data.verify_shards"}
+
+
+class RunStateError(UserError):
+    """The run directory cannot be started as asked (resume flags, another model); nothing was
+    written to it."""
+
+
+class NothingToTrain(Exception):
+    """The run's latest checkpoint is at or past ``train.max_steps``: the start ends at once."""
+
+
+def resume_point(cfg: Config, info: DistInfo) -> Path | None:
+    """The checkpoint this start resumes from (None: a fresh run), checked against the config
+    (``cfg.model`` complete). It writes only to repair ``latest`` (recovered, or moved off a
+    corrupt checkpoint); a refused start otherwise leaves the run as it was. NothingToTrain if
+    the checkpoint is at ``train.max_steps`` already."""
+    run_dir, resume = Path(cfg.run_dir), cfg.train.resume
+    if resume is False:
+        if complete_checkpoints(run_dir / CHECKPOINTS):
+            raise RunStateError(f"{run_dir} holds checkpoints and train.resume=false: "
+                                "pick another run_dir, or resume")
+        return None
+    latest = resume_checkpoint(run_dir, info)  # verified, repaired if need be
+    if latest is None:
+        if resume:
+            raise RunStateError(f"train.resume=true but {run_dir} has no checkpoint")
+        return None
+    saved = load_config(latest / CONFIG_FILE)
+    check_same_model(latest, saved.model, cfg.model)
+    if is_prepared(cfg.data.dir):  # recipes on prepared shards (transfer reads its own task)
+        check_run_tokenizer(latest / TOKENIZER_FILE, cfg.data.dir)
+    step = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
+    warn_changed_settings(latest, step, saved, cfg, info)
+    if step >= cfg.train.max_steps:
+        raise NothingToTrain(f"{latest} is at step {step} and train.max_steps="
+                             f"{cfg.train.max_steps}: nothing to train (raise train.max_steps, "
+                             "or --steps of add-language and transfer, to go on)")
+    return latest
+
+
+def check_same_model(checkpoint: Path, saved: ModelConfig, asked: ModelConfig) -> None:
+    if saved != asked:
+        diff = [f"{f.name} {getattr(saved, f.name)!r} -> {getattr(asked, f.name)!r}"
+                for f in dataclasses.fields(ModelConfig)
+                if getattr(saved, f.name) != getattr(asked, f.name)]
+        raise RunStateError(f"{checkpoint} was trained with another model ({'; '.join(diff)}):"
+                            " resume with its model config, or pick another run_dir")
+
+
+def warn_changed_settings(checkpoint: Path, step: int, saved_cfg: Config, cfg: Config,
+                          info: DistInfo) -> None:
+    """Say which settings that shape the batches or the schedule differ from the checkpoint's:
+    allowed (fairseq allows it too), but the run is then not the uninterrupted one, and a
+    changed max_steps silently reshapes the learning rate."""
+    # Every leaf by its dotted key: {"data.alpha": 0.7, ...}
+    saved, now = (flatten(dataclasses.asdict(c), ".") for c in (saved_cfg, cfg))
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items()
+               if key.startswith(SHAPES_THE_RUN) and key not in PLACE_ONLY
+               and saved.get(key) != value]
+    before, after = saved.get("train.max_steps"), now["train.max_steps"]
+    if cfg.optim.total_steps is None and before != after:
+        changed.append(f"train.max_steps {before} -> {after} (the schedule's length, "
+                       f"optim.total_steps being null: {_schedule_change(step, before)})")
+    if changed and info.is_main:
+        print(f"warning: resuming {checkpoint.name} with settings other than its run's: "
+              f"{'; '.join(changed)}. The batches or the learning rate from here differ from "
+              "an uninterrupted run's", file=sys.stderr, flush=True)
+
+
+def _schedule_change(step: int, before: int) -> str:
+    """What a new ``train.max_steps`` does to the learning rate of a run resumed at ``step``."""
+    if step >= before:  # the old schedule had decayed to its end: keeping it would train at 0
+        return (f"the learning rate, decayed to its end at step {before}, follows the longer "
+                "schedule from this step")
+    return f"set optim.total_steps={before} to keep the learning rate where it was"

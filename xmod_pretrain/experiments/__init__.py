@@ -1,0 +1,1 @@
+"""Experiments that drive many runs: the curse of multilinguality (curse.py) and its transfer comparison."""

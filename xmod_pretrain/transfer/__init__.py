@@ -1,1 +1,0 @@
-"""Cross-lingual transfer: tasks, classifier batches, scores, and the ``transfer`` command."""

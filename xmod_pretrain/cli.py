@@ -168,6 +168,7 @@ TOOLS = {
     "evaluate": "xmod_pretrain.evaluation.masked_lm",
     "report": "xmod_pretrain.evaluation.report",
     "transfer": "xmod_pretrain.recipes.transfer.command",
+    "curse": "xmod_pretrain.experiments.curse",
 }
 
 
@@ -180,6 +181,7 @@ COMMANDS = {
     "evaluate": "per-language masked-LM loss and perplexity of a run's checkpoint",
     "report": "training curves and the latest evaluation of a run: PNGs and one HTML page",
     "transfer": "fine-tune on one language, evaluate zero-shot on the others (frozen modules)",
+    "curse": "the curse of multilinguality: X-MOD against a shared model as languages are added",
     "save-language": "save one language's modules of a run as a file",
     "load-language": "write a new run: a run plus one saved language module",
     "remove-language": "write a new run: a run without one language's modules",

@@ -247,7 +247,7 @@ class AddLanguageConfig:
     vocab_penalty: float = 100.0
     """Weight of the training loss term that keeps the new pieces out of the old languages'
     softmax: each old language's loss rise on a fixed sample of its text beyond 0.05%
-    (``grown_vocabulary.SplitDecoder``); 0: none."""
+    (``recipes/vocabulary/split_model.SplitDecoder``); 0: none."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pytest
 from tests.support.commands import TRAIN, add_language, cli, one_error_line, weights_of
 from tests.support.launch import TINY_MODEL, tree_hash
 from tests.support.runs import copy_run
-from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 
 pytestmark = pytest.mark.integration
 UDHR_YORUBA = Path(__file__).resolve().parents[2] / "data_prep" / "corpus" / "udhr" / "yo_NG.txt.xz"

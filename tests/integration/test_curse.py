@@ -1,4 +1,4 @@
-"""``python -m xmod_pretrain.experiments.curse`` end to end at a tiny size, and the shared baseline it trains
+"""``xmod_pretrain curse`` end to end at a tiny size, and the shared baseline it trains
 (``data.shared_module``): every language through one module set."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.support.launch import TINY_MODEL, read_metrics
-from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.experiments.curse import main as curse_main
 from xmod_pretrain.model.xmod import language_of_parameter
@@ -27,7 +27,7 @@ NS = (2, 3)
 
 
 def curse(out, data_dir, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "xmod_pretrain.experiments.curse", "--out", str(out),
+    cmd = [sys.executable, "-m", "xmod_pretrain", "curse", "--out", str(out),
            f"data.dir={data_dir}", "data.source=null", *TINY_MODEL, "train.max_steps=3",
            "train.log_every=1", *args]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}

@@ -11,7 +11,7 @@ import pytest
 from tests.support.commands import cli, one_error_line
 from tests.support.launch import run_training, tree_hash
 from tests.support.runs import copy_run
-from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 
 pytestmark = pytest.mark.integration
 

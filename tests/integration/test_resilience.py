@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
-from xmod_pretrain.checkpoint.checkpointer import Checkpointer, latest_checkpoint
+from xmod_pretrain.checkpoint.checkpointer import Checkpointer
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.training.distributed import DistInfo
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.launch import read_metrics, run_training, tree_hash
-from xmod_pretrain.checkpoint.checkpointer import CheckpointCorrupt, latest_checkpoint, verify_checkpoint
+from xmod_pretrain.checkpoint.layout import CheckpointCorrupt, latest_checkpoint
+from xmod_pretrain.checkpoint.verify import verify_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +159,7 @@ TWO_RANKS = """
 import sys, torch
 from pathlib import Path
 import xmod_pretrain.checkpoint.checkpointer as ckpt
+import xmod_pretrain.checkpoint.storage as storage
 from xmod_pretrain.training.distributed import init_distributed
 
 info = init_distributed(60)
@@ -181,11 +183,11 @@ def disk_full(*args, **kwargs):
 saver = ckpt.Checkpointer(sys.argv[1], info, keep=0, sidecars={})
 saver.save(Engine(), 1, {"step": 1})
 if info.rank == 0:  # only rank 0 publishes: the others learn of its failure from it
-    ckpt.save_file = disk_full
+    storage.save_file = disk_full
 try:
     saver.save(Engine(), 2, {"step": 2})
     saver.finish()  # rank 0 publishes in the background; every rank learns how it went here
-except ckpt.CheckpointWriteError as err:
+except storage.CheckpointWriteError as err:
     print(f"rank {info.rank}: {err}", flush=True)
     sys.exit(3)
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.launch import TINY_MODEL, run_training
-from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.runs.lock import LOCK_NAME
 
 pytestmark = pytest.mark.integration

@@ -14,17 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import xmod_pretrain.checkpoint.checkpointer as ckpt
+import xmod_pretrain.checkpoint.storage as storage
 from tests.unit.test_language_modules import make_run
-from xmod_pretrain.checkpoint.checkpointer import (
-    CheckpointCorrupt,
-    Checkpointer,
-    CheckpointError,
-    CheckpointWriteError,
-    latest_checkpoint,
-    resume_checkpoint,
-    verify_checkpoint,
-)
+from xmod_pretrain.checkpoint.checkpointer import Checkpointer
+from xmod_pretrain.checkpoint.choice import resume_checkpoint
+from xmod_pretrain.checkpoint.layout import CheckpointCorrupt, CheckpointError, latest_checkpoint
+from xmod_pretrain.checkpoint.storage import CheckpointWriteError
+from xmod_pretrain.checkpoint.verify import verify_checkpoint
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.runs.language_modules import save_language_module
 from xmod_pretrain.runs.records import open_run
@@ -216,16 +212,16 @@ def test_disk_full_names_the_filesystem_and_the_file(tmp_path, monkeypatch):
     def full(*args, **kwargs):  # what safetensors raises on ENOSPC
         raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(storage, "save_file", full)
     with pytest.raises(CheckpointWriteError) as raised:
         save(tmp_path, 2)
-    mount = ckpt.mount_of(tmp_path)
+    mount = storage.mount_of(tmp_path)
     assert str(raised.value).startswith(f"no space left on {mount} while writing "
                                         f"{tmp_path}/checkpoints/.tmp-step_00000002/"
                                         "model.safetensors")
     assert mount.split(" (")[0] in [line.split()[1] for line in open("/proc/self/mounts")]
     assert names(tmp_path) == ["latest", "step_00000001"]
-    monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(storage, "save_file", lambda *a, **k: (_ for _ in ()).throw(
         OSError(errno.EACCES, "Permission denied")))
     with pytest.raises(PermissionError):  # not a disk-space problem: it keeps its traceback
         save(tmp_path, 3)

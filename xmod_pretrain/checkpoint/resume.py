@@ -1,5 +1,5 @@
-"""Where a start picks up: a fresh run, or the run directory's newest verified checkpoint,
-checked against the config before anything is written."""
+"""Where a start picks up: a fresh run, or the run directory's newest verified checkpoint
+(choice.py chooses it), checked against the config before anything is written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 from xmod_core.errors import UserError
 from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE
 from xmod_core.shards import TOKENIZER_FILE, check_run_tokenizer, is_prepared
-from xmod_pretrain.checkpoint.checkpointer import TRAINER_STATE, complete_checkpoints, resume_checkpoint
+from xmod_pretrain.checkpoint.choice import resume_checkpoint
+from xmod_pretrain.checkpoint.layout import TRAINER_STATE, complete_checkpoints
 from xmod_pretrain.config import Config, ModelConfig
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.metrics import flatten

@@ -1,1 +1,2 @@
-"""Experiments that drive many runs: the curse of multilinguality (curse.py) and its transfer comparison."""
+"""Experiments that drive many runs: the curse of multilinguality (curse.py) and its transfer
+comparison."""

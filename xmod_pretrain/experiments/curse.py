@@ -8,9 +8,9 @@ language modules of its own; ``shared`` runs every language through one module s
 order starts with the evaluation languages, present in every run, and their final valid
 perplexity is compared as languages are added.
 
-    python -m xmod_pretrain.experiments.curse                          # 8 runs into runs/curse, then the report
-    python -m xmod_pretrain.experiments.curse --ns 2 5 train.max_steps=100   # any Hydra override, every run
-    python -m xmod_pretrain.experiments.curse --transfer 19    # and zero-shot transfer of the n=19 runs
+    xmod_pretrain curse                                 # 8 runs into runs/curse, then the report
+    xmod_pretrain curse --ns 2 5 train.max_steps=100    # any Hydra override, every run
+    xmod_pretrain curse --transfer 19                   # and zero-shot transfer of the n=19 runs
 
 A run that finished is kept, so the same command continues after an interruption. Writes
 ``curse.json``, ``curse.csv``, ``curse.md`` and ``curse.png`` into ``--out`` (with
@@ -37,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from xmod_core.errors import UserError
 from xmod_core.languages import check_language_list
 from xmod_core.outputs import CONFIG_FILE
-from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs
 from xmod_pretrain.experiments.curse_transfer import TransferRequest, check_transfer_ns, compare
 from xmod_pretrain.experiments.curse_transfer import markdown as transfer_markdown
@@ -314,7 +314,7 @@ def write_outputs(plan: Plan, results: list[Result], cfg: Config) -> list[Path]:
 
 def parse_args(argv: Sequence[str]) -> Plan:
     parser = argparse.ArgumentParser(
-        prog="python -m xmod_pretrain.experiments.curse",
+        prog="xmod_pretrain curse",
         description="X-MOD against a shared model with the same active parameters, trained on a "
                     "growing number of languages with the same budget; anything else on the line "
                     "is a Hydra override for every run (train.max_steps=100).")
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths += write_transfer(plan.out, rows, plan.transfer_ns, LABELS)
             print(transfer_markdown(rows, plan.transfer_ns, LABELS), end="")
     except UserError as err:  # CurseError, and the data's own errors on first use
-        print(f"xmod_pretrain.experiments.curse: error: {err}", file=sys.stderr, flush=True)
+        print(f"xmod_pretrain curse: error: {err}", file=sys.stderr, flush=True)
         return 1
     print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - start:.0f} s")
     return 0

@@ -1,1 +1,2 @@
-"""The X-MOD model: the encoder, its per-language bottleneck modules and the tied masked-LM head (xmod.py)."""
+"""The X-MOD model: the encoder, its per-language bottleneck modules and the tied masked-LM head
+(xmod.py)."""

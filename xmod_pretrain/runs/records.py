@@ -36,18 +36,18 @@ from xmod_core.outputs import (
     closest_folders,
 )
 from xmod_core.shards import TOKENIZER_FILE
-from xmod_pretrain.checkpoint.checkpointer import (
+from xmod_pretrain.checkpoint.checkpointer import Checkpointer
+from xmod_pretrain.checkpoint.choice import newest_verified
+from xmod_pretrain.checkpoint.layout import (
     TMP_PREFIX,
     TRAINER_STATE,
     WEIGHTS,
-    Checkpointer,
     complete_checkpoints,
     latest_checkpoint,
-    newest_verified,
     step_of,
     step_tag,
-    verify_checkpoint,
 )
+from xmod_pretrain.checkpoint.verify import verify_checkpoint
 from xmod_pretrain.config import Config
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.runs.paths import relocate_paths, resolve_paths

@@ -190,3 +190,12 @@ def finish_process() -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def from_rank0(value: Any, info: DistInfo) -> Any:
+    """Rank 0's ``value`` on every rank (every rank calls)."""
+    if info.world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -78,7 +78,7 @@ class StopRequest:
                 print(f"Ctrl-C: finishing step {self.step() + self.delay} and saving a "
                       "checkpoint; press Ctrl-C again to abort without saving", flush=True)
         elif not under_torchrun() or now - self.first_ctrl_c > SAME_CTRL_C_S:
-            from xmod_pretrain.checkpoint.checkpointer import latest_checkpoint
+            from xmod_pretrain.checkpoint.layout import latest_checkpoint
 
             latest = latest_checkpoint(self.run_dir)
             raise Aborted("aborted by a second Ctrl-C; " + (

@@ -19,7 +19,8 @@ import torch.distributed as dist
 
 from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.training.anchor import LanguageAnchor
-from xmod_pretrain.checkpoint.checkpointer import Checkpointer, latest_checkpoint
+from xmod_pretrain.checkpoint.checkpointer import Checkpointer
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.config import Config, Precision
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.engine import (

@@ -1,1 +1,2 @@
-"""Pre-training: a fresh model, or every weight of a transformers folder, trained on every language."""
+"""Pre-training: a fresh model, or every weight of a transformers folder, trained on every
+language."""

@@ -1,1 +1,2 @@
-"""Cross-lingual transfer: tasks, classifier batches, the classifier, scores, the recipe and the ``transfer`` command."""
+"""Cross-lingual transfer: tasks, classifier batches, the classifier, scores, the recipe and the
+``transfer`` command."""

@@ -28,7 +28,8 @@ from xmod_core.atomic import write_text
 from xmod_core.languages import language_index
 from xmod_core.shards import read_manifest
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.checkpoint.checkpointer import TRAINER_STATE, resume_checkpoint
+from xmod_pretrain.checkpoint.choice import resume_checkpoint
+from xmod_pretrain.checkpoint.layout import TRAINER_STATE
 from xmod_pretrain.recipes.transfer.classifier import (
     XmodForSequenceClassification,
     freeze_embeddings_and_language_adapters,

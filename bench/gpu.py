@@ -37,7 +37,7 @@ from bench.common import (
     time_steps,
 )
 from bench.throughput import QUICK_BACKEND
-from xmod_pretrain.config import OptimConfig, Precision
+from xmod_pretrain.training.config import OptimConfig, Precision
 from xmod_pretrain.training.engine import build_engine
 from xmod_pretrain.interop import hf_config
 from xmod_pretrain.model.xmod import XmodForMaskedLM, model_flops_per_token

@@ -24,7 +24,9 @@ from bench.common import (
     masked_batch,
     single_process_group,
 )
-from xmod_pretrain.config import CONF_DIR, ModelConfig, OptimConfig
+from xmod_pretrain.config import CONF_DIR
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.engine import build_engine
 from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
 

@@ -20,7 +20,7 @@ from bench.common import (
     ours_step,
     target,
 )
-from xmod_pretrain.config import OptimConfig
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.optim import build_optimizer
 

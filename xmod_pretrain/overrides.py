@@ -16,7 +16,8 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from xmod_core.errors import closest, did_you_mean
-from xmod_pretrain.config import LISTS_KEYS, ConfigError, node_error, unknown_keys_error
+from xmod_pretrain.config import LISTS_KEYS, node_error, unknown_keys_error
+from xmod_pretrain.schema import ConfigError
 
 # Hydra raises its errors rather than printing them and exiting while this is set.
 FULL_ERROR = "HYDRA_FULL_ERROR"

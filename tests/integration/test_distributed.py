@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_core.shards import read_manifest
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
-from xmod_pretrain.config import DataConfig
+from xmod_pretrain.data.config import DataConfig
 from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.data.sampler import LanguageSampler
 from xmod_pretrain.data.shards import ShardSet

@@ -21,7 +21,7 @@ from tests.support.hf import UDHR, assert_same_logits, export_with_cli, udhr_lin
 from tests.support.launch import run_training
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.cli import main as cli_main
-from xmod_pretrain.config import ModelConfig
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.runs.inference import RunModel, encode_padded
 from xmod_pretrain.interop import (
     WeightMismatchError,

@@ -11,7 +11,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from xmod_core.languages import XMOD_BASE_LANGUAGES
-from xmod_pretrain.config import ModelConfig
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 
 # xmod-base's 81 languages, the last replaced by one added after pre-training.

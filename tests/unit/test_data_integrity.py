@@ -86,7 +86,9 @@ def test_id_outside_the_vocabulary_is_refused_with_its_position(data_copy, monke
 # ---- paths a run stores ---------------------------------------------------------------------
 
 def _config(run_dir: str, data_dir: str, source_run: str | None = None):
-    from xmod_pretrain.config import AddLanguageConfig, Config, DataConfig
+    from xmod_pretrain.config import Config
+    from xmod_pretrain.data.config import DataConfig
+    from xmod_pretrain.recipes.add_language.config import AddLanguageConfig
 
     return Config(run_dir=run_dir, data=DataConfig(dir=data_dir),
                   add_language=AddLanguageConfig(source_run=source_run))

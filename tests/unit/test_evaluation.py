@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from xmod_core.shards import read_manifest
-from xmod_pretrain.config import MaskingConfig, ModelConfig
+from xmod_pretrain.data.config import MaskingConfig
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.data.masking import Masker, MicroBatch
 from xmod_pretrain.data.sampler import validation_batches
 from xmod_pretrain.data.shards import ShardSet

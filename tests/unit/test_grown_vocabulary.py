@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xmod_pretrain.config import ModelConfig, OptimConfig
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.recipes.vocabulary.split_model import (
     ADDED_ROWS,
     BIAS,

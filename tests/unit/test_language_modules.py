@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from tests.support.launch import tree_hash
 
-from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.config import Config
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.runs.language_modules import (
     LanguageModuleError,
     base_identity,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.common import Size, engine_config, masked_batch, single_process_group
-from xmod_pretrain.config import LoggingConfig
+from xmod_pretrain.training.config import LoggingConfig
 from xmod_pretrain.training.distributed import announce_cpu_comm_build
 from xmod_pretrain.training.engine import build_engine, gradient_norm, reports_gradient_norm
 from xmod_pretrain.training.metrics import (

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import transformers
 
 from xmod_core.languages import XMOD_BASE_LANGUAGES
-from xmod_pretrain.config import ModelConfig
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import (
     XmodForMaskedLM,
     count_parameters,
@@ -207,7 +207,7 @@ def test_model_flops_per_token() -> None:
 @pytest.mark.parametrize("field", ["num_attention_heads", "adapter_reduction_factor"])
 def test_a_model_built_from_code_checks_its_shape_as_the_config_does(field):
     """One rule for both routes: a config file (model.*) and a ModelConfig made in code."""
-    from xmod_pretrain.config import ConfigError
+    from xmod_pretrain.schema import ConfigError
 
     odd = dataclasses.replace(TINY, **{field: TINY.hidden_size - 1})
     with pytest.raises(ConfigError, match=f"ModelConfig.hidden_size={TINY.hidden_size} is not a "

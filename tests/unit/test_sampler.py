@@ -7,7 +7,7 @@ import pytest
 
 from xmod_core.shards import TOKEN_DTYPE, read_manifest
 from xmod_core.tokenizer import BOS_ID, EOS_ID
-from xmod_pretrain.config import DataConfig, MaskingConfig
+from xmod_pretrain.data.config import DataConfig, MaskingConfig
 from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.data.sampler import LanguageSampler, language_probabilities, validation_batches
 from xmod_pretrain.data.shards import ShardSet

@@ -6,7 +6,9 @@ import dataclasses
 
 import pytest
 
-from xmod_pretrain.config import Config, DataConfig, ModelConfig
+from xmod_pretrain.config import Config
+from xmod_pretrain.data.config import DataConfig
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import count_parameters
 from xmod_pretrain.recipes.pretrain.recipe import resolve_model_config
 

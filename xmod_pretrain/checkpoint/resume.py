@@ -13,7 +13,8 @@ from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE
 from xmod_core.shards import TOKENIZER_FILE, check_run_tokenizer, is_prepared
 from xmod_pretrain.checkpoint.choice import resume_checkpoint
 from xmod_pretrain.checkpoint.layout import TRAINER_STATE, complete_checkpoints
-from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.config import Config
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.metrics import flatten
 from xmod_pretrain.runs.records import load_config

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from xmod_core.tokenizer import EOS_ID, UNK_ID
-from xmod_pretrain.config import MaskingConfig
+from xmod_pretrain.data.config import MaskingConfig
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xmod_pretrain.config import DataConfig
+from xmod_pretrain.data.config import DataConfig
 from xmod_pretrain.data.masking import Masker, MicroBatch, to_micro_batch
 from xmod_pretrain.data.shards import ShardSet
 

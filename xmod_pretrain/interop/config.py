@@ -13,7 +13,7 @@ from pathlib import Path
 from xmod_core.errors import UserError
 from xmod_core.languages import check_language_list, language_index
 from xmod_core.tokenizer import BOS_ID, EOS_ID
-from xmod_pretrain.config import ModelConfig
+from xmod_pretrain.model.config import ModelConfig
 
 HF_CONFIG = "config.json"
 

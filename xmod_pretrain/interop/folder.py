@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from xmod_core.atomic import atomic_path, follow_umask, write_text
 from xmod_core.outputs import CHECKPOINTS, new_output_dir
 from xmod_pretrain.checkpoint.layout import WEIGHTS
-from xmod_pretrain.config import Config, ModelConfig
+from xmod_pretrain.config import Config
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.interop.config import HF_CONFIG, hf_config, model_config_from_hf
 from xmod_pretrain.interop.tokenizer import hf_tokenizer_file, write_tokenizer_files
 from xmod_pretrain.interop.weights import (

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmod_core.languages import check_language_list, language_index
-from xmod_pretrain.config import ModelConfig, check_model_shape
+from xmod_pretrain.model.config import ModelConfig, check_model_shape
 
 # ``roberta.encoder.layer.3.output.adapter_modules.de_DE.dense1.weight`` -> ``de_DE``. A search,
 # not a match, so prefixes added by wrappers (``module.``, ``_orig_mod.``) do not matter.

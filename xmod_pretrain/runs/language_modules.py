@@ -52,7 +52,9 @@ from xmod_pretrain.recipes.vocabulary.pieces import (
     read_model,
     vocabulary_characters,
 )
-from xmod_pretrain.config import AddedPieces, Config, ModelConfig, VocabularyConfig
+from xmod_pretrain.config import Config
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
 from xmod_pretrain.recipes.vocabulary.split_model import BIAS, EMBEDDINGS, grow_rows
 from xmod_pretrain.model.xmod import (
     TIED,

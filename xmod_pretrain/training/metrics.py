@@ -22,7 +22,7 @@ from typing import Any
 
 from xmod_core.atomic import write_bytes, write_text
 from xmod_core.errors import UserError
-from xmod_pretrain.config import LoggingConfig
+from xmod_pretrain.training.config import LoggingConfig
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # one wandb run per run directory, across its starts
@@ -213,7 +213,7 @@ def _tensorboard_writer(folder: Path, first_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch imports tensorboard lazily: its absence shows here
-        from xmod_pretrain.config import ConfigError
+        from xmod_pretrain.schema import ConfigError
 
         raise ConfigError("logging.tensorboard=true needs the tensorboard package: pip install "
                           "'xmod-pretrain[tensorboard]' (or pip install tensorboard)") from None

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from xmod_pretrain.config import OptimConfig
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.model.xmod import language_of_parameter
 
 

@@ -21,7 +21,8 @@ from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.training.anchor import LanguageAnchor
 from xmod_pretrain.checkpoint.checkpointer import Checkpointer
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
-from xmod_pretrain.config import Config, Precision
+from xmod_pretrain.config import Config
+from xmod_pretrain.training.config import Precision
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.engine import (
     all_reduce_gradients,

@@ -19,7 +19,10 @@ from xmod_core.errors import UserError
 from xmod_core.languages import check_language_code, check_language_list, language_index
 from xmod_core.shards import is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.config import AddLanguageConfig, Config, ConfigError, ModelConfig
+from xmod_pretrain.config import Config
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.recipes.add_language.config import AddLanguageConfig
+from xmod_pretrain.schema import ConfigError
 from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.recipes.vocabulary.split_model import split_vocabulary

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmod_pretrain.config import ModelConfig
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import (
     Backbone,
     LanguageModel,

@@ -35,7 +35,8 @@ from xmod_pretrain.recipes.transfer.classifier import (
     freeze_embeddings_and_language_adapters,
     load_encoder,
 )
-from xmod_pretrain.config import Config, ConfigError
+from xmod_pretrain.config import Config
+from xmod_pretrain.schema import ConfigError
 from xmod_pretrain.training.distributed import DistInfo, barrier
 from xmod_pretrain.interop import is_hf_folder, open_hf_folder
 from xmod_pretrain.model.xmod import model_flops_per_token

@@ -36,7 +36,8 @@ from xmod_pretrain.recipes.vocabulary.pieces import (
     read_model,
     tokens_per_character,
 )
-from xmod_pretrain.config import AddedPieces, Config, VocabularyConfig
+from xmod_pretrain.config import Config
+from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
 from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.data.sampler import validation_batches
 from xmod_pretrain.data.shards import ShardSet

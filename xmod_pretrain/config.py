@@ -1,8 +1,8 @@
 """The run's typed configuration: each component's schema composed, registered with Hydra.
 
 Hydra composes ``conf/`` against these schemas (each in its component's folder: model/config.py,
-data/config.py, training/config.py, recipes/<kind>/config.py), so a misspelt key or a value of the wrong type
-fails at start with a message that names it. The YAML is converted once, with
+data/config.py, training/config.py, recipes/<kind>/config.py), so a misspelt key or a value of
+the wrong type fails at start with a message that names it. The YAML is converted once, with
 ``OmegaConf.to_object``, into these dataclasses; the rest of the code never sees a DictConfig.
 """
 

@@ -1,7 +1,6 @@
 """Inference on a training run, without transformers::
 
-    from xmod_pretrain import load_run
-    from xmod_pretrain.runs.inference import encode_padded
+    from xmod_pretrain import encode_padded, load_run
 
     model, tokenizer = load_run("runs/demo")
     input_ids, attention_mask = encode_padded(tokenizer, ["Debian ist ein freies Betriebssystem."])

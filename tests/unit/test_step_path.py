@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -79,18 +78,18 @@ def test_a_training_step_never_waits_on_the_device(world, tiny_data, tmp_path, z
     trainer = make_trainer(world, tmp_path / "run", tiny_data, f"deepspeed=zero{zero}",
                            "train.grad_accum_steps=2", "train.max_steps=4", "train.log_every=3")
     trainer.batches = Prefetcher(trainer._micro_batch, 0, 2, pin=False)
-    trainer.train_start = time.perf_counter()
+    trainer.progress.start(0, 0)
     try:
         recorder = SyncRecorder()
         for _ in range(3):  # steps 1-3; step 3 is a log step: its gradient norm is kept too
             with recorder:
                 trainer.train_step()
                 trainer.stop_request.agreed()
-            trainer.step += 1
+            trainer.state.step += 1
         assert not recorder.ours, recorder.ours
         print(f"DeepSpeed's host syncs in 3 steps of ZeRO-{zero}: {dict(recorder.theirs)}")
         with recorder:
-            trainer._log_window()  # the log step reads the window: one sync, ours
+            trainer.progress.write(trainer.step, trainer.state.tokens_seen)  # one sync, ours
         assert sum(recorder.ours.values()) >= 1
     finally:
         trainer.batches.close()
@@ -134,8 +133,8 @@ def test_a_failing_sampler_fails_the_step_that_asks(world, tiny_data, tmp_path):
 def test_a_nan_is_caught_at_the_save_before_the_log_step(world, tiny_data, tmp_path):
     trainer = make_trainer(world, tmp_path / "run", tiny_data, "train.max_steps=6",
                            "train.log_every=100")
-    trainer._count_loss(torch.tensor(float("nan")), 1)
-    trainer.step = 3
+    trainer.progress.count_loss(torch.tensor(float("nan")), 1)
+    trainer.state.step = 3
     lang = trainer.languages[1]
     with pytest.raises(NonFiniteLoss, match=rf"between steps 1 and 3 \(1 {lang} micro-batch.*"
                                             "the run has no checkpoint yet"):

@@ -47,15 +47,23 @@ from xmod_pretrain.training.distributed import DistInfo, barrier, from_rank0
 class Checkpointer:
     """Saves and restores a run's engine state plus the sidecars that make it self-describing."""
 
-    def __init__(self, run_dir: str | Path, info: DistInfo, keep: int, sidecars: dict[str, Any]):
-        """``sidecars`` maps a file name to its text (str) or to a file to copy (Path)."""
+    def __init__(self, run_dir: str | Path, info: DistInfo, keep: int, sidecars: dict[str, Any],
+                 every: int = 0):
+        """``sidecars`` maps a file name to its text (str) or to a file to copy (Path);
+        ``every``: a training run's ``train.save_every`` (0: at the end only)."""
         self.root = Path(run_dir) / CHECKPOINTS
         self.info = info
         self.keep = keep
+        self.every = every
         self.sidecars = sidecars
         self.publishing: tuple[Path, threading.Thread] | None = None  # rank 0's last save
         self.publish_failure: str | None = None
         ignore_file_size_signal()
+
+    def due(self, step: int, stopping: bool) -> bool:
+        """A training run saves every ``every`` steps, and when it stops on a signal (the end of
+        the run saves when its last step was not saved: the Trainer knows that)."""
+        return stopping or bool(self.every and step % self.every == 0)
 
     def save(self, engine, step: int, trainer_state: dict[str, Any]) -> Path:
         """Engine state + consolidated weights + sidecars, published atomically. All ranks call.

@@ -8,48 +8,36 @@ not know which kind of run it trains (recipes/ builds the parts, runs/launch.py 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 
 from xmod_core.outputs import CONFIG_FILE
-from xmod_pretrain.training.anchor import LanguageAnchor
 from xmod_pretrain.checkpoint.checkpointer import Checkpointer
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.config import Config
-from xmod_pretrain.training.config import Precision
+from xmod_pretrain.evaluation.masked_lm import masked_lm_loss
+from xmod_pretrain.model.xmod import LanguageModel
+from xmod_pretrain.runs.records import sidecars
+from xmod_pretrain.training.anchor import LanguageAnchor
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.engine import (
     all_reduce_gradients,
     build_engine,
-    gradient_norm,
     optimizer_parameter_count,
     parameter_count,
     reduces_gradients_itself,
-    reports_gradient_norm,
 )
-from xmod_pretrain.evaluation.masked_lm import masked_lm_loss
-from xmod_pretrain.training.failures import NonFiniteLoss, classify_failure
-from xmod_pretrain.training.metrics import (
-    MetricsLogger,
-    SpikeWatch,
-    duration,
-    language_line,
-    loss_table,
-    perplexity,
-    train_line,
-)
-from xmod_pretrain.model.xmod import LanguageModel
+from xmod_pretrain.training.failures import classify_failure
+from xmod_pretrain.training.metrics import MetricsLogger, duration
 from xmod_pretrain.training.optim import LanguageAdamW
-from xmod_pretrain.training.peak import PeakMeter, find_peak
 from xmod_pretrain.training.prefetch import Prefetcher
-from xmod_pretrain.runs.records import sidecars
+from xmod_pretrain.training.progress import ProgressLog
 from xmod_pretrain.training.signals import StopRequest, signal_name
+from xmod_pretrain.training.validation import Validator
 
 
 class Batch(Protocol):
@@ -114,7 +102,8 @@ def compiles(cfg: Config) -> bool:
 
 
 class Trainer:
-    """Owns one training run's loop; every rank builds one."""
+    """Owns one training run's loop; every rank builds one. When to log, validate and save is
+    decided by the parts it calls (``progress``, ``validator``, ``checkpointer``)."""
 
     cfg: Config                   # model complete (vocabulary, languages)
     info: DistInfo                # rank, world size
@@ -126,32 +115,19 @@ class Trainer:
     optimizer: LanguageAdamW      # inside the engine; told each step's languages
     reduce_gradients: bool        # the trainer averages gradients itself (ZeRO-0: engine.py)
     anchor: LanguageAnchor | None  # one gradient order on every rank (several ranks, ZeRO < 3)
-    checkpointer: Checkpointer
-    metrics: MetricsLogger
+    checkpointer: Checkpointer    # saves every train.save_every steps and on a stop
+    metrics: MetricsLogger        # rank 0's records: metrics.jsonl, wandb, TensorBoard
+    progress: ProgressLog         # the log line every train.log_every steps; NaN/inf checks
+    validator: Validator          # validation every train.eval_every steps
     stop_request: StopRequest     # signals, agreed over ranks a step later
-    step: int                     # optimizer steps done
+    state: TrainerState           # step, tokens seen, first validation: what a checkpoint saves
     saved_step: int | None        # the step of this run's newest checkpoint (resumed or saved)
-    tokens_seen: int
-    first_valid: dict[str, float] | None  # the first validation, what later tables compare to
-    window_loss: torch.Tensor     # per-language loss sums and counts since the last log line
-    window_count: torch.Tensor
-    window_nonfinite: torch.Tensor  # micro-batches whose loss was NaN/inf, checked at log/save
     batches: Prefetcher           # this rank's micro-batches, made a step ahead
-    window_start: float           # perf_counter, tokens_seen and step at the window's start
-    window_tokens: int
-    window_step: int
-    train_start: float            # perf_counter when the loop started: wall time and ETA
-    own_grad_norm: bool           # DeepSpeed keeps no gradient norm here: measured on log steps
-    grad_norm: torch.Tensor | None
-    spikes: SpikeWatch            # loss spike warnings
-    flops_per_token: float        # model FLOPs of a trained token, and the peak, for MFU
-    peak: PeakMeter
 
     def __init__(self, cfg: Config, info: DistInfo, parts: RunParts, resume_from: Path | None):
         self.cfg, self.info, self.run_dir = cfg, info, Path(cfg.run_dir)
         self.languages = cfg.model.languages
         self.sampler, self.valid = parts.sampler, parts.valid
-        self.flops_per_token = parts.flops_per_token
         if compiles(cfg):
             self._print("compiling each transformer layer (torch.compile): the first training "
                         "step and the first validation take longer")
@@ -164,14 +140,21 @@ class Trainer:
         self.reduce_gradients = info.world_size > 1 and reduces_gradients_itself(cfg)
         self.anchor = self._build_anchor(parts.model)
         self.checkpointer = self._build_checkpointer(parts.tokenizer)
-        self.step, self.tokens_seen, self.first_valid, self.saved_step = 0, 0, None, None
+        self.state, self.saved_step = TrainerState(), None
         self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main,
                                         info.world_size)
         self._resume(resume_from)
         # Built once the resume point is loaded: it cuts metrics.jsonl back to the checkpoint.
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, info.is_main,
                                      dataclasses.asdict(cfg), self._first_logged_step())
-        self._init_window()
+        self.validator = Validator(self.valid, cfg.train, self.metrics)
+        self.progress = ProgressLog(cfg, info, self.engine, self.languages,
+                                    parts.flops_per_token, self.metrics)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done."""
+        return self.state.step
 
     # ---- construction -------------------------------------------------------------------
 
@@ -187,7 +170,9 @@ class Trainer:
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(files[CONFIG_FILE], encoding="utf-8")
-        checkpointer = Checkpointer(self.run_dir, self.info, self.cfg.train.keep_checkpoints, files)
+        train = self.cfg.train
+        checkpointer = Checkpointer(self.run_dir, self.info, train.keep_checkpoints, files,
+                                    every=train.save_every)
         if self.info.is_main:  # rank 0 holds the run lock: no save of this run is under way
             for name in checkpointer.remove_partial_saves():
                 print(f"removed {name}, the remains of a save that did not finish", flush=True)
@@ -196,8 +181,7 @@ class Trainer:
     def _resume(self, checkpoint: Path | None) -> None:
         if checkpoint is None:
             return
-        state = TrainerState.from_json(self.checkpointer.load(self.engine, checkpoint))
-        self.step, self.tokens_seen, self.first_valid = state.step, state.tokens_seen, state.first_valid
+        self.state = TrainerState.from_json(self.checkpointer.load(self.engine, checkpoint))
         self.saved_step = self.step
         self._print(f"resumed from {checkpoint} at step {self.step}")
 
@@ -205,7 +189,7 @@ class Trainer:
         """The first step this start logs: the step after the checkpoint, whose validation
         (which runs before a save) the log holds already; the checkpoint's own step when the
         start validates there (a fresh run: step 0)."""
-        return self.step if self.first_valid is None else self.step + 1
+        return self.step if self.state.first_valid is None else self.step + 1
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -232,10 +216,9 @@ class Trainer:
 
     def _train(self) -> dict[str, float] | None:
         cfg = self.cfg.train
-        if self.first_valid is None:
-            self.first_valid = self.validate()
-        self._reset_window()  # tokens/s counts training only
-        self.train_start = time.perf_counter()
+        if self.state.first_valid is None:
+            self.state.first_valid = self.validate()
+        self.progress.start(self.step, self.state.tokens_seen)  # tokens/s counts training only
         self.batches = Prefetcher(self._micro_batch, self.step, cfg.grad_accum_steps,
                                   pin=self.engine.device.type == "cuda")
         try:
@@ -249,21 +232,20 @@ class Trainer:
         self.checkpointer.finish()  # every rank learns whether the last save was published
         if final is not None:
             self._print(f"done: step {self.step}/{self.cfg.train.max_steps} after "
-                        f"{duration(time.perf_counter() - self.train_start)} of training; "
+                        f"{duration(self.progress.elapsed())} of training; "
                         f"checkpoints in {self.checkpointer.root}")
         return final
 
     def _loop(self) -> dict[str, float] | None:
-        cfg = self.cfg.train
-        while self.step < cfg.max_steps:
+        while self.step < self.cfg.train.max_steps:
             self.train_step()
-            self.step += 1
-            if self.logs_at(self.step):
-                self._log_window()
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+            self.state.step += 1
+            if self.progress.due(self.step):
+                self.progress.write(self.step, self.state.tokens_seen)
+            if self.validator.due(self.step):
                 self.validate()
             stop = self.stop_request.agreed()
-            if stop or (cfg.save_every and self.step % cfg.save_every == 0):
+            if self.checkpointer.due(self.step, stopping=bool(stop)):
                 self.save()
             if stop:
                 self._print(f"stopping on {signal_name(stop)} after step {self.step}; "
@@ -298,35 +280,11 @@ class Trainer:
             self.engine.backward(loss)
             if self.reduce_gradients and micro == accum - 1:  # ZeRO-0: see engine.py
                 all_reduce_gradients(self.engine)
-            if micro == accum - 1 and self.own_grad_norm and self.logs_at(self.step + 1):
-                self.grad_norm = gradient_norm(self.engine)  # before engine.step() clips
+            if micro == accum - 1:
+                self.progress.before_optimizer_step(self.step + 1)  # before engine.step() clips
             self.engine.step()
-            self._count_loss(loss.detach().float(), batch.lang)
-        self.tokens_seen += accum * world * batch.input_ids.numel()
-
-    def _count_loss(self, loss: torch.Tensor, lang: int) -> None:
-        """Add a micro-batch's loss to the window; a NaN/inf is counted apart."""
-        finite = torch.isfinite(loss)
-        self.window_loss[lang] += torch.where(finite, loss, 0.0)
-        self.window_count[lang] += finite
-        self.window_nonfinite[lang] += ~finite
-
-    def logs_at(self, step: int) -> bool:
-        """Step 1 (a first line within seconds), then every ``log_every`` steps."""
-        return step == 1 or step % self.cfg.train.log_every == 0
-
-    def _check_finite(self, nonfinite: list[float]) -> None:
-        """Stop before a NaN/inf can reach a checkpoint, on a log step or before a save, given
-        the window's non-finite counts summed over ranks (so all ranks raise together)."""
-        bad = {lang: int(n) for lang, n in zip(self.languages, nonfinite) if n}
-        if bad:
-            listed = ", ".join(f"{n} {lang}" for lang, n in bad.items())
-            latest = latest_checkpoint(self.run_dir)
-            stands = f"{latest} is intact" if latest else "the run has no checkpoint yet"
-            raise NonFiniteLoss(
-                f"loss is NaN or inf between steps {self.window_step + 1} and {self.step} "
-                f"({listed} micro-batch(es)); stopping without saving. Lower optim.lr or check "
-                f"the data; {stands}.")
+            self.progress.count_loss(loss.detach().float(), batch.lang)
+        self.state.tokens_seen += accum * world * batch.input_ids.numel()
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         return self.output(batch).loss
@@ -350,9 +308,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Token-weighted valid loss per language; rank 0 prints the table."""
-        losses = {lang: self.evaluate(batches) for lang, batches in self.valid.items()}
-        self._report_valid(losses)
-        return losses
+        return self.validator.run(self.step, self.evaluate, self.state.first_valid)
 
     @torch.no_grad()
     def evaluate(self, batches: list[Batch], through: int | None = None) -> float:
@@ -367,84 +323,9 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint of this step, after checking that no loss since the last log was
         NaN/inf (on every rank: a collective, as the save is)."""
-        self._check_finite(self._summed_over_ranks(self.window_nonfinite[None])[0])
-        state = TrainerState(self.step, self.tokens_seen, self.first_valid)
-        self.checkpointer.save(self.engine, self.step, state.to_json())  # rank 0 says when saved
+        self.progress.check_finite(self.step)
+        self.checkpointer.save(self.engine, self.step, self.state.to_json())  # rank 0 says when
         self.saved_step = self.step
-
-    # ---- reporting ----------------------------------------------------------------------
-
-    def _init_window(self) -> None:
-        device = self.engine.device
-        self.window_loss = torch.zeros(len(self.languages), device=device)
-        self.window_count = torch.zeros(len(self.languages), device=device)
-        self.window_nonfinite = torch.zeros(len(self.languages), device=device)
-        self._reset_window()
-        self.own_grad_norm, self.grad_norm = not reports_gradient_norm(self.engine), None
-        self.spikes = SpikeWatch(self.cfg.logging.loss_spike_factor, self.cfg.logging.spike_window)
-        dtype = torch.bfloat16 if self.cfg.train.precision == Precision.bf16 else torch.float32
-        given = self.cfg.train.peak_tflops
-        if device.type != "cuda" and given is None:
-            self._print("measuring the matmul peak for MFU")
-        peak = find_peak(device, dtype, self.info.world_size, self.cfg.train.tf32, given)
-        self.peak = PeakMeter(peak, device, dtype, self.info.world_size)
-        self._print(f"MFU peak: {peak.flops / 1e12:.3g} TFLOP/s ({peak.source})")
-
-    def _log_window(self) -> None:
-        """Reduce the window's per-language losses over ranks; rank 0 prints and records them.
-        The one host sync of a log step, and the NaN/inf check."""
-        sums, counts, nonfinite = self._summed_over_ranks(
-            torch.stack([self.window_loss, self.window_count, self.window_nonfinite]))
-        self._check_finite(nonfinite)
-        now = time.perf_counter()
-        elapsed = now - self.window_start
-        tokens_per_s = (self.tokens_seen - self.window_tokens) / elapsed
-        updates_per_s = (self.step - self.window_step) / elapsed
-        lang_loss = {lang: s / c for lang, s, c in zip(self.languages, sums, counts) if c}
-        loss = sum(sums) / max(sum(counts), 1)
-        record = {"step": self.step, "loss": loss, "grad_norm": self._last_grad_norm(),
-                  "lr": self.engine.get_lr()[0], "tokens_per_s": tokens_per_s,
-                  "updates_per_s": updates_per_s,
-                  "tokens_seen": self.tokens_seen, "wall_s": now - self.train_start,
-                  "lang_loss": lang_loss}
-        record["mfu"], raised = self.peak.mfu(tokens_per_s * self.flops_per_token)
-        if raised:
-            self.metrics.warn(raised)
-        record["peak_flops"], record["peak_source"] = self.peak.peak.flops, self.peak.peak.source
-        eta = (self.cfg.train.max_steps - self.step) / max(updates_per_s, 1e-9)
-        median = self.spikes.check(loss)
-        if median is not None:
-            record["loss_spike"] = True
-            self.metrics.warn(f"loss spike at step {self.step}: {loss:.4f} is "
-                              f"{loss / median:.1f}x the median {median:.4f} of the last "
-                              f"{len(self.spikes.recent) - 1} log lines")
-        self.metrics.log(record, f"{train_line(record, self.cfg.train.max_steps, eta)}\n"
-                                 f"{language_line(lang_loss)}")
-        self._reset_window()
-
-    def _summed_over_ranks(self, stats: torch.Tensor) -> list[list[float]]:
-        """Rows of ``stats`` summed over ranks, on the host (this waits on the device)."""
-        if self.info.world_size > 1:
-            stats = stats.clone()
-            dist.all_reduce(stats)
-        return stats.cpu().tolist()
-
-    def _last_grad_norm(self) -> float | None:
-        """The global gradient norm of the step just taken, before clipping."""
-        norm = self.grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
-
-    def _reset_window(self) -> None:
-        for window in (self.window_loss, self.window_count, self.window_nonfinite):
-            window.zero_()
-        self.window_start, self.window_tokens = time.perf_counter(), self.tokens_seen
-        self.window_step = self.step
-
-    def _report_valid(self, losses: dict[str, float]) -> None:
-        record = {"step": self.step, "split": "valid", "lang_loss": losses,
-                  "lang_ppl": {lang: perplexity(v) for lang, v in losses.items()}}
-        table = loss_table(losses, f"valid @ step {self.step}", start=self.first_valid)
-        self.metrics.log(record, table)
 
     def _print(self, text: str) -> None:
         if self.info.is_main:

@@ -37,6 +37,27 @@ def pytest_configure(config: pytest.Config) -> None:
         subprocess.run([sys.executable, "-c", BUILD_CPU_OP], check=True, timeout=900)
 
 
+# The order files are handed to the xdist workers (--dist loadfile, --no-loadscope-reorder in
+# pyproject): files that launch processes first, then files of in-process engines and benchmarks,
+# then pure unit tests. A long file started last would keep one worker busy while the other idles;
+# ending on many short files lets both finish together.
+TIERS = ("integration", "slow")
+
+
+def file_tier(items: list[pytest.Item]) -> int:
+    """The first of TIERS that marks any test of the file, len(TIERS) for pure unit tests."""
+    marks = {mark.name for item in items for mark in item.iter_markers()}
+    return next((i for i, name in enumerate(TIERS) if name in marks), len(TIERS))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    by_file: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.path, []).append(item)
+    tiers = {path: file_tier(file_items) for path, file_items in by_file.items()}
+    items.sort(key=lambda item: tiers[item.path])  # stable: files stay whole and in their order
+
+
 def write_tiny_corpus(folder: Path, lines_per_language: int = 400) -> Path:
     """The first lines of four bundled languages (three scripts) as <lang>.txt files."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.launch import TINY_MODEL, run_training
+from tests.support.runs import copy_run
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.runs.lock import LOCK_NAME
 
@@ -160,16 +161,14 @@ def test_ctrl_c_finishes_the_step_saves_and_the_same_command_resumes(tiny_data, 
     assert f"at step {stopped_at}" in resumed.stdout
 
 
-def test_a_second_ctrl_c_aborts_at_once_without_saving(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    # Long steps (many micro-batches), so that the second Ctrl-C lands before the first's save.
-    # The checkpoint to keep comes from a run of its own: a run saving as it goes could publish
+def test_a_second_ctrl_c_aborts_at_once_without_saving(run_2_steps, shared_data, tmp_path):
+    # The checkpoint to keep comes from a finished run: a run saving as it goes could publish
     # another while the test reacts (a save is flushed in the background, as slowly as the disk).
-    long_steps = ("train.grad_accum_steps=15", "train.eval_every=0")
-    run_training(run, tiny_data, "train.max_steps=1", *long_steps)
+    run = copy_run(run_2_steps, tmp_path / "run")
     latest = latest_checkpoint(run)
-    proc = Launched(run, tiny_data, *LONG_RUN, *long_steps, "train.save_every=0")
-    proc.wait_for(" 2/2000 |")
+    # Long steps (many micro-batches), so that the second Ctrl-C lands before the first's save.
+    proc = Launched(run, shared_data, *LONG_RUN, "train.grad_accum_steps=15", "train.save_every=0")
+    proc.wait_for(" 3/2000 |")
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait_for("Ctrl-C: finishing step")
     began = time.monotonic()

@@ -130,12 +130,8 @@ def add_language_overrides(argv: list[str]) -> list[str]:
                  f"add_language.languages=[{','.join(args.lang)}]", f"add_language.init={args.init}"]
     if args.text:
         overrides.append(f"add_language.text={quoted(args.text)}")
-    if args.steps is not None:
+    if args.steps is not None:  # the experiment's warmup is a share of the steps
         overrides.append(f"train.max_steps={args.steps}")
-        if not any(o.startswith("optim.warmup_steps=") for o in hydra_overrides):
-            # The experiment warms up over 10% of its 200 steps: keep that share for any length,
-            # so that a short run is not all warmup.
-            overrides.append(f"optim.warmup_steps={max(1, args.steps // 10)}")
     if args.overwrite:
         overrides.append("add_language.overwrite=true")
     if args.extend_vocab is not None:

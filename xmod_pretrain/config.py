@@ -97,6 +97,24 @@ class Config(Schema):
                               "train.compile=false")
 
 
+# Keys runs of earlier versions saved that the schema no longer has; a saved config drops them
+# on reading (each one's effect is in keys the run saved beside it). On a command line they are
+# unknown keys, refused with the key that took their place (``closest_keys``).
+RETIRED_KEYS = (
+    "transfer.warmup_fraction",  # optim.warmup_fraction; a transfer run saved optim.warmup_steps
+)
+
+
+def without_retired_keys(saved: Any) -> Any:
+    """A saved config (DictConfig) without the keys of ``RETIRED_KEYS``."""
+    for key in RETIRED_KEYS:
+        group, _, name = key.rpartition(".")
+        node = saved.get(group) if group else saved
+        if node is not None and name in node:
+            del node[name]
+    return saved
+
+
 def quoted(value: object) -> str:
     """``value`` as a quoted Hydra override value: paths and ``hf:x:{iso}`` hold characters
     (``:``, braces, spaces) that the override grammar would read otherwise. The grammar's

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from xmod_core.outputs import CONFIG_FILE, check_not_inside_run
-from xmod_pretrain.config import Config
+from xmod_pretrain.config import Config, check_config
 from xmod_pretrain.training.distributed import DistInfo, barrier, join_process_group, start_deepspeed
 from xmod_pretrain.runs.paths import resolve_paths
 from xmod_pretrain.recipes import recipe_class
@@ -63,6 +63,7 @@ def build_trainer(recipe: Recipe, info: DistInfo) -> Trainer:
     barrier()  # every rank has checked the run directory before rank 0 writes to it
     record_start(recipe.cfg, info)
     cfg = recipe.prepare()
+    check_config(cfg)  # what the recipe completed (the model, transfer's schedule) is checked too
     resume_from = resume_point(cfg, info)
     # After every check that needs no model: DeepSpeed takes seconds to import, and on a CPU its
     # first start in an install compiles an op (about 40 s), so a refusal never waits for it.

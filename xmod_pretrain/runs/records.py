@@ -48,7 +48,7 @@ from xmod_pretrain.checkpoint.layout import (
     step_tag,
 )
 from xmod_pretrain.checkpoint.verify import verify_checkpoint
-from xmod_pretrain.config import Config
+from xmod_pretrain.config import Config, without_retired_keys
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.runs.paths import relocate_paths, resolve_paths
 
@@ -95,7 +95,8 @@ def load_config(path: str | Path) -> Config:
     """A run's saved ``config.yaml`` (at its top or in a checkpoint) as the typed Config, with
     defaults for keys added since it was saved, and its paths relocated to where the run is now
     (see ``paths.relocate_paths``): a run reads the same from any directory, and after it moved."""
-    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)))
+    saved = without_retired_keys(OmegaConf.load(path))
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
     return relocate_paths(config, run_of_config(Path(path)))
 
 

@@ -27,8 +27,12 @@ class OptimConfig(Schema):
     eps: float = 1e-6
     weight_decay: float = 0.01
     """Not applied to biases, LayerNorm weights or embeddings' LayerNorm."""
-    warmup_steps: int = 100
-    """Linear warmup from 0 to lr, then linear decay to min_lr_ratio * lr at max_steps."""
+    warmup_steps: Optional[int] = 100
+    """Linear warmup from 0 to lr, then linear decay to min_lr_ratio * lr at the schedule's end.
+    None: ``warmup_fraction`` of the schedule."""
+    warmup_fraction: Optional[float] = None
+    """The warmup as a share of the schedule's steps (transformers' ``warmup_ratio``), rounded to
+    whole steps, when ``warmup_steps`` is None: a run of any length warms up alike."""
     min_lr_ratio: float = 0.0
     total_steps: Optional[int] = None
     """Length of the schedule; None: train.max_steps. Set it to stop a run early (max_steps
@@ -46,11 +50,23 @@ class OptimConfig(Schema):
         ("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
         ("eps", positive, "> 0"),
         ("weight_decay", at_least(0), ">= 0"),
-        ("warmup_steps", at_least(0), ">= 0"),
+        ("warmup_steps", optional(at_least(0)), "null (from warmup_fraction) or >= 0"),
+        ("warmup_fraction", optional(lambda v: 0 <= v < 1), "null or in [0, 1)"),
         ("min_lr_ratio", share, "in [0, 1]"),
         ("total_steps", optional(at_least(1)), "null (train.max_steps) or >= 1"),
         ("clip_grad_norm", at_least(0), ">= 0 (0 disables)"),
     )
+
+    def check_together(self, prefix: str) -> None:
+        if self.warmup_steps is None and self.warmup_fraction is None:
+            raise ConfigError(f"{prefix}warmup_steps=null needs {prefix}warmup_fraction (the "
+                              "warmup as a share of the schedule), or give the steps")
+
+    def warmup(self, schedule_steps: int) -> int:
+        """Warmup steps of a schedule ``schedule_steps`` long."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round(self.warmup_fraction * schedule_steps)
 
 
 @dataclass

@@ -83,11 +83,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> LanguageAdamW:
 
 
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """Linear warmup from 0 to 1 over warmup_steps, then linear decay to min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    remaining = max(max_steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / remaining, 1.0)
+    """Linear warmup from 0 to 1 over the warmup steps, then linear decay to min_lr_ratio."""
+    warmup = cfg.warmup(max_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    remaining = max(max_steps - warmup, 1)
+    progress = min((step - warmup) / remaining, 1.0)
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - progress)
 
 

@@ -27,8 +27,6 @@ class TransferConfig(Schema):
     """Passes over the source train split (sets train.max_steps; a checkpoint each epoch)."""
     steps: Optional[int] = None
     """Optimizer steps instead of ``epochs`` (a checkpoint every steps / epochs of them)."""
-    warmup_fraction: float = 0.1
-    """Share of the steps warming up (sets optim.warmup_steps, as the length is known late)."""
     classifier_dropout: Optional[float] = None
     """Dropout of the head; None: model.hidden_dropout_prob, as in transformers."""
     layer: int = -1
@@ -36,7 +34,6 @@ class TransferConfig(Schema):
 
     RULES = (
         ("epochs", positive, "> 0"),
-        ("warmup_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
         ("steps", optional(at_least(1)), "null (from transfer.epochs) or >= 1"),
         ("classifier_dropout", lambda v: v is None or 0 <= v < 1, "null or in [0, 1)"),
     )

@@ -101,11 +101,9 @@ class Transfer(Recipe):
         every = max(1, round(steps / req.epochs)) if req.steps else steps_per_epoch
         train = dataclasses.replace(cfg.train, max_steps=steps, eval_every=every, save_every=every,
                                     keep_checkpoints=0)  # every epoch's: the choice needs them
-        optim = dataclasses.replace(cfg.optim, warmup_steps=round(req.warmup_fraction * steps))
         if self.info.is_main:
             record_task(Path(cfg.run_dir), req.task, self.task)
-        prepared = dataclasses.replace(cfg, model=self.source.config.model, train=train,
-                                       optim=optim)
+        prepared = dataclasses.replace(cfg, model=self.source.config.model, train=train)
         self.evaluate_if_never_evaluated(prepared)
         return prepared
 

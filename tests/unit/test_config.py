@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.config import CONF_DIR, Config, check_config, check_known_keys, register_configs
+from xmod_pretrain.runs.records import load_config
 from xmod_pretrain.model.xmod import count_parameters
 from xmod_pretrain.schema import ConfigError
 from xmod_pretrain.training.engine import deepspeed_config
@@ -206,3 +207,15 @@ def test_compile_is_on_where_it_pays_and_refused_under_zero3():
     with pytest.raises(ConfigError, match=r"train.compile=true with deepspeed.zero_stage=3 .* "
                                           "train.compile=false"):
         check_config(cfg)
+
+
+def test_a_saved_config_with_a_retired_key_still_loads_and_the_command_line_names_its_heir(
+        tmp_path):
+    saved = OmegaConf.to_container(OmegaConf.structured(Config))
+    saved["transfer"]["warmup_fraction"] = 0.1  # what transfer runs of earlier versions saved
+    saved["run_dir"] = str(tmp_path)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert load_config(tmp_path / "config.yaml").optim.warmup_steps == 100
+    with pytest.raises(ConfigError, match=r"transfer.warmup_fraction \(did you mean "
+                                          r"optim.warmup_fraction\?\)"):
+        check_known_keys(OmegaConf.create(saved))  # +transfer.warmup_fraction=0.1

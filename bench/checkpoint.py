@@ -20,9 +20,9 @@ import torch
 
 from bench.common import MID, QUICK, REPO, engine_config, engine_step, machine, masked_batch
 from xmod_pretrain.checkpoint.checkpointer import Checkpointer
+from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.distributed import finish_process, init_distributed
 from xmod_pretrain.training.engine import build_engine
-from xmod_pretrain.model.xmod import XmodForMaskedLM
 
 STAGES = (2, 3)
 PAGE = os.sysconf("SC_PAGE_SIZE")

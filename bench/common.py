@@ -30,13 +30,13 @@ from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_core.tokenizer import BOS_ID, EOS_ID
 from xmod_pretrain.config import Config
 from xmod_pretrain.data.config import MaskingConfig
-from xmod_pretrain.model.config import ModelConfig
-from xmod_pretrain.training.config import DeepSpeedConfig, OptimConfig, TrainConfig
 from xmod_pretrain.data.masking import Masker
+from xmod_pretrain.interop import hf_config
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.training.config import DeepSpeedConfig, OptimConfig, TrainConfig
 from xmod_pretrain.training.distributed import DistInfo, init_distributed
 from xmod_pretrain.training.engine import build_engine
-from xmod_pretrain.interop import hf_config
-from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.optim import build_optimizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

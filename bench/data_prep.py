@@ -19,27 +19,19 @@ import sentencepiece as spm
 import torch
 from omegaconf import OmegaConf
 
-from bench.common import (
-    Batch,
-    bar_chart,
-    machine,
-    ours_step,
-    rate,
-    target,
-    time_steps,
-)
+from bench.common import Batch, bar_chart, machine, ours_step, rate, target, time_steps
 from data_prep.prepare import prepare
 from data_prep.sources import open_source
 from xmod_core.shards import TOKENIZER_FILE, read_manifest
 from xmod_core.tokenizer import train_tokenizer
 from xmod_pretrain.config import CONF_DIR
 from xmod_pretrain.data.config import DataConfig, MaskingConfig
-from xmod_pretrain.model.config import ModelConfig
-from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.data.sampler import LanguageSampler
 from xmod_pretrain.data.shards import ShardSet
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.optim import build_optimizer
 
 MB = 1e6

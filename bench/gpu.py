@@ -37,10 +37,10 @@ from bench.common import (
     time_steps,
 )
 from bench.throughput import QUICK_BACKEND
-from xmod_pretrain.training.config import OptimConfig, Precision
-from xmod_pretrain.training.engine import build_engine
 from xmod_pretrain.interop import hf_config
 from xmod_pretrain.model.xmod import XmodForMaskedLM, model_flops_per_token
+from xmod_pretrain.training.config import OptimConfig, Precision
+from xmod_pretrain.training.engine import build_engine
 from xmod_pretrain.training.peak import find_peak
 
 BASE = Size("base", hidden=768, layers=12, heads=12, intermediate=3072, vocab=250002,

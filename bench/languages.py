@@ -30,9 +30,9 @@ from bench.common import (
     time_steps,
 )
 from xmod_core.languages import XMOD_BASE_LANGUAGES
+from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.engine import build_engine
-from xmod_pretrain.model.xmod import XmodForMaskedLM
 
 COUNTS = (4, 81, 200)
 PRESENT = 4  # the languages the micro-batches cycle over

@@ -16,19 +16,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from bench.common import (
-    Size,
-    bar_chart,
-    engine_config,
-    machine,
-    masked_batch,
-    single_process_group,
-)
+from bench.common import Size, bar_chart, engine_config, machine, masked_batch, single_process_group
 from xmod_pretrain.config import CONF_DIR
 from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
 from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.engine import build_engine
-from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
 
 STAGES = (0, 1, 2, 3)
 RANKS = (1, 2, 4, 8)

@@ -20,8 +20,8 @@ from bench.common import (
     ours_step,
     target,
 )
-from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.optim import build_optimizer
 
 GOAL = 3.0  # ours >= 3x transformers at the small config

@@ -84,4 +84,9 @@ def tiny_data(tiny_corpus, tmp_path_factory) -> Path:
 
 
 # Trained runs built once per suite, across both xdist workers (tests/support/runs.py).
-from tests.support.runs import run_2_steps, run_4_steps, run_30_steps, shared_data  # noqa: E402,F401
+from tests.support.runs import (  # noqa: E402,F401
+    run_2_steps,
+    run_4_steps,
+    run_30_steps,
+    shared_data,
+)

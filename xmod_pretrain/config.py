@@ -23,12 +23,7 @@ from xmod_pretrain.recipes.add_language.config import AddLanguageConfig
 from xmod_pretrain.recipes.transfer.config import TransferConfig
 from xmod_pretrain.recipes.vocabulary.config import VocabularyConfig
 from xmod_pretrain.schema import ConfigError, Schema
-from xmod_pretrain.training.config import (
-    DeepSpeedConfig,
-    LoggingConfig,
-    OptimConfig,
-    TrainConfig,
-)
+from xmod_pretrain.training.config import DeepSpeedConfig, LoggingConfig, OptimConfig, TrainConfig
 
 # The YAML tree these schemas type: package data, so an installed wheel finds it (the checkout's
 # top-level conf/ links here).

@@ -13,7 +13,6 @@ import torch
 
 from tests.support.commands import TRAIN, add_language, weights_of
 from tests.support.launch import read_metrics, tree_hash
-from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.recipes.add_language.recipe import (
     BUNDLED_TEXT,
@@ -22,6 +21,7 @@ from xmod_pretrain.recipes.add_language.recipe import (
     plan_add_language,
 )
 from xmod_pretrain.runs.records import load_config, open_run
+from xmod_pretrain.training.distributed import DistInfo
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,6 @@ from tests.support.hf import UDHR, assert_same_logits, export_with_cli, udhr_lin
 from tests.support.launch import run_training
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.cli import main as cli_main
-from xmod_pretrain.model.config import ModelConfig
-from xmod_pretrain.runs.inference import RunModel, encode_padded
 from xmod_pretrain.interop import (
     WeightMismatchError,
     export_model,
@@ -32,7 +30,9 @@ from xmod_pretrain.interop import (
     model_config_from_hf,
 )
 from xmod_pretrain.interop.config import XMOD_CONFIG_DEFAULTS
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.runs.inference import RunModel, encode_padded
 from xmod_pretrain.runs.records import open_run
 
 pytestmark = pytest.mark.integration

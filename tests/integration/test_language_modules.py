@@ -18,6 +18,7 @@ from tests.support.commands import TRAIN, add_language
 from tests.support.hf import udhr_lines
 from tests.support.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.cli import main
+from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runs.language_modules import (
     LanguageModuleError,
     base_identity,
@@ -25,7 +26,6 @@ from xmod_pretrain.runs.language_modules import (
     remove_language,
     save_language_module,
 )
-from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runs.records import open_run, sidecars
 
 pytestmark = pytest.mark.integration

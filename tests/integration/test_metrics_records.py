@@ -18,8 +18,8 @@ import pytest
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
-from xmod_pretrain.training.metrics import read_records
 from xmod_pretrain.evaluation.report import main as report_main
+from xmod_pretrain.training.metrics import read_records
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ from tests.conftest import TINY_LANGUAGES
 from tests.support.launch import TINY_PEAK_TFLOPS, tree_hash
 from tests.xnli_folder import XNLI_LABELS, write_xnli_folder
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.runs.inference import encode_padded
 from xmod_pretrain.recipes.transfer.recipe import choose_checkpoint, load_classifier
-from xmod_pretrain.runs.records import open_run
 from xmod_pretrain.recipes.transfer.tasks import GUIDE_TOPIC, load_task
+from xmod_pretrain.runs.inference import encode_padded
+from xmod_pretrain.runs.records import open_run
 
 pytestmark = pytest.mark.integration
 TARGETS = [lang for lang in TINY_LANGUAGES if lang != "en_XX"]

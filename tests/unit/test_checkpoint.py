@@ -21,9 +21,9 @@ from xmod_pretrain.checkpoint.choice import resume_checkpoint
 from xmod_pretrain.checkpoint.layout import CheckpointCorrupt, CheckpointError, latest_checkpoint
 from xmod_pretrain.checkpoint.storage import CheckpointWriteError
 from xmod_pretrain.checkpoint.verify import verify_checkpoint
-from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.runs.language_modules import save_language_module
 from xmod_pretrain.runs.records import open_run
+from xmod_pretrain.training.distributed import DistInfo
 
 ALONE = DistInfo(0, 1, 0, 1)
 

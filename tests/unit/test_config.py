@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.config import CONF_DIR, Config, check_config, check_known_keys, register_configs
-from xmod_pretrain.runs.records import load_config
 from xmod_pretrain.model.xmod import count_parameters
+from xmod_pretrain.runs.records import load_config
 from xmod_pretrain.schema import ConfigError
 from xmod_pretrain.training.engine import deepspeed_config
 

@@ -7,11 +7,11 @@ import torch
 
 from xmod_core.shards import read_manifest
 from xmod_pretrain.data.config import MaskingConfig
-from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.data.masking import Masker, MicroBatch
 from xmod_pretrain.data.sampler import validation_batches
 from xmod_pretrain.data.shards import ShardSet
 from xmod_pretrain.evaluation.masked_lm import draw_batches, masked_lm_loss
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 
 LANGUAGES = ["en_XX", "de_DE"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from xmod_pretrain.model.config import ModelConfig
-from xmod_pretrain.training.config import OptimConfig
+from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM
 from xmod_pretrain.recipes.vocabulary.split_model import (
     ADDED_ROWS,
     BIAS,
@@ -21,7 +21,7 @@ from xmod_pretrain.recipes.vocabulary.split_model import (
     split_vocabulary,
     vocabulary_losses,
 )
-from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.optim import build_optimizer
 
 OLD, NEW = 53, 7  # the source's ids (its <mask> is 52) and the pieces appended

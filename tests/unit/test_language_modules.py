@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.support.launch import tree_hash
-
 from xmod_pretrain.config import Config
 from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runs.language_modules import (
     LanguageModuleError,
     base_identity,
@@ -25,7 +25,6 @@ from xmod_pretrain.runs.language_modules import (
     run_key,
     save_language_module,
 )
-from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runs.records import (
     RunFormatError,
     RunNotFoundError,

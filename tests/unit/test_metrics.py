@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.common import Size, engine_config, masked_batch, single_process_group
+from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.config import LoggingConfig
 from xmod_pretrain.training.distributed import announce_cpu_comm_build
 from xmod_pretrain.training.engine import build_engine, gradient_norm, reports_gradient_norm
@@ -28,7 +29,6 @@ from xmod_pretrain.training.metrics import (
     read_records,
     train_line,
 )
-from xmod_pretrain.model.xmod import XmodForMaskedLM
 
 TINY = Size("tiny", hidden=32, layers=2, heads=2, intermediate=64, vocab=300, languages=3,
             batch=2, seq=16)

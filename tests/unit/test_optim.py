@@ -7,8 +7,8 @@ import copy
 import torch
 
 from tests.unit.test_model import LANGUAGES, TINY, batch
-from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.optim import build_optimizer, parameter_groups
 
 CFG = OptimConfig(lr=1e-2, weight_decay=0.1)

@@ -17,10 +17,10 @@ import xmod_pretrain
 from bench.common import single_process_group
 from tests.support.launch import TINY_MODEL
 from xmod_pretrain.config import CONF_DIR, register_configs
-from xmod_pretrain.training.failures import NonFiniteLoss
-from xmod_pretrain.runs.launch import build_trainer
-from xmod_pretrain.training.prefetch import Prefetcher
 from xmod_pretrain.recipes import recipe_class
+from xmod_pretrain.runs.launch import build_trainer
+from xmod_pretrain.training.failures import NonFiniteLoss
+from xmod_pretrain.training.prefetch import Prefetcher
 
 # Each test builds a DeepSpeed engine and a Trainer in this process.
 pytestmark = pytest.mark.slow

@@ -16,14 +16,14 @@ from tests.xnli_folder import XNLI_LABELS, write_xnli_folder, xnli_rows
 from xmod_core.errors import UserError
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.interop import hf_config
+from xmod_pretrain.interop.folder import write_folder
+from xmod_pretrain.recipes.transfer.batches import ExampleSampler, fixed_batches
 from xmod_pretrain.recipes.transfer.classifier import (
     XmodForSequenceClassification,
     freeze_embeddings_and_language_adapters,
 )
-from xmod_pretrain.interop import hf_config
-from xmod_pretrain.interop.folder import write_folder
 from xmod_pretrain.recipes.transfer.recipe import choose_checkpoint
-from xmod_pretrain.recipes.transfer.batches import ExampleSampler, fixed_batches
 from xmod_pretrain.recipes.transfer.scoring import predictions, top1, wilson_interval
 from xmod_pretrain.recipes.transfer.tasks import (
     GUIDE_TOPIC,

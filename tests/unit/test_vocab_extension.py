@@ -14,6 +14,7 @@ import pytest
 
 from data_prep.sources import CORPUS_DIR, open_source
 from xmod_core.tokenizer import Tokenizer, read_model, train_tokenizer
+from xmod_pretrain.interop.tokenizer import build_tokenizer
 from xmod_pretrain.recipes.vocabulary.pieces import (
     ExtensionError,
     characters_outside,
@@ -24,7 +25,6 @@ from xmod_pretrain.recipes.vocabulary.pieces import (
     tokens_per_character,
     vocabulary_characters,
 )
-from xmod_pretrain.interop.tokenizer import build_tokenizer
 
 # The module fixture trains the 19-language, 8000-piece tokenizer (about 15 s).
 pytestmark = pytest.mark.slow

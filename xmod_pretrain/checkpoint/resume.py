@@ -15,9 +15,9 @@ from xmod_pretrain.checkpoint.choice import resume_checkpoint
 from xmod_pretrain.checkpoint.layout import TRAINER_STATE, complete_checkpoints
 from xmod_pretrain.config import Config
 from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.runs.records import load_config
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.metrics import flatten
-from xmod_pretrain.runs.records import load_config
 
 # Settings whose change on resume gives other batches or another schedule than the run had.
 SHAPES_THE_RUN = ("data.", "optim.", "train.seed", "train.micro_batch_size",

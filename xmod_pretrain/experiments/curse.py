@@ -39,15 +39,15 @@ from xmod_core.languages import check_language_list
 from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs
+from xmod_pretrain.data.prepared import ensure_prepared
 from xmod_pretrain.experiments.curse_transfer import TransferRequest, check_transfer_ns, compare
 from xmod_pretrain.experiments.curse_transfer import markdown as transfer_markdown
 from xmod_pretrain.experiments.curse_transfer import write as write_transfer
-from xmod_pretrain.training.metrics import METRICS_FILE, perplexity, read_records
 from xmod_pretrain.model.xmod import count_parameters
 from xmod_pretrain.overrides import hydra_errors_as_config_errors
 from xmod_pretrain.runs.paths import resolve_paths
-from xmod_pretrain.data.prepared import ensure_prepared
 from xmod_pretrain.runs.records import load_config
+from xmod_pretrain.training.metrics import METRICS_FILE, perplexity, read_records
 
 # el_GR has the most text of the bundled corpus and zh_CN the least, in two scripts of their own;
 # then languages of other scripts and families come before more of the same (Latin, Romance).

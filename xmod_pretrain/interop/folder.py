@@ -20,7 +20,6 @@ from xmod_core.atomic import atomic_path, follow_umask, write_text
 from xmod_core.outputs import CHECKPOINTS, new_output_dir
 from xmod_pretrain.checkpoint.layout import WEIGHTS
 from xmod_pretrain.config import Config
-from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.interop.config import HF_CONFIG, hf_config, model_config_from_hf
 from xmod_pretrain.interop.tokenizer import hf_tokenizer_file, write_tokenizer_files
 from xmod_pretrain.interop.weights import (
@@ -30,6 +29,7 @@ from xmod_pretrain.interop.weights import (
     read_hf_weights,
     run_weights,
 )
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.runs.records import RunCheckpoint, open_run
 

@@ -28,9 +28,10 @@ import json
 import shutil
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
-from tokenizers import Tokenizer as HFTokenizer
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
+from tokenizers import AddedToken, Regex
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
 from xmod_core.atomic import atomic_path, write_text

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from xmod_core.errors import UserError
 from xmod_pretrain.checkpoint.layout import WEIGHTS
-from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.interop.config import TransformersFolderError
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM
 from xmod_pretrain.runs.records import RunCheckpoint
 

@@ -16,12 +16,12 @@ from xmod_core.languages import check_language_list, language_index
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.config import Config
 from xmod_pretrain.data.config import LanguagePer
-from xmod_pretrain.schema import ConfigError
 from xmod_pretrain.data.masking import Masker, MicroBatch
 from xmod_pretrain.data.sampler import LanguageSampler, validation_batches
 from xmod_pretrain.data.shards import ShardSet
-from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.model.xmod import XmodForMaskedLM, model_flops_per_token
+from xmod_pretrain.schema import ConfigError
+from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.trainer import RunParts, Trainer
 
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.interop import run_weights
+from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.runs.records import open_run
 

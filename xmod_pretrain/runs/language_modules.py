@@ -45,6 +45,15 @@ from xmod_core.errors import UserError
 from xmod_core.languages import LanguageCodeError, check_language_code
 from xmod_core.outputs import check_new_run_dir, inside_checkpoints
 from xmod_core.shards import TOKENIZER_FILE, is_prepared, read_manifest
+from xmod_pretrain.config import Config
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.model.xmod import (
+    TIED,
+    language_of_parameter,
+    language_parameter,
+    split_language_parameter,
+)
+from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
 from xmod_pretrain.recipes.vocabulary.pieces import (
     SPACE,
     ExtensionError,
@@ -52,16 +61,7 @@ from xmod_pretrain.recipes.vocabulary.pieces import (
     read_model,
     vocabulary_characters,
 )
-from xmod_pretrain.config import Config
-from xmod_pretrain.model.config import ModelConfig
-from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
 from xmod_pretrain.recipes.vocabulary.split_model import BIAS, EMBEDDINGS, grow_rows
-from xmod_pretrain.model.xmod import (
-    TIED,
-    language_of_parameter,
-    language_parameter,
-    split_language_parameter,
-)
 from xmod_pretrain.runs.records import RunCheckpoint, default_source_run, open_run, write_run
 
 FORMAT_VERSION = 1

@@ -16,14 +16,19 @@ from pathlib import Path
 import torch
 
 from xmod_core.outputs import CONFIG_FILE, check_not_inside_run
+from xmod_pretrain.checkpoint.resume import NothingToTrain, resume_point
 from xmod_pretrain.config import Config, check_config
-from xmod_pretrain.training.distributed import DistInfo, barrier, join_process_group, start_deepspeed
-from xmod_pretrain.runs.paths import resolve_paths
 from xmod_pretrain.recipes import recipe_class
 from xmod_pretrain.recipes.base import Recipe
-from xmod_pretrain.checkpoint.resume import NothingToTrain, resume_point
 from xmod_pretrain.runs.lock import lock_run_dir
+from xmod_pretrain.runs.paths import resolve_paths
 from xmod_pretrain.runs.records import record_start
+from xmod_pretrain.training.distributed import (
+    DistInfo,
+    barrier,
+    join_process_group,
+    start_deepspeed,
+)
 from xmod_pretrain.training.signals import stop_when_orphaned
 from xmod_pretrain.training.trainer import Trainer
 

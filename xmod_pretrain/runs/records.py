@@ -49,8 +49,8 @@ from xmod_pretrain.checkpoint.layout import (
 )
 from xmod_pretrain.checkpoint.verify import verify_checkpoint
 from xmod_pretrain.config import Config, without_retired_keys
-from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.runs.paths import relocate_paths, resolve_paths
+from xmod_pretrain.training.distributed import DistInfo
 
 LANGUAGES_FILE = "languages.json"
 DEFAULT_RUN = Path("runs/demo")  # the demo's run_dir (conf/exp/demo.yaml: name demo)

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.model.xmod import language_of_parameter
+from xmod_pretrain.training.config import OptimConfig
 
 
 def no_decay(name: str, param: nn.Parameter) -> bool:

@@ -20,16 +20,12 @@ from xmod_core.languages import check_language_code, check_language_list, langua
 from xmod_core.shards import is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import Config
-from xmod_pretrain.model.config import ModelConfig
-from xmod_pretrain.recipes.add_language.config import AddLanguageConfig
-from xmod_pretrain.schema import ConfigError
 from xmod_pretrain.data.masking import Masker
-from xmod_pretrain.training.distributed import DistInfo
-from xmod_pretrain.recipes.vocabulary.split_model import split_vocabulary
-from xmod_pretrain.interop import is_hf_folder, open_hf_folder
-from xmod_pretrain.training.metrics import perplexity
-from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, as_language, language_of_parameter
 from xmod_pretrain.data.prepared import ensure_prepared
+from xmod_pretrain.interop import is_hf_folder, open_hf_folder
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, as_language, language_of_parameter
+from xmod_pretrain.recipes.add_language.config import AddLanguageConfig
 from xmod_pretrain.recipes.base import Recipe, train_and_valid, valid_sets
 from xmod_pretrain.recipes.vocabulary.growth import (
     MAX_RISE,
@@ -41,7 +37,11 @@ from xmod_pretrain.recipes.vocabulary.growth import (
     with_grown_model,
     with_new_rows,
 )
+from xmod_pretrain.recipes.vocabulary.split_model import split_vocabulary
 from xmod_pretrain.runs.records import RunCheckpoint, check_own_run_dir, open_run, same_path
+from xmod_pretrain.schema import ConfigError
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.metrics import perplexity
 from xmod_pretrain.training.trainer import Trainer
 
 BUNDLED_TEXT = CORPUS_DIR / "udhr"  # UDHR text of yo_NG and the demo languages

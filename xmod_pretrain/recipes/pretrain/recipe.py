@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 from xmod_core.languages import check_language_code, check_language_list
 from xmod_core.shards import read_manifest
 from xmod_pretrain.config import Config
-from xmod_pretrain.model.config import ModelConfig
-from xmod_pretrain.schema import ConfigError
-from xmod_pretrain.interop import hf_tokenizer_file, load_hf_weights, model_config_from_hf
-from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
 from xmod_pretrain.data.prepared import ensure_prepared
+from xmod_pretrain.interop import hf_tokenizer_file, load_hf_weights, model_config_from_hf
+from xmod_pretrain.model.config import ModelConfig
+from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
 from xmod_pretrain.recipes.base import Recipe, train_and_valid
+from xmod_pretrain.schema import ConfigError
 
 
 class Pretrain(Recipe):

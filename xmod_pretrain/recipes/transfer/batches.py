@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.runs.inference import pad_rows
 from xmod_pretrain.recipes.transfer.tasks import Example
+from xmod_pretrain.runs.inference import pad_rows
 
 
 @dataclass

@@ -25,8 +25,8 @@ from xmod_core.help import DefaultsHelpFormatter
 from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs, to_config
-from xmod_pretrain.runs.inference import encode_padded, masked_lm
 from xmod_pretrain.overrides import hydra_errors_as_config_errors
+from xmod_pretrain.recipes.transfer.batches import encode_rows
 from xmod_pretrain.recipes.transfer.recipe import (
     SEED_RESULT,
     SeedStopped,
@@ -35,8 +35,6 @@ from xmod_pretrain.recipes.transfer.recipe import (
     open_source_model,
     text_languages,
 )
-from xmod_pretrain.training.signals import STOP_SIGNALS, signal_name
-from xmod_pretrain.recipes.transfer.batches import encode_rows
 from xmod_pretrain.recipes.transfer.scoring import (
     accuracy,
     bag_of_ids,
@@ -46,7 +44,12 @@ from xmod_pretrain.recipes.transfer.scoring import (
     pooled_states,
     top1,
 )
-from xmod_pretrain.recipes.transfer.summary import accuracy_table, aggregate, baseline_row, write_summary
+from xmod_pretrain.recipes.transfer.summary import (
+    accuracy_table,
+    aggregate,
+    baseline_row,
+    write_summary,
+)
 from xmod_pretrain.recipes.transfer.tasks import (
     BUNDLED_TASKS,
     ClassificationTask,
@@ -54,6 +57,8 @@ from xmod_pretrain.recipes.transfer.tasks import (
     check_targets,
     load_task,
 )
+from xmod_pretrain.runs.inference import encode_padded, masked_lm
+from xmod_pretrain.training.signals import STOP_SIGNALS, signal_name
 
 BAG_OF_IDS, MAJORITY = "bag-of-ids", "majority class"
 BEST_EXISTING = "best existing modules"
@@ -159,8 +164,8 @@ def train_seeds(configs: list[Config]) -> bool:
     A seed's trainer leaves its stop handlers behind; the command's own come back after each
     seed, so that a Ctrl-C between seeds interrupts (as before any training) rather than being
     recorded for a trainer that is gone."""
-    from xmod_pretrain.training.distributed import join_process_group
     from xmod_pretrain.runs.launch import run
+    from xmod_pretrain.training.distributed import join_process_group
 
     handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for k, cfg in enumerate(configs, 1):

@@ -30,27 +30,16 @@ from xmod_core.shards import read_manifest
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.checkpoint.choice import resume_checkpoint
 from xmod_pretrain.checkpoint.layout import TRAINER_STATE
+from xmod_pretrain.config import Config
+from xmod_pretrain.interop import is_hf_folder, open_hf_folder
+from xmod_pretrain.model.xmod import model_flops_per_token
+from xmod_pretrain.recipes.base import Recipe
+from xmod_pretrain.recipes.transfer.batches import ExampleSampler, encode_rows, fixed_batches
 from xmod_pretrain.recipes.transfer.classifier import (
     XmodForSequenceClassification,
     freeze_embeddings_and_language_adapters,
     load_encoder,
 )
-from xmod_pretrain.config import Config
-from xmod_pretrain.schema import ConfigError
-from xmod_pretrain.training.distributed import DistInfo, barrier
-from xmod_pretrain.interop import is_hf_folder, open_hf_folder
-from xmod_pretrain.model.xmod import model_flops_per_token
-from xmod_pretrain.recipes.base import Recipe
-from xmod_pretrain.runs.records import (
-    RunCheckpoint,
-    available_steps,
-    check_own_run_dir,
-    open_run,
-    same_path,
-)
-from xmod_pretrain.training.signals import StopRequest
-from xmod_pretrain.training.trainer import Trainer
-from xmod_pretrain.recipes.transfer.batches import ExampleSampler, encode_rows, fixed_batches
 from xmod_pretrain.recipes.transfer.scoring import accuracy, predictions, wilson_interval
 from xmod_pretrain.recipes.transfer.tasks import (
     ClassificationTask,
@@ -58,6 +47,17 @@ from xmod_pretrain.recipes.transfer.tasks import (
     check_targets,
     load_task,
 )
+from xmod_pretrain.runs.records import (
+    RunCheckpoint,
+    available_steps,
+    check_own_run_dir,
+    open_run,
+    same_path,
+)
+from xmod_pretrain.schema import ConfigError
+from xmod_pretrain.training.distributed import DistInfo, barrier
+from xmod_pretrain.training.signals import StopRequest
+from xmod_pretrain.training.trainer import Trainer
 
 SEED_RESULT = "transfer.json"  # one seed's evaluation, in its run directory
 TASK_RECORD = "task.json"  # the task a seed's run trains on, and its content hash

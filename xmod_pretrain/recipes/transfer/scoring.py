@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from xmod_pretrain.recipes.transfer.classifier import XmodForSequenceClassification
 from xmod_pretrain.model.xmod import LanguageModel
 from xmod_pretrain.recipes.transfer.batches import ExampleBatch
+from xmod_pretrain.recipes.transfer.classifier import XmodForSequenceClassification
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 

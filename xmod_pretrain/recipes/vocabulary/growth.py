@@ -26,6 +26,13 @@ from xmod_core.atomic import atomic_path, write_text
 from xmod_core.languages import language_index
 from xmod_core.shards import TOKENIZER_FILE, is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.config import Config
+from xmod_pretrain.data.masking import Masker
+from xmod_pretrain.data.sampler import validation_batches
+from xmod_pretrain.data.shards import ShardSet
+from xmod_pretrain.interop.tokenizer import TOKENIZER_JSON, build_tokenizer
+from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
 from xmod_pretrain.recipes.vocabulary.pieces import (
     ExtensionError,
     characters_outside,
@@ -36,12 +43,6 @@ from xmod_pretrain.recipes.vocabulary.pieces import (
     read_model,
     tokens_per_character,
 )
-from xmod_pretrain.config import Config
-from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
-from xmod_pretrain.data.masking import Masker
-from xmod_pretrain.data.sampler import validation_batches
-from xmod_pretrain.data.shards import ShardSet
-from xmod_pretrain.training.distributed import DistInfo, barrier
 from xmod_pretrain.recipes.vocabulary.split_model import (
     BIAS,
     EMBEDDINGS,
@@ -51,9 +52,8 @@ from xmod_pretrain.recipes.vocabulary.split_model import (
     initial_rows,
     vocabulary_losses,
 )
-from xmod_pretrain.interop.tokenizer import TOKENIZER_JSON, build_tokenizer
-from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.runs.records import RunCheckpoint
+from xmod_pretrain.training.distributed import DistInfo, barrier
 from xmod_pretrain.training.trainer import Trainer
 
 VOCAB_DIR = "vocabulary"      # in the new run: the grown tokenizer (SentencePiece, tokenizer.json)

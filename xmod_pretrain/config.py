@@ -21,9 +21,9 @@ from xmod_pretrain.data.config import DataConfig
 from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.recipes.add_language.config import AddLanguageConfig
 from xmod_pretrain.recipes.transfer.config import TransferConfig
-from xmod_pretrain.recipes.vocabulary.config import VocabularyConfig
 from xmod_pretrain.schema import ConfigError, Schema
 from xmod_pretrain.training.config import DeepSpeedConfig, LoggingConfig, OptimConfig, TrainConfig
+from xmod_pretrain.vocabulary.config import VocabularyConfig
 
 # The YAML tree these schemas type: package data, so an installed wheel finds it (the checkout's
 # top-level conf/ links here).

@@ -19,11 +19,11 @@ from tests.support.hf import assert_same_logits, export_with_cli, udhr_lines
 from tests.support.launch import tree_hash
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
-from xmod_pretrain.recipes.vocabulary.growth import MAX_RISE
-from xmod_pretrain.recipes.vocabulary.pieces import old_spelling, read_model
-from xmod_pretrain.recipes.vocabulary.split_model import BIAS, EMBEDDINGS, split_vocabulary
 from xmod_pretrain.runs.language_modules import run_identity
 from xmod_pretrain.runs.records import open_run
+from xmod_pretrain.vocabulary.growth import MAX_RISE
+from xmod_pretrain.vocabulary.pieces import old_spelling, read_model
+from xmod_pretrain.vocabulary.split_model import BIAS, EMBEDDINGS, split_vocabulary
 
 pytestmark = pytest.mark.integration
 ASKED = 100_000  # more than Tigrinya's UDHR supports: the run goes on with what it learns

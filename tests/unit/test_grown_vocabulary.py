@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM
-from xmod_pretrain.recipes.vocabulary.split_model import (
+from xmod_pretrain.training.config import OptimConfig
+from xmod_pretrain.training.optim import build_optimizer
+from xmod_pretrain.vocabulary.split_model import (
     ADDED_ROWS,
     BIAS,
     EMBEDDINGS,
@@ -21,8 +23,6 @@ from xmod_pretrain.recipes.vocabulary.split_model import (
     split_vocabulary,
     vocabulary_losses,
 )
-from xmod_pretrain.training.config import OptimConfig
-from xmod_pretrain.training.optim import build_optimizer
 
 OLD, NEW = 53, 7  # the source's ids (its <mask> is 52) and the pieces appended
 CFG = ModelConfig(vocab_size=OLD, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -15,7 +15,7 @@ import pytest
 from data_prep.sources import CORPUS_DIR, open_source
 from xmod_core.tokenizer import Tokenizer, read_model, train_tokenizer
 from xmod_pretrain.interop.tokenizer import build_tokenizer
-from xmod_pretrain.recipes.vocabulary.pieces import (
+from xmod_pretrain.vocabulary.pieces import (
     ExtensionError,
     characters_outside,
     extend_tokenizer,

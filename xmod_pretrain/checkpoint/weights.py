@@ -7,14 +7,14 @@ import hashlib
 
 import torch
 
-from xmod_pretrain.recipes.vocabulary.split_model import merge_added_rows
 from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.vocabulary.split_model import merge_added_rows
 
 
 def consolidated_weights(engine, info: DistInfo) -> dict[str, torch.Tensor] | None:
     """Every weight of the model, whole, in fp32 on the CPU, on rank 0 (None elsewhere); each
     tied tensor once, a grown vocabulary's rows merged (``merge_added_rows`` of
-    recipes/vocabulary/split_model.py).
+    vocabulary/split_model.py).
 
     Without ZeRO-3 rank 0 holds every weight and copies them alone. Under ZeRO-3 each rank holds
     a slice: the ranks gather one parameter at a time (a collective, so every rank calls this)

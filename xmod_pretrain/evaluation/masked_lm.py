@@ -38,9 +38,9 @@ from xmod_pretrain.data.masking import Masker, MicroBatch
 from xmod_pretrain.data.prepared import ensure_prepared
 from xmod_pretrain.data.sampler import validation_batches
 from xmod_pretrain.data.shards import ShardSet
-from xmod_pretrain.recipes.vocabulary.pieces import read_model
 from xmod_pretrain.runs.records import RunCheckpoint, load_config, open_run
 from xmod_pretrain.training.metrics import perplexity
+from xmod_pretrain.vocabulary.pieces import read_model
 
 Forward = Callable[[MicroBatch], torch.Tensor]
 """Runs one micro-batch and returns its mean cross-entropy over the masked targets (a scalar)."""

@@ -298,7 +298,7 @@ class TiedDecoder(nn.Module):
     bias: nn.Parameter
     penalty: torch.Tensor | None = None
     """A loss term of the last training forward that the masked-LM loss adds (none here; a grown
-    vocabulary's decoder has one, ``recipes/vocabulary/split_model.SplitDecoder``)."""
+    vocabulary's decoder has one, ``vocabulary/split_model.SplitDecoder``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)

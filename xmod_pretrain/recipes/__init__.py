@@ -4,7 +4,6 @@ itself knows none of them. ``config.recipe`` chooses one, a folder here:
 
     pretrain/       a fresh model, or every weight of an ``init_from`` folder
     add_language/   grow a trained run by new languages' modules, all else frozen
-    vocabulary/     add-language's vocabulary growth (``--extend-vocab``): new pieces, new rows
     transfer/       fine-tune a classifier on one language, score it on the others
 
 A new kind of run is a folder here whose ``recipe.py`` defines ``RECIPE``, a ``Recipe`` subclass

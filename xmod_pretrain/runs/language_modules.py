@@ -53,16 +53,16 @@ from xmod_pretrain.model.xmod import (
     language_parameter,
     split_language_parameter,
 )
-from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
-from xmod_pretrain.recipes.vocabulary.pieces import (
+from xmod_pretrain.runs.records import RunCheckpoint, default_source_run, open_run, write_run
+from xmod_pretrain.vocabulary.config import AddedPieces, VocabularyConfig
+from xmod_pretrain.vocabulary.pieces import (
     SPACE,
     ExtensionError,
     extend_tokenizer,
     read_model,
     vocabulary_characters,
 )
-from xmod_pretrain.recipes.vocabulary.split_model import BIAS, EMBEDDINGS, grow_rows
-from xmod_pretrain.runs.records import RunCheckpoint, default_source_run, open_run, write_run
+from xmod_pretrain.vocabulary.split_model import BIAS, EMBEDDINGS, grow_rows
 
 FORMAT_VERSION = 1
 # state_dict keys that alias another tensor (the decoder is tied to the word embeddings and to

@@ -34,7 +34,7 @@ class AddLanguageConfig(Schema):
     vocab_penalty: float = 100.0
     """Weight of the training loss term that keeps the new pieces out of the old languages'
     softmax: each old language's loss rise on a fixed sample of its text beyond 0.05%
-    (``recipes/vocabulary/split_model.SplitDecoder``); 0: none."""
+    (``vocabulary/split_model.SplitDecoder``); 0: none."""
 
     RULES = (
         ("extend_vocab", optional(at_least(1)), "null (the source's vocabulary) or >= 1 pieces"),

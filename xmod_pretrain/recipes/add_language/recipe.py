@@ -27,7 +27,12 @@ from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, as_language, language_of_parameter
 from xmod_pretrain.recipes.add_language.config import AddLanguageConfig
 from xmod_pretrain.recipes.base import Recipe, train_and_valid, valid_sets
-from xmod_pretrain.recipes.vocabulary.growth import (
+from xmod_pretrain.runs.records import RunCheckpoint, check_own_run_dir, open_run, same_path
+from xmod_pretrain.schema import ConfigError
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.metrics import perplexity
+from xmod_pretrain.training.trainer import Trainer
+from xmod_pretrain.vocabulary.growth import (
     MAX_RISE,
     GrownVocabulary,
     grow_vocabulary,
@@ -37,12 +42,7 @@ from xmod_pretrain.recipes.vocabulary.growth import (
     with_grown_model,
     with_new_rows,
 )
-from xmod_pretrain.recipes.vocabulary.split_model import split_vocabulary
-from xmod_pretrain.runs.records import RunCheckpoint, check_own_run_dir, open_run, same_path
-from xmod_pretrain.schema import ConfigError
-from xmod_pretrain.training.distributed import DistInfo
-from xmod_pretrain.training.metrics import perplexity
-from xmod_pretrain.training.trainer import Trainer
+from xmod_pretrain.vocabulary.split_model import split_vocabulary
 
 BUNDLED_TEXT = CORPUS_DIR / "udhr"  # UDHR text of yo_NG and the demo languages
 

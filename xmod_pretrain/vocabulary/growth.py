@@ -1,10 +1,10 @@
 """``add-language --extend-vocab N``: grow the vocabulary for the new language, the old ones kept.
 
 The new run learns up to N pieces from the new language's training lines
-(``xmod_pretrain.recipes.vocabulary.pieces``: only pieces that cannot match the old languages' text), writes the
+(``xmod_pretrain.vocabulary.pieces``: only pieces that cannot match the old languages' text), writes the
 grown SentencePiece model to ``<run>/vocabulary/`` and prepares the new language's shards with it.
 The model's new rows start from the old tokenizer's view of each piece and train in rows of their
-own (``xmod_pretrain.recipes.vocabulary.split_model``); what the extension promises is reported after training:
+own (``xmod_pretrain.vocabulary.split_model``); what the extension promises is reported after training:
 each old language's loss through the grown softmax against the source's (old ids only), and bits
 per byte of the new language.
 """
@@ -32,8 +32,11 @@ from xmod_pretrain.data.sampler import validation_batches
 from xmod_pretrain.data.shards import ShardSet
 from xmod_pretrain.interop.tokenizer import TOKENIZER_JSON, build_tokenizer
 from xmod_pretrain.model.xmod import XmodForMaskedLM
-from xmod_pretrain.recipes.vocabulary.config import AddedPieces, VocabularyConfig
-from xmod_pretrain.recipes.vocabulary.pieces import (
+from xmod_pretrain.runs.records import RunCheckpoint
+from xmod_pretrain.training.distributed import DistInfo, barrier
+from xmod_pretrain.training.trainer import Trainer
+from xmod_pretrain.vocabulary.config import AddedPieces, VocabularyConfig
+from xmod_pretrain.vocabulary.pieces import (
     ExtensionError,
     characters_outside,
     extend_tokenizer,
@@ -43,7 +46,7 @@ from xmod_pretrain.recipes.vocabulary.pieces import (
     read_model,
     tokens_per_character,
 )
-from xmod_pretrain.recipes.vocabulary.split_model import (
+from xmod_pretrain.vocabulary.split_model import (
     BIAS,
     EMBEDDINGS,
     OldContexts,
@@ -52,9 +55,6 @@ from xmod_pretrain.recipes.vocabulary.split_model import (
     initial_rows,
     vocabulary_losses,
 )
-from xmod_pretrain.runs.records import RunCheckpoint
-from xmod_pretrain.training.distributed import DistInfo, barrier
-from xmod_pretrain.training.trainer import Trainer
 
 VOCAB_DIR = "vocabulary"      # in the new run: the grown tokenizer (SentencePiece, tokenizer.json)
 LEARNED_FILE = "learned.json"  # the pieces, the characters left out, tokens per character

@@ -95,6 +95,10 @@ def test_outputs(experiment):
     assert cells == {(v, n, lang) for v in ("xmod", "shared") for n in NS
                      for lang in (*EVAL, "mean")}
     assert all(1 < float(r["ppl"]) < 1e5 for r in rows)
+    for run in summary["runs"]:  # each run's output in its log, the driver's lines on stdout
+        log = (out / f"{run['variant']}-{run['n']}" / "train.log").read_text()
+        assert "done: step 3/3" in log and "MFU peak" in log and "starting DeepSpeed" in log
+    assert "done: step" not in stdout and "starting DeepSpeed" not in stdout
     table = (out / "curse.md").read_text()
     assert "| n=2 | n=3 |" in table and table.count("| X-MOD |") == table.count("| shared |") == 3
     assert table in stdout

@@ -23,28 +23,23 @@ import argparse
 import csv
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from xmod_core.errors import UserError
 from xmod_core.languages import check_language_list
 from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
-from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs
+from xmod_pretrain.config import Config, quoted
 from xmod_pretrain.data.prepared import ensure_prepared
 from xmod_pretrain.experiments.curse_transfer import TransferRequest, check_transfer_ns, compare
 from xmod_pretrain.experiments.curse_transfer import markdown as transfer_markdown
 from xmod_pretrain.experiments.curse_transfer import write as write_transfer
 from xmod_pretrain.model.xmod import count_parameters
-from xmod_pretrain.overrides import hydra_errors_as_config_errors
+from xmod_pretrain.runs.driver import compose_run, run_in_process
 from xmod_pretrain.runs.paths import resolve_paths
 from xmod_pretrain.runs.records import load_config
 from xmod_pretrain.training.metrics import METRICS_FILE, perplexity, read_records
@@ -110,15 +105,8 @@ class Result:
 # ---- configuration ----------------------------------------------------------------------------
 
 def compose_config(overrides: Sequence[str]) -> Config:
-    """``+exp=curse`` with ``overrides``, typed, as a training run would see it."""
-    register_configs()
-    try:
-        with hydra_errors_as_config_errors(), initialize_config_dir(config_dir=CONF_DIR,
-                                                                   version_base="1.3"):
-            cfg = compose("config", overrides=["+exp=curse", *overrides])
-        return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        raise CurseError(f"bad override: {err}") from None
+    """``+exp=curse`` with ``overrides``, typed and checked, as a training run sees it."""
+    return compose_run(["+exp=curse", *overrides])
 
 
 def prepare_data(cfg: Config) -> list[str]:
@@ -189,20 +177,17 @@ def is_complete(run_dir: Path, cfg: Config) -> bool:
             and latest_checkpoint(run_dir) is not None)
 
 
-def train(plan: Plan, variant: str, n: int, label: str) -> None:
-    """One training run, a process of its own, its output in ``run_dir/train.log``."""
-    run_dir = plan.run_dir(variant, n)
+def train(cfg: Config, label: str) -> None:
+    """One training run, in this process, its output in ``run_dir/train.log``."""
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "xmod_pretrain", "+exp=curse", *plan.run_overrides(variant, n)]
-    print(f"{label} training: {' '.join(cmd[1:])}", flush=True)
+    log = run_dir / "train.log"
+    print(f"{label} training into {run_dir} (its output: {log})", flush=True)
     start = time.perf_counter()
-    with open(run_dir / "train.log", "a", encoding="utf-8") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                              check=False).returncode
-    if code != 0:
-        tail = (run_dir / "train.log").read_text(encoding="utf-8").splitlines()[-15:]
-        raise CurseError(f"{label} training exited {code}; the end of {run_dir / 'train.log'}:\n"
-                         + "\n".join(tail))
+    try:
+        run_in_process(cfg, log)
+    except UserError as err:
+        raise CurseError(f"{label} training failed: {err} ({log} has its output)") from None
     print(f"{label} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -216,7 +201,7 @@ def run_all(plan: Plan) -> list[Result]:
         if is_complete(run_dir, cfg):
             print(f"{label}: complete in {run_dir}, kept", flush=True)
         else:
-            train(plan, variant, n, label)
+            train(cfg, label)
         results.append(read_result(run_dir, variant, n))
     return results
 

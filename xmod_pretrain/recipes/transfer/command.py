@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 from pathlib import Path
 
 import torch
@@ -24,8 +23,7 @@ import torch
 from xmod_core.help import DefaultsHelpFormatter
 from xmod_core.languages import language_index
 from xmod_core.tokenizer import Tokenizer
-from xmod_pretrain.config import CONF_DIR, Config, quoted, register_configs, to_config
-from xmod_pretrain.overrides import hydra_errors_as_config_errors
+from xmod_pretrain.config import Config, quoted
 from xmod_pretrain.recipes.transfer.batches import encode_rows
 from xmod_pretrain.recipes.transfer.recipe import (
     SEED_RESULT,
@@ -57,8 +55,9 @@ from xmod_pretrain.recipes.transfer.tasks import (
     check_targets,
     load_task,
 )
+from xmod_pretrain.runs.driver import compose_run, run_in_process
 from xmod_pretrain.runs.inference import encode_padded, masked_lm
-from xmod_pretrain.training.signals import STOP_SIGNALS, signal_name
+from xmod_pretrain.training.signals import signal_name
 
 BAG_OF_IDS, MAJORITY = "bag-of-ids", "majority class"
 BEST_EXISTING = "best existing modules"
@@ -112,18 +111,13 @@ def main(argv: list[str]) -> int:
 
 def seed_config(args: argparse.Namespace, seed: int, overrides: list[str]) -> Config:
     """The ``transfer`` experiment for one seed, with the user's Hydra overrides."""
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
     fixed = ["+exp=transfer", f"run_dir={quoted(args.out / f'seed{seed}')}", f"train.seed={seed}",
              f"transfer.source_run={quoted(args.source_run)}", f"transfer.task={quoted(args.task)}",
              f"transfer.source={args.source}", f"transfer.targets=[{','.join(args.targets)}]",
              f"transfer.epochs={args.epochs}"]
     if args.steps is not None:
         fixed.append(f"transfer.steps={args.steps}")
-    with hydra_errors_as_config_errors(), initialize_config_dir(config_dir=CONF_DIR,
-                                                               version_base="1.3"):
-        return to_config(compose("config", fixed + overrides))
+    return compose_run(fixed + overrides)
 
 
 def classification(args: argparse.Namespace, task: ClassificationTask, targets: list[str],
@@ -159,27 +153,18 @@ def classification(args: argparse.Namespace, task: ClassificationTask, targets: 
 
 
 def train_seeds(configs: list[Config]) -> bool:
-    """Each seed's run in turn; False when a stop signal ended one (no later seed started).
-
-    A seed's trainer leaves its stop handlers behind; the command's own come back after each
-    seed, so that a Ctrl-C between seeds interrupts (as before any training) rather than being
-    recorded for a trainer that is gone."""
-    from xmod_pretrain.runs.launch import run
+    """Each seed's run in turn; False when a stop signal ended one (no later seed started)."""
     from xmod_pretrain.training.distributed import join_process_group
 
-    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for k, cfg in enumerate(configs, 1):
         try:
-            run(cfg)
+            run_in_process(cfg)
             if (Path(cfg.run_dir) / SEED_RESULT).is_file():
                 continue
             said, resumes = f"seed {k} of {len(configs)} stopped before its last step", True
         except SeedStopped as stop:
             said = f"stopping on {signal_name(stop.signum)} after seed {k}'s evaluation"
             resumes = False
-        finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
         if join_process_group(cfg.deepspeed.dist_timeout_s).is_main:
             print(f"transfer: {said}; the same command {what_is_left(k, len(configs), resumes)}",
                   flush=True)

@@ -22,7 +22,7 @@ from bench.common import MID, QUICK, REPO, engine_config, engine_step, machine, 
 from xmod_pretrain.checkpoint.checkpointer import Checkpointer
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.distributed import finish_process, init_distributed
-from xmod_pretrain.training.engine import build_engine
+from xmod_pretrain.training.engine import build_training_engine
 
 STAGES = (2, 3)
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -82,15 +82,15 @@ def worker(out: Path, size_name: str) -> None:
     results = {}
     for stage in STAGES:
         torch.manual_seed(0)
-        engine, optimizer = build_engine(XmodForMaskedLM(size.model_config()),
+        training = build_training_engine(XmodForMaskedLM(size.model_config()),
                                          engine_config(size.model_config(), size.batch, stage),
                                          info)
-        engine_step(engine, optimizer, batch)()
+        engine_step(training, batch)()
         saver = Checkpointer(out.parent / f"run-zero{stage}", info, keep=1, sidecars={})
         for step in (1, 2):
             with PeakRSS() as memory:
                 start = time.perf_counter()
-                saver.save(engine, step, {"step": step})
+                saver.save(training.deepspeed, step, {"step": step}, training.store)
                 held = time.perf_counter() - start
                 saver.finish()
                 published = time.perf_counter() - start
@@ -99,7 +99,7 @@ def worker(out: Path, size_name: str) -> None:
         gathered: list = [None] * info.world_size
         dist.all_gather_object(gathered, mine)
         results[f"ZeRO-{stage}"] = {f"rank {r}": figures for r, figures in enumerate(gathered)}
-        del engine, optimizer
+        del training
     if info.is_main:
         out.write_text(json.dumps(results, indent=1), encoding="utf-8")
     finish_process()  # as the CLI ends: an exit through the interpreter can abort a rank

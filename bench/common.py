@@ -36,7 +36,7 @@ from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.config import DeepSpeedConfig, OptimConfig, TrainConfig
 from xmod_pretrain.training.distributed import DistInfo, init_distributed
-from xmod_pretrain.training.engine import build_engine
+from xmod_pretrain.training.engine import TrainingEngine, build_training_engine
 from xmod_pretrain.training.optim import build_optimizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -183,15 +183,16 @@ def ours_step(model: XmodForMaskedLM, optimizer: torch.optim.Optimizer, batch: B
     return step
 
 
-def engine_step(engine, optimizer: torch.optim.Optimizer, batch: Batch) -> Step:
-    """The trainer's calls: engine(...), engine.backward, engine.step (which zeroes the grads)."""
-    optimizer.present = frozenset({engine.module.languages[batch.lang]})
+def engine_step(training: TrainingEngine, batch: Batch) -> Step:
+    """The trainer's calls: the forward, the backward, the modules' reduction and both
+    optimizers' steps (which zero the gradients), for a step of one micro-batch."""
+    present = [training.deepspeed.module.languages[batch.lang]]
 
     def step() -> None:
-        loss = engine(batch.input_ids, batch.lang, mlm_positions=batch.positions,
-                      mlm_targets=batch.targets).loss
-        engine.backward(loss)
-        engine.step()
+        loss = training(input_ids=batch.input_ids, lang=batch.lang,
+                        mlm_positions=batch.positions, mlm_targets=batch.targets).loss
+        training.backward(loss)
+        training.micro_step(present, last=True)
     return step
 
 
@@ -245,11 +246,11 @@ def measure_pair(size: Size, warmup: int, timed: int, compile_backend: str = "in
     torch.manual_seed(0)
     model = XmodForMaskedLM(cfg).train()
     weights = copy.deepcopy(model.state_dict())
-    timings = {"ours": time_steps(ours_step(model, build_optimizer(model, optim), batch),
-                                  warmup, timed)}
+    step = ours_step(model, build_optimizer(model.named_parameters(), optim), batch)
+    timings = {"ours": time_steps(step, warmup, timed)}
     model.load_state_dict(weights)
     model.compile_layers(backend=compile_backend)
-    step = ours_step(model, build_optimizer(model, optim), batch)
+    step = ours_step(model, build_optimizer(model.named_parameters(), optim), batch)
     compile_s = time_steps(step, 0, 1)[0]
     timings["ours_compiled"] = time_steps(step, max(warmup - 1, 0), timed)
     del model, step
@@ -257,9 +258,9 @@ def measure_pair(size: Size, warmup: int, timed: int, compile_backend: str = "in
     with single_process_group() as info:
         model = XmodForMaskedLM(cfg)
         model.load_state_dict(weights)
-        engine, optimizer = build_engine(model, engine_config(cfg, size.batch), info)
-        timings["ours_engine"] = time_steps(engine_step(engine, optimizer, batch), warmup, timed)
-        del engine, optimizer, model
+        training = build_training_engine(model, engine_config(cfg, size.batch), info)
+        timings["ours_engine"] = time_steps(engine_step(training, batch), warmup, timed)
+        del training, model
     # The config.json our export writes: the same mapping users load models with.
     theirs = transformers.XmodForMaskedLM(transformers.XmodConfig(**hf_config(cfg))).train()
     theirs.load_state_dict(weights, strict=True)

@@ -126,7 +126,8 @@ def sampler_vs_step(data_dir: Path, quick: bool) -> dict:
     torch.manual_seed(0)
     model = XmodForMaskedLM(cfg).train()
     first = Batch(micro[0].lang, micro[0].input_ids, micro[0].mlm_positions, micro[0].mlm_targets)
-    steps = time_steps(ours_step(model, build_optimizer(model, OptimConfig()), first),
+    optimizer = build_optimizer(model.named_parameters(), OptimConfig())
+    steps = time_steps(ours_step(model, optimizer, first),
                        *((1, 2) if quick else (2, 5)))
     step_rate = rate(steps, 1)
     return {"batch": batch, "seq": seq, "draws": draws, "batches_per_s": sampling["per_s"],

@@ -40,7 +40,7 @@ from bench.throughput import QUICK_BACKEND
 from xmod_pretrain.interop import hf_config
 from xmod_pretrain.model.xmod import XmodForMaskedLM, model_flops_per_token
 from xmod_pretrain.training.config import OptimConfig, Precision
-from xmod_pretrain.training.engine import build_engine
+from xmod_pretrain.training.engine import build_training_engine
 from xmod_pretrain.training.peak import find_peak
 
 BASE = Size("base", hidden=768, layers=12, heads=12, intermediate=3072, vocab=250002,
@@ -76,15 +76,15 @@ def measure_ours(size: Size, batch, device: torch.device, backend: str | None, w
                  timed: int) -> dict:
     """Our engine's step (ZeRO-2, bf16), eager or with layers compiled by ``backend``."""
     with single_process_group() as info:
-        engine, optimizer = _engine(size, device, info)
+        training = _engine(size, device, info)
         if backend is not None:
-            engine.module.compile_layers(backend=backend)
-        step = _synced(engine_step(engine, optimizer, _on(batch, device)), device)
+            training.deepspeed.module.compile_layers(backend=backend)
+        step = _synced(engine_step(training, _on(batch, device)), device)
         _reset_memory(device)
         compile_s = time_steps(step, 0, 1)[0]
         result = {**rate(time_steps(step, warmup, timed), size.tokens),
                   "first_step_s": compile_s, "peak_memory_gib": _peak_memory(device)}
-        del engine, optimizer, step
+        del training, step
     torch._dynamo.reset()
     return result
 
@@ -109,8 +109,8 @@ def sync_check(size: Size, batch, device: torch.device) -> str:
     if device.type != "cuda":
         return "not run: no CUDA device"
     with single_process_group() as info:
-        engine, optimizer = _engine(size, device, info)
-        step = engine_step(engine, optimizer, _on(batch, device))
+        training = _engine(size, device, info)
+        step = engine_step(training, _on(batch, device))
         step()  # the first step allocates and may sync; the check is of the steady state
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -123,7 +123,7 @@ def sync_check(size: Size, batch, device: torch.device) -> str:
             return f"host sync at {where.filename}:{where.lineno} ({where.line}): {err}"
         finally:
             torch.cuda.set_sync_debug_mode(0)
-            del engine, optimizer
+            del training
 
 
 def _engine(size: Size, device: torch.device, info):
@@ -131,7 +131,7 @@ def _engine(size: Size, device: torch.device, info):
         model = XmodForMaskedLM(size.model_config())
     cfg = engine_config(size.model_config(), size.batch, zero_stage=2)
     cfg.train.precision = Precision.bf16
-    return build_engine(model, cfg, info)
+    return build_training_engine(model, cfg, info)
 
 
 def _on(batch, device: torch.device):

@@ -32,7 +32,7 @@ from bench.common import (
 from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.model.xmod import XmodForMaskedLM
 from xmod_pretrain.training.distributed import DistInfo
-from xmod_pretrain.training.engine import build_engine
+from xmod_pretrain.training.engine import build_training_engine
 
 COUNTS = (4, 81, 200)
 PRESENT = 4  # the languages the micro-batches cycle over
@@ -52,8 +52,8 @@ def cycling_step(size: Size, count: int, stage: int, update_absent: bool, info: 
     config = engine_config(cfg, size.batch, stage)
     config.optim.update_absent_languages = update_absent
     torch.manual_seed(0)
-    engine, optimizer = build_engine(XmodForMaskedLM(cfg), config, info)
-    steps = itertools.cycle([engine_step(engine, optimizer, masked_batch(size, seed, lang))
+    training = build_training_engine(XmodForMaskedLM(cfg), config, info)
+    steps = itertools.cycle([engine_step(training, masked_batch(size, seed, lang))
                              for seed, lang in enumerate(range(PRESENT))])
     return lambda: next(steps)()
 

@@ -1,8 +1,10 @@
 """Memory per rank of xmod-base's training state under ZeRO 0-3, from the sharding, checked
-against the tensors our DeepSpeed engine really holds for a tiny model.
+against the tensors our DeepSpeed engine and language store really hold for a tiny model.
 
-Per element: fp32 training keeps params 4 B, grads 4 B and Adam's m and v 8 B; ZeRO-1 shards the
-optimizer state, ZeRO-2 the grads too, ZeRO-3 the params too. DeepSpeed's ZeRO optimizers also
+Per element of the shared weights: fp32 training keeps params 4 B, grads 4 B and Adam's m and v
+8 B; ZeRO-1 shards the optimizer state, ZeRO-2 the grads too, ZeRO-3 the params too. The language
+modules live outside DeepSpeed, whole on every rank, in fp32 (params and m and v: 12 B, and 4 B of
+grads for the step's languages only, freed by the step). DeepSpeed's ZeRO optimizers also
 keep an fp32 copy of each rank's partition (the "master" weights) even when training in fp32;
 the measurement below shows it, so the formula counts it (4 B / ranks from ZeRO-1 on). bf16
 keeps bf16 params and grads beside an fp32 master copy and fp32 m and v. Activations and
@@ -16,35 +18,53 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from bench.common import Size, bar_chart, engine_config, machine, masked_batch, single_process_group
+from bench.common import (
+    Size,
+    bar_chart,
+    engine_config,
+    engine_step,
+    machine,
+    masked_batch,
+    single_process_group,
+)
 from xmod_pretrain.config import CONF_DIR
 from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
 from xmod_pretrain.training.config import OptimConfig
-from xmod_pretrain.training.engine import build_engine
+from xmod_pretrain.training.engine import build_training_engine
 
 STAGES = (0, 1, 2, 3)
 RANKS = (1, 2, 4, 8)
 BYTES = {"fp32": {"params": 4, "grads": 4, "master": 4, "adam": 8},
          "bf16": {"params": 2, "grads": 2, "master": 4, "adam": 8}}
-PERSISTENT = ("params", "master", "adam")  # what outlives a step; grads are freed by it
+MODULE_BYTES = 12  # a module element: fp32 param, m and v (its grad lives during a step only)
+PERSISTENT = ("params", "master", "adam", "modules")  # what outlives a step; grads are freed
 TINY = Size("tiny", hidden=64, layers=2, heads=4, intermediate=128, vocab=1002, languages=3,
             batch=2, seq=16)
 TOLERANCE = 0.02  # measured vs formula (flat buffers are padded for alignment)
 GIB = 2**30
 
 
-def per_rank(numel: int, stage: int, ranks: int, precision: str) -> dict[str, float]:
-    """Bytes per rank of each part of the training state."""
+def per_rank(shared: int, modules: int, stage: int, ranks: int,
+             precision: str) -> dict[str, float]:
+    """Bytes per rank of each part of the training state: ``shared`` elements in DeepSpeed,
+    ``modules`` elements (every language's, all with Adam state) in the language store."""
     size = BYTES[precision]
 
     def part(name: str, sharded: bool) -> float:
-        return numel * size[name] / (ranks if sharded else 1)
+        return shared * size[name] / (ranks if sharded else 1)
 
     # fp32 without ZeRO steps the model's own params: no separate master copy.
     master = 0.0 if precision == "fp32" and stage == 0 else part("master", stage >= 1)
     return {"params": part("params", stage >= 3), "grads": part("grads", stage >= 2),
-            "master": master, "adam": part("adam", stage >= 1)}
+            "master": master, "adam": part("adam", stage >= 1), "modules": modules * MODULE_BYTES}
+
+
+def split_parameters(cfg: ModelConfig) -> tuple[int, int]:
+    """(shared elements, every language module's elements) of ``cfg``."""
+    total, active = count_parameters(cfg)
+    module = (total - active) // (len(cfg.languages) - 1)
+    return active - module, total - active + module
 
 
 def base_config() -> ModelConfig:
@@ -54,10 +74,10 @@ def base_config() -> ModelConfig:
     return OmegaConf.to_object(merged)
 
 
-def table(numel: int, precision: str) -> dict[str, dict[str, float]]:
+def table(shared: int, modules: int, precision: str) -> dict[str, dict[str, float]]:
     """GiB per rank: {"ZeRO-s": {"n ranks": GiB}}."""
-    return {f"ZeRO-{s}": {f"{n} ranks": sum(per_rank(numel, s, n, precision).values()) / GIB
-                          for n in RANKS} for s in STAGES}
+    return {f"ZeRO-{s}": {f"{n} ranks": sum(per_rank(shared, modules, s, n, precision).values())
+                          / GIB for n in RANKS} for s in STAGES}
 
 
 def measure_tiny(stage: int) -> dict:
@@ -65,25 +85,26 @@ def measure_tiny(stage: int) -> dict:
     tiny model at world size 1, beside the formula's. Every module is stepped (as after a run
     long enough for every language to appear), so Adam has state for every parameter."""
     cfg = TINY.model_config()
-    numel = count_parameters(cfg)[0]
+    shared, modules = split_parameters(cfg)
     batch = masked_batch(TINY)
     torch.manual_seed(0)
     model = XmodForMaskedLM(cfg)
     config = engine_config(cfg, TINY.batch, stage)
     config.optim = OptimConfig(update_absent_languages=True)
     with single_process_group() as info:
-        engine, _ = build_engine(model, config, info)
-        loss = engine(batch.input_ids, batch.lang, mlm_positions=batch.positions,
-                      mlm_targets=batch.targets).loss
-        engine.backward(loss)
-        engine.step()
-        measured = sum(_storage_bytes(_state_tensors(model, engine.optimizer)).values())
-        del engine
-    parts = per_rank(numel, stage, 1, "fp32")
+        training = build_training_engine(model, config, info)
+        engine_step(training, batch)()
+        store = training.store
+        measured = sum(_storage_bytes(
+            _state_tensors(model, training.deepspeed.optimizer)
+            + _state_tensors(torch.nn.ParameterList(store.named.values()), store.optimizer)
+        ).values())
+        del training
+    parts = per_rank(shared, modules, stage, 1, "fp32")
     formula = sum(v for k, v in parts.items() if k in PERSISTENT)
     # The ZeRO paper's fp32 accounting (params + m + v, no master copy), for comparison.
-    textbook = parts["params"] + parts["adam"]
-    return {"zero_stage": stage, "numel": numel, "measured_bytes": measured,
+    textbook = parts["params"] + parts["adam"] + parts["modules"]
+    return {"zero_stage": stage, "numel": shared + modules, "measured_bytes": measured,
             "formula_bytes": formula, "relative_difference": (measured - formula) / formula,
             "without_master_relative_difference": (measured - textbook) / textbook}
 
@@ -108,12 +129,15 @@ def _storage_bytes(tensors: list[torch.Tensor | None]) -> dict[int, int]:
 def run(quick: bool) -> dict:
     base = base_config()
     numel, active = count_parameters(base)
+    shared, modules = split_parameters(base)
     measured = [measure_tiny(stage) for stage in STAGES]
     worst = max(abs(m["relative_difference"]) for m in measured)
     return {"machine": machine(), "base": {"parameters": numel, "active_per_language": active,
                                            "languages": len(base.languages)},
-            "gib_per_rank": {p: table(numel, p) for p in BYTES},
-            "parts_per_rank_1": {p: {f"ZeRO-{s}": per_rank(numel, s, 1, p) for s in STAGES}
+            "gib_per_rank": {p: table(shared, modules, p) for p in BYTES},
+            "modules_gib": modules * MODULE_BYTES / GIB,
+            "parts_per_rank_1": {p: {f"ZeRO-{s}": per_rank(shared, modules, s, 1, p)
+                                     for s in STAGES}
                                  for p in BYTES},
             "measured_tiny": measured, "worst_relative_difference": worst,
             "tolerance": TOLERANCE, "formula_matches": worst <= TOLERANCE}

@@ -55,7 +55,8 @@ def profile_ours(size: Size, steps: int = 2, top: int = 12) -> dict:
     self CPU time, and each one's share of the profiled time."""
     torch.manual_seed(0)
     model = XmodForMaskedLM(size.model_config()).train()
-    step = ours_step(model, build_optimizer(model, OptimConfig()), masked_batch(size))
+    optimizer = build_optimizer(model.named_parameters(), OptimConfig())
+    step = ours_step(model, optimizer, masked_batch(size))
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):

@@ -101,24 +101,27 @@ def one_rank(tiny_data, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_two_ranks_equal_one_rank_with_accumulation(tiny_data, tmp_path, stage, one_rank,
                                                     initial_weights):
-    """Same global batch (2 micro-batches a step), same data: the same losses step for step
-    and the same final weights, every language's modules included; the modules of the
-    languages no step held are untouched."""
+    """Same global batch (2 micro-batches a step), same data, each rank on its own language:
+    the same losses step for step and the same final weights, every language's modules
+    included; the modules of the languages no step held are untouched. ZeRO-3 too: its
+    collective gathers hold the shared weights only."""
     two = tmp_path / "two"
     proc = run_training(two, tiny_data, *WITH_ABSENT, f"deepspeed=zero{stage}", nproc=2)
-    assert "weights identical on all 2 ranks" in proc.stdout
+    replicas = "language modules" if stage == 3 else "weights"  # ZeRO-3 shards the rest
+    assert f"{replicas} identical on all 2 ranks" in proc.stdout
     assert_same_training(one_rank, two)
     present = languages_present(tiny_data, "rank")
     assert "yo_NG" not in present
     assert moved_languages(initial_weights, two) == present
 
 
-def test_zero3_equals_plain_data_parallel(tiny_data, tmp_path, initial_weights):
-    """ZeRO-3 (ranks share each micro-step's language) trains exactly like ZeRO-0, and leaves
-    absent languages alone too."""
+def test_zero3_with_shared_languages_equals_plain_data_parallel(tiny_data, tmp_path,
+                                                                initial_weights):
+    """data.language_per=step (ranks share each micro-step's language) remains an option: under
+    ZeRO-3 it trains exactly like ZeRO-0, and leaves absent languages alone too."""
     zero0, zero3 = tmp_path / "zero0", tmp_path / "zero3"
     run_training(zero0, tiny_data, *WITH_ABSENT, *PER_STEP, "deepspeed=zero0", nproc=2)
     proc = run_training(zero3, tiny_data, *WITH_ABSENT, *PER_STEP, "deepspeed=zero3", nproc=2)
@@ -127,21 +130,33 @@ def test_zero3_equals_plain_data_parallel(tiny_data, tmp_path, initial_weights):
     assert moved_languages(initial_weights, zero3) == languages_present(tiny_data, "step")
 
 
+def test_zero3_with_per_rank_languages_resumes_exactly(tiny_data, tmp_path):
+    """ZeRO-3 with ranks on different languages, stopped at step 4 and resumed: the losses and
+    weights of 8 steps straight. Each language's checkpoint file carries its module's AdamW
+    state, the absent yo_NG's too (weights only: it never had a step)."""
+    common = ["model.languages=[de_DE,el_GR,en_XX,ru_RU,yo_NG]", *STEPS[1:], "deepspeed=zero3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_training(straight, tiny_data, "train.max_steps=8", *common, nproc=2)
+    run_training(resumed, tiny_data, "train.max_steps=4", "optim.total_steps=8", *common,
+                 nproc=2)
+    first = latest_checkpoint(resumed)
+    de, yo = (load_file(str(first / "languages" / f"{lang}.safetensors"))
+              for lang in ("de_DE", "yo_NG"))
+    assert any(k.endswith(".exp_avg_sq") for k in de)
+    assert not any(k.endswith(".exp_avg") for k in yo)
+    proc = run_training(resumed, tiny_data, "train.max_steps=8", *common, nproc=2)
+    assert "resumed from" in proc.stdout
+    assert_same_training(straight, resumed, tol=1e-6)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_update_absent_languages_moves_every_module(tiny_data, tmp_path, stage, initial_weights):
-    """fairseq's behaviour on request, through DeepSpeed's own optimizer wrappers (ZeRO-0 and
-    the optimizer alone: tests/unit/test_optim.py)."""
+    """fairseq's behaviour on request, on ranks of different languages (the optimizer alone:
+    tests/unit/test_optim.py)."""
     run = tmp_path / "run"
-    layout = PER_STEP if stage == 3 else []
-    run_training(run, tiny_data, *WITH_ABSENT, *layout, f"deepspeed=zero{stage}",
+    run_training(run, tiny_data, *WITH_ABSENT, f"deepspeed=zero{stage}",
                  "optim.update_absent_languages=true", nproc=2)
     assert "yo_NG" in moved_languages(initial_weights, run)
-
-
-def test_zero3_refuses_per_rank_languages(tiny_data, tmp_path):
-    proc = run_training(tmp_path / "r", tiny_data, *STEPS, "deepspeed=zero3", nproc=2, check=False)
-    assert proc.returncode != 0
-    assert "data.language_per=step" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("group", ["zero2_offload", "zero3_offload"])

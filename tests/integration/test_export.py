@@ -193,7 +193,7 @@ def test_zero3_two_process_prenorm_run_exports(tiny_data, tmp_path, caplog):
     run_dir = tmp_path / "run"
     run_training(run_dir, tiny_data, "train.max_steps=2", "train.save_every=2",
                  "train.eval_every=0", "optim.warmup_steps=1", "deepspeed=zero3",
-                 "data.language_per=step", *LARGE_FLAGS, nproc=2)
+                 *LARGE_FLAGS, nproc=2)
     checkpoint = export_run(run_dir, tmp_path / "hf", step=2)
     assert len(list(checkpoint.path.glob("zero_pp_rank_*_model_states.pt"))) == 2
     hf = load_hf(tmp_path / "hf", caplog)

@@ -251,3 +251,20 @@ def test_trainer_state_reads_checkpoints_of_earlier_versions():
     state = TrainerState.from_json(older)
     assert state == TrainerState(step=7, tokens_seen=896, first_valid={"en_XX": 6.5})
     assert TrainerState.from_json(state.to_json()) == state
+
+
+def test_a_resume_refuses_a_checkpoint_whose_modules_state_is_inside_deepspeeds_files(tmp_path):
+    """Written before the language modules had files of their own: refused with the reason and
+    what still reads it; a checkpoint with languages/, or a weights-only one, passes."""
+    from xmod_pretrain.checkpoint.layout import DEEPSPEED_STATE
+    from xmod_pretrain.checkpoint.resume import RunStateError, check_language_state
+
+    checkpoint = tmp_path / "step_00000002"
+    checkpoint.mkdir()
+    check_language_state(checkpoint)  # weights-only: nothing to resume, nothing refused here
+    (checkpoint / DEEPSPEED_STATE).write_bytes(b"")
+    with pytest.raises(RunStateError, match=r"step_00000002 keeps its language modules' "
+                                            r"optimizer state inside DeepSpeed's files.*load_run"):
+        check_language_state(checkpoint)
+    (checkpoint / "languages").mkdir()
+    check_language_state(checkpoint)

@@ -82,7 +82,7 @@ def test_merged_weights_are_the_plain_grown_layout():
 
 def test_adamw_with_weight_decay_moves_new_rows_only():
     source, grown = grown_pair()
-    optimizer = build_optimizer(grown, OptimConfig(lr=1e-2, weight_decay=0.1))
+    optimizer = build_optimizer(grown.named_parameters(), OptimConfig(lr=1e-2, weight_decay=0.1))
     before = {n: p.detach().clone() for n, p in grown.named_parameters()}
     grown.train()
     for _ in range(3):

@@ -39,7 +39,7 @@ def test_groups_hold_each_trainable_parameter_once_by_language() -> None:
     model = XmodForMaskedLM(TINY)
     for _, p in model.language_parameters("yo_NG"):
         p.requires_grad_(False)
-    groups = parameter_groups(model, CFG)
+    groups = parameter_groups(model.named_parameters(), CFG)
     grouped = [p for g in groups for p in g["params"]]
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(grouped) == len(trainable) == len({id(p) for p in grouped})
@@ -52,7 +52,7 @@ def test_groups_hold_each_trainable_parameter_once_by_language() -> None:
 
 def test_absent_languages_keep_weights_and_state_by_default() -> None:
     model = XmodForMaskedLM(TINY)
-    optimizer = build_optimizer(model, CFG)
+    optimizer = build_optimizer(model.named_parameters(), CFG)
     before = snapshot(model)
     train_steps(model, optimizer, ["de_DE", "de_DE"])
     assert changed_languages(before, model) == {None, "de_DE"}
@@ -63,7 +63,7 @@ def test_absent_languages_keep_weights_and_state_by_default() -> None:
 def test_update_absent_languages_steps_every_module() -> None:
     """fairseq's and DeepSpeed's behaviour: a zero gradient, so weight decay still moves them."""
     model = XmodForMaskedLM(TINY)
-    optimizer = build_optimizer(model, OptimConfig(**{**vars(CFG), "update_absent_languages": True}))
+    optimizer = build_optimizer(model.named_parameters(), OptimConfig(**{**vars(CFG), "update_absent_languages": True}))
     before = snapshot(model)
     train_steps(model, optimizer, ["de_DE"])
     assert changed_languages(before, model) == {None, *LANGUAGES}
@@ -74,11 +74,11 @@ def test_skipping_equals_adamw_over_the_present_parameters() -> None:
     returns continues from its own step count (its bias correction is not skipped ahead)."""
     model = XmodForMaskedLM(TINY)
     reference = copy.deepcopy(model)
-    optimizer = build_optimizer(model, CFG)
+    optimizer = build_optimizer(model.named_parameters(), CFG)
     train_steps(model, optimizer, ["de_DE", "de_DE", "en_XX"])
 
     def plain(langs: set) -> torch.optim.AdamW:
-        groups = [dict(g, params=list(g["params"])) for g in parameter_groups(reference, CFG)
+        groups = [dict(g, params=list(g["params"])) for g in parameter_groups(reference.named_parameters(), CFG)
                   if g["language"] in langs]
         return torch.optim.AdamW(groups, lr=CFG.lr, betas=tuple(CFG.betas), eps=CFG.eps, fused=True)
 

@@ -42,6 +42,7 @@ from xmod_pretrain.checkpoint.storage import (
 from xmod_pretrain.checkpoint.verify import write_checksums
 from xmod_pretrain.checkpoint.weights import check_replicas_agree, consolidated_weights
 from xmod_pretrain.training.distributed import DistInfo, barrier, from_rank0
+from xmod_pretrain.training.language_store import LANGUAGE_STATE_DIR, LanguageStore
 
 
 class Checkpointer:
@@ -65,8 +66,12 @@ class Checkpointer:
         the run saves when its last step was not saved: the Trainer knows that)."""
         return stopping or bool(self.every and step % self.every == 0)
 
-    def save(self, engine, step: int, trainer_state: dict[str, Any]) -> Path:
-        """Engine state + consolidated weights + sidecars, published atomically. All ranks call.
+    def save(self, engine, step: int, trainer_state: dict[str, Any],
+             store: LanguageStore | None = None, engine_state: bool = True) -> Path:
+        """Engine state + the language store's files + consolidated weights + sidecars,
+        published atomically. All ranks call. ``engine_state=False`` for an engine without an
+        optimizer (every shared weight frozen): it has nothing to resume that the weights do not
+        hold, and DeepSpeed cannot save its ZeRO-3 kind.
 
         DeepSpeed's files are written here, by every rank. Rank 0 then copies the weights and
         returns: its publishing thread writes model.safetensors and the sidecars, checksums and
@@ -78,18 +83,25 @@ class Checkpointer:
         self.finish()
         tmp = self._fresh_tmp(step)
         barrier()
-        failure = write_failure(tmp, lambda: engine.save_checkpoint(
+        failure = None if not engine_state else write_failure(tmp, lambda: engine.save_checkpoint(
             str(self.root), tag=tmp.name, save_latest=False))
-        if not engine.zero_optimization_partition_weights():
-            check_replicas_agree(engine.module, self.info)
+        replicated = [] if store is None else list(store.named.items())
+        if engine.zero_optimization_partition_weights():  # ZeRO-3 ranks hold slices
+            check_replicas_agree(replicated, self.info, "language modules")
+        else:
+            check_replicas_agree(list(engine.module.named_parameters()) + replicated, self.info)
         weights = consolidated_weights(engine, self.info)
+        languages = None
+        if self.info.is_main and store is not None:  # host copies: training goes on
+            weights.update(store.weights())
+            languages = store.state()
         failure = self._any_rank(failure)  # also the barrier before rank 0 publishes
         if failure is not None:
             self._abandon(tmp, failure)
         if self.info.is_main:
             self.publishing = (tmp, threading.Thread(
-                target=self._publish_in_background, args=(tmp, step, weights, trainer_state),
-                name="checkpoint-publish"))
+                target=self._publish_in_background,
+                args=(tmp, step, weights, trainer_state, languages), name="checkpoint-publish"))
             self.publishing[1].start()
         return self.root / step_tag(step)
 
@@ -113,10 +125,11 @@ class Checkpointer:
         return None if failure is None else (tmp, failure)
 
     def _publish_in_background(self, tmp: Path, step: int, weights: dict[str, torch.Tensor],
-                               trainer_state: dict[str, Any]) -> None:
+                               trainer_state: dict[str, Any],
+                               languages: dict[str, dict[str, torch.Tensor]] | None) -> None:
         try:
             self.publish_failure = write_failure(
-                tmp, lambda: self._publish(tmp, step, weights, trainer_state))
+                tmp, lambda: self._publish(tmp, step, weights, trainer_state, languages))
         except BaseException as err:  # not a disk error: reported as what it is
             self.publish_failure = f"publishing {tmp.name} failed: {type(err).__name__}: {err}"
         if self.publish_failure is None:
@@ -174,9 +187,14 @@ class Checkpointer:
                                    f"command to resume. Removed the partial {tmp.name}; {stands}")
 
     def _publish(self, tmp: Path, step: int, weights: dict[str, torch.Tensor],
-                 trainer_state: dict[str, Any]) -> None:
+                 trainer_state: dict[str, Any],
+                 languages: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
         """Complete ``tmp``, checksum and flush it, rename it into place, then move ``latest``."""
         save_safetensors(weights, tmp / WEIGHTS)
+        if languages is not None:
+            (tmp / LANGUAGE_STATE_DIR).mkdir()
+            for lang, tensors in languages.items():
+                save_safetensors(tensors, tmp / LANGUAGE_STATE_DIR / f"{lang}.safetensors")
         self._write_sidecars(tmp, trainer_state)
         write_checksums(tmp)  # inside tmp: part of the atomic write
         fsync_tree(tmp)
@@ -215,13 +233,18 @@ class Checkpointer:
             if old.name != named:
                 shutil.rmtree(old)
 
-    def load(self, engine, path: Path) -> dict[str, Any]:
-        """Restore engine state from ``path``; return its trainer state."""
-        use_weights_only_loading(engine)
-        load_path, _ = engine.load_checkpoint(
-            str(path.parent), tag=path.name, load_optimizer_states=True,
-            load_lr_scheduler_states=True,
-        )
-        if load_path is None:
-            raise FileNotFoundError(f"DeepSpeed found no checkpoint to load in {path}")
+    def load(self, engine, path: Path, store: LanguageStore | None = None,
+             engine_state: bool = True) -> dict[str, Any]:
+        """Restore engine state (``engine_state``, as saved) and the language store's from
+        ``path``; return its trainer state."""
+        if engine_state:
+            use_weights_only_loading(engine)
+            load_path, _ = engine.load_checkpoint(
+                str(path.parent), tag=path.name, load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
+            if load_path is None:
+                raise FileNotFoundError(f"DeepSpeed found no checkpoint to load in {path}")
+        if store is not None:
+            store.load_state(path / LANGUAGE_STATE_DIR)
         return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))

@@ -4,7 +4,8 @@ Layout::
 
     run_dir/checkpoints/step_00000200/   DeepSpeed engine state (model, optimizer, LR schedule)
                         ├ model.safetensors    all weights, consolidated (ZeRO-3 too), fp32
-                        ├ trainer_state.json   step, tokens seen, sampler position
+                        ├ languages/<code>.safetensors  a language's module weights, AdamW state
+                        ├ trainer_state.json   step, tokens seen, first validation
                         ├ config.yaml          the resolved run config
                         ├ languages.json       module index order
                         ├ sentencepiece.bpe.model
@@ -25,6 +26,7 @@ from xmod_core.outputs import CHECKPOINTS, LATEST
 
 TRAINER_STATE = "trainer_state.json"
 WEIGHTS = "model.safetensors"
+DEEPSPEED_STATE = "mp_rank_00_model_states.pt"  # DeepSpeed's: a checkpoint a run can resume
 CHECKSUMS = "checksums.json"
 TMP_PREFIX = ".tmp-"  # DeepSpeed writes a checkpoint under this name before it is renamed
 CORRUPT_PREFIX = "corrupt-"  # a checkpoint that failed verification, moved out of step_*

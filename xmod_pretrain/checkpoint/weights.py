@@ -36,19 +36,21 @@ def consolidated_weights(engine, info: DistInfo) -> dict[str, torch.Tensor] | No
     return merge_added_rows(weights) if info.is_main else None
 
 
-def check_replicas_agree(module: torch.nn.Module, info: DistInfo) -> None:
+def check_replicas_agree(named: list[tuple[str, torch.Tensor]], info: DistInfo,
+                         what: str = "weights") -> None:
     """Refuse to save if data-parallel ranks hold different weights (a silent divergence).
 
     The parameters are cut into ``world_size`` parts of about equal size; rank r hashes parts r
     and r + 1 (mod world size), so every part is hashed on two ranks and each rank reads 2 /
     world_size of the model, a parameter at a time. Digests are gathered and compared part by
-    part. All ranks call it; not under ZeRO-3, whose ranks hold different slices by design.
+    part. All ranks call it, with the same ``named`` (under ZeRO-3, whose ranks hold different
+    slices by design, the language modules alone).
     """
     if info.world_size == 1:
         return
     import torch.distributed as dist
 
-    parts = _parts(list(module.named_parameters()), info.world_size)
+    parts = _parts(named, info.world_size)
     mine = {k: _digest(parts[k]) for k in {info.rank, (info.rank + 1) % info.world_size}}
     gathered: list[dict[int, str]] = [{}] * info.world_size
     dist.all_gather_object(gathered, mine)
@@ -59,7 +61,7 @@ def check_replicas_agree(module: torch.nn.Module, info: DistInfo) -> None:
             raise RuntimeError(f"ranks hold different weights in {names} (sha256 by rank: "
                                f"{digests}); not saving")
     if info.is_main:
-        print(f"weights identical on all {info.world_size} ranks (each part hashed on two)",
+        print(f"{what} identical on all {info.world_size} ranks (each part hashed on two)",
               flush=True)
 
 

@@ -194,7 +194,10 @@ class LanguageModule(nn.Module):
         self.dense2 = nn.Linear(bottleneck, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense2(F.gelu(self.dense1(x)))
+        # A trainer keeps the modules in fp32 when the shared weights run in bf16 (their
+        # optimizer has no other master copy): they compute in their own dtype.
+        dtype = self.dense1.weight.dtype
+        return self.dense2(F.gelu(self.dense1(x.to(dtype)))).to(x.dtype)
 
 
 class Output(nn.Module):
@@ -375,14 +378,20 @@ class LanguageModel(nn.Module):
         language_index(self.languages, code)  # unknown code: KeyError listing the known ones
         return [(n, p) for n, p in self.named_parameters() if language_of_parameter(n) == code]
 
-    def trainable_language_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """Each language's module parameters that train (all, or the new ones post hoc)."""
-        modules: dict[str, list[nn.Parameter]] = {}
-        for name, param in self.named_parameters():
-            language = language_of_parameter(name)
-            if param.requires_grad and language:
-                modules.setdefault(language, []).append(param)
-        return modules
+    def detach_language_modules(self) -> dict[str, nn.Parameter]:
+        """Take every language module out of this model's parameters and return them by their
+        state-dict names; the layers still run them. A trainer that owns the modules itself
+        (training/language_store.py) calls it before handing the model to DeepSpeed, whose
+        groups, gathers and reductions then hold the shared weights only."""
+        detached = {}
+        for i, layer in enumerate(self.roberta.encoder.layer):
+            output = layer.output
+            modules = output._modules.pop("adapter_modules")
+            output.__dict__["adapter_modules"] = modules  # still ``output.adapter_modules``
+            for name, param in modules.named_parameters():
+                detached[f"roberta.encoder.layer.{i}.output.adapter_modules.{name}"] = param
+        return detached
+
 
 
 def init_transformers_weights(model: nn.Module, std: float) -> None:

@@ -15,7 +15,6 @@ import torch
 from xmod_core.languages import check_language_list, language_index
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.config import Config
-from xmod_pretrain.data.config import LanguagePer
 from xmod_pretrain.data.masking import Masker, MicroBatch
 from xmod_pretrain.data.sampler import LanguageSampler, validation_batches
 from xmod_pretrain.data.shards import ShardSet
@@ -70,12 +69,6 @@ def train_and_valid(cfg: Config, info: DistInfo, manifest: dict) -> tuple[Langua
     """The train sampler and validation batches over ``cfg.data``'s languages (all of the
     manifest when it names none), each through its own modules or the shared module set."""
     data = cfg.data
-    if data.language_per == LanguagePer.rank and cfg.deepspeed.zero_stage == 3 \
-            and info.world_size > 1:
-        raise ConfigError(
-            "deepspeed.zero_stage=3 gathers each module's weights with all ranks together, so "
-            "ranks cannot run different languages in one micro-step: set data.language_per=step"
-        )
     langs = check_language_list(data.languages or list(manifest["languages"]), "data.languages")
     languages = cfg.model.languages
     lang_ids = [language_index(languages, data.shared_module or lang) for lang in langs]

@@ -1,22 +1,33 @@
-"""The DeepSpeed engine, configured from the typed config (the only source of its settings)."""
+"""The DeepSpeed engine over the shared weights, configured from the typed config (the only
+source of its settings). The language modules are not in it: training/language_store.py."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from xmod_pretrain.config import Config
+from xmod_pretrain.model.xmod import LanguageModel
+from xmod_pretrain.training.clipping import GlobalClip
 from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.language_store import LanguageStore
 from xmod_pretrain.training.optim import LanguageAdamW, build_optimizer, build_scheduler
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's JSON config. Batch sizes and clipping come from train/optim, so they cannot
-    disagree: global batch = micro x accumulation x world."""
+def deepspeed_config(cfg: Config, world_size: int, trains_shared: bool = True) -> dict[str, Any]:
+    """DeepSpeed's JSON config. Batch sizes come from train, so they cannot disagree: global
+    batch = micro x accumulation x world. Clipping is ours (clipping.py): the norm that clips
+    covers the language modules too, which DeepSpeed does not hold.
+
+    With every shared weight frozen (add-language) DeepSpeed gets no optimizer; ZeRO-1/2 need
+    one and would partition nothing, so they run as ZeRO-0 (ZeRO-3 still shards the weights)."""
     ds = cfg.deepspeed  # values checked at start (config.check_config)
-    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    stage = ds.zero_stage if trains_shared or ds.zero_stage == 3 else 0
+    zero: dict[str, Any] = {"stage": stage}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.offload_param:
@@ -25,7 +36,7 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": cfg.train.grad_accum_steps,
         "train_batch_size": cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world_size,
-        "gradient_clipping": cfg.optim.clip_grad_norm,
+        "gradient_clipping": 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.train.precision == "bf16"},
         # Our AdamW (torch's, fused) is what we pass in; DeepSpeed has not vetted it for ZeRO.
@@ -38,55 +49,107 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     }
 
 
-def build_engine(model: nn.Module, cfg: Config, info: DistInfo) -> tuple[Any, LanguageAdamW]:
-    """``deepspeed.initialize`` with our AdamW groups and linear schedule. Returns the engine and
-    our optimizer inside it (the trainer tells it which languages each step holds)."""
+@dataclass
+class TrainingEngine:
+    """What a training step runs through: DeepSpeed's engine over the shared weights, the
+    language store over the modules, and the one clipping both apply."""
+
+    deepspeed: Any                   # deepspeed.DeepSpeedEngine
+    optimizer: LanguageAdamW | None  # inside it; None when no shared weight trains
+    store: LanguageStore
+    clip: GlobalClip
+
+    @property
+    def device(self) -> torch.device:
+        return self.deepspeed.device
+
+    @property
+    def trains_shared(self) -> bool:
+        """Whether DeepSpeed steps anything (add-language freezes every shared weight)."""
+        return self.optimizer is not None
+
+    def __call__(self, **inputs):
+        """The model's forward. Without an optimizer DeepSpeed's own forward refuses the
+        backward that follows; the module it wraps still gathers ZeRO-3's shards."""
+        return (self.deepspeed if self.optimizer is not None else self.deepspeed.module)(**inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of a micro-batch's loss, scaled for the accumulation as DeepSpeed does."""
+        if self.optimizer is not None:
+            self.deepspeed.backward(loss)
+        else:
+            (loss / self.deepspeed.gradient_accumulation_steps()).backward()
+
+    def micro_step(self, present: Collection[str], last: bool) -> None:
+        """After a micro-batch's backward; on the step's ``last`` one, the modules' gradients
+        are reduced and measured before DeepSpeed steps (and clips by their norm too), and the
+        ``present`` languages' modules step after it."""
+        if last:
+            self.store.reduce_gradients(present)
+        if self.optimizer is not None:
+            self.deepspeed.step()
+        if last:
+            self.store.step(present)
+
+    def learning_rate(self) -> float:
+        return (self.optimizer or self.store.optimizer).param_groups[0]["lr"]
+
+    def trainable_count(self) -> int:
+        shared = 0 if self.optimizer is None else optimizer_parameter_count(self.deepspeed)
+        return shared + self.store.trainable_count()
+
+    def parameter_count(self) -> int:
+        return parameter_count(self.deepspeed.module) + self.store.count()
+
+
+def build_training_engine(model: LanguageModel, cfg: Config, info: DistInfo) -> TrainingEngine:
+    """The model's language modules detached into a store, DeepSpeed's engine over the rest."""
+    modules = model.detach_language_modules()
+    clip = GlobalClip(cfg.optim.clip_grad_norm)
+    engine, optimizer = build_engine(model, cfg, info, clip)
+    store = LanguageStore(modules, cfg.optim, cfg.optim.total_steps or cfg.train.max_steps, info,
+                          engine.device, clip)
+    return TrainingEngine(engine, optimizer, store, clip)
+
+
+def build_engine(model: nn.Module, cfg: Config, info: DistInfo,
+                 clip: GlobalClip) -> tuple[Any, LanguageAdamW | None]:
+    """``deepspeed.initialize`` over ``model``'s parameters (its language modules detached)
+    with our AdamW groups and linear schedule. Returns the engine and our optimizer inside it
+    (None when no shared weight trains). ``clip`` learns how to read the shared weights' norm."""
     import deepspeed
 
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.optim.total_steps or cfg.train.max_steps)
+    optimizer = build_optimizer(model.named_parameters(), cfg.optim, clip)
+    scheduler = None if optimizer is None else build_scheduler(
+        optimizer, cfg.optim, cfg.optim.total_steps or cfg.train.max_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, info.world_size),
+        config=deepspeed_config(cfg, info.world_size, trains_shared=optimizer is not None),
     )
-    if reduces_gradients_itself(cfg):
-        engine.enable_backward_allreduce = False
+    clip.device = engine.device
+    if optimizer is not None:
+        clip.shared_norm = (lambda: gradient_norm(engine)) if measures_own_norm(engine) \
+            else (lambda: engine.optimizer._global_grad_norm)
     return engine, optimizer
 
 
-def reduces_gradients_itself(cfg: Config) -> bool:
-    """Whether the trainer, not DeepSpeed, averages the gradients over ranks: ZeRO-0 in fp32.
-
-    NOTE: DeepSpeed's ZeRO-0 reduction first gives every parameter without a gradient a zero one
-    (so ranks reduce equal buffers), then flattens, reduces and copies them all back, even on one
-    rank: a cost that grows with the number of languages registered, not present. Our ranks
-    already agree on which gradients exist (see anchor.py). ZeRO 1-3 reduce inside their
-    optimizer, and bf16 ZeRO-0 reduces DeepSpeed's own fp32 accumulation buffers.
-    """
-    return cfg.deepspeed.zero_stage == 0 and cfg.train.precision == "fp32"
-
-
-def all_reduce_gradients(engine) -> None:
-    """Average over ranks the gradients that exist: the shared weights' and the step's
-    languages' modules' (the same set, in the same order, on every rank)."""
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    engine.buffered_allreduce_fallback(grads=grads)
-
-
-def reports_gradient_norm(engine) -> bool:
-    """Whether DeepSpeed measures the global gradient norm (before clipping) at each step: its
-    ZeRO and bf16 optimizers do; its plain fp32 path clips without keeping the norm."""
-    return engine.zero_optimization() or engine.bfloat16_enabled()
+def measures_own_norm(engine) -> bool:
+    """Whether the shared weights' gradient norm is ours to measure: DeepSpeed's ZeRO and bf16
+    optimizers measure it over their partitions (reduced over ranks) before they call ours,
+    and keep it in ``_global_grad_norm``; its plain fp32 path hands our optimizer the whole,
+    already averaged gradients and measures nothing."""
+    return not (engine.zero_optimization() or engine.bfloat16_enabled())
 
 
 def gradient_norm(engine) -> torch.Tensor:
-    """The global 2-norm of the gradients the ranks hold whole (ZeRO-0 fp32, after the
-    reduction), as a tensor: reading it waits on the device, so the caller does that on log
-    steps only."""
+    """The 2-norm of the shared weights' gradients, which every rank holds whole (ZeRO-0 fp32,
+    after DeepSpeed's reduction)."""
     norms = [torch.linalg.vector_norm(p.grad.float()) for p in engine.module.parameters()
              if p.grad is not None]
+    if not norms:
+        return torch.zeros((), device=engine.device)
     return torch.linalg.vector_norm(torch.stack(norms))
 
 

@@ -1,4 +1,5 @@
-"""The optimizer (AdamW that can leave absent languages alone), its groups and the LR schedule."""
+"""The optimizers (AdamW that can leave absent languages alone and clips by the step's global
+norm), their groups and the LR schedule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from xmod_pretrain.model.xmod import language_of_parameter
+from xmod_pretrain.training.clipping import GlobalClip
 from xmod_pretrain.training.config import OptimConfig
 
 
@@ -16,15 +18,12 @@ def no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2
 
 
-def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """AdamW groups over the trainable parameters: with and without weight decay, for the shared
-    weights (``language`` None) and for each language's modules apart (``language`` its code).
-
-    One group per language is what lets the optimizer skip a language, also under ZeRO, where
-    DeepSpeed flattens each group into one tensor and steps the groups one by one.
-    """
+def parameter_groups(named: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> list[dict]:
+    """AdamW groups over the trainable parameters of ``named``: with and without weight decay,
+    for the shared weights (``language`` None) and for each language's modules apart
+    (``language`` its code), so that the optimizer can skip a language."""
     buckets: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
+    for name, param in named:
         if param.requires_grad:
             key = (language_of_parameter(name), no_decay(name, param))
             buckets.setdefault(key, []).append(param)
@@ -34,36 +33,40 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 class LanguageAdamW(torch.optim.AdamW):
-    """AdamW whose step leaves the modules of absent languages untouched.
+    """AdamW whose step leaves the modules of absent languages untouched and scales the
+    gradients it steps by the step's clipping coefficient (clipping.py).
 
-    Before each optimizer step the trainer sets ``present``: the languages of every micro-batch
-    of the global step, on any rank (each rank computes the same set from the deterministic
-    sampler, so no communication is needed). Groups of other languages are skipped: no weight
-    decay, no momentum drift, and no cost, so the step does not grow with the number of
-    languages registered. Their Adam step counts stay behind with them, so a language that
-    returns resumes its own bias correction.
+    Two of them train a run: DeepSpeed's over the shared weights (each group with ``language``
+    None) and the language store's over the modules. Before each optimizer step the trainer
+    sets the store's ``present``: the languages of every micro-batch of the global step, on any
+    rank (each rank computes the same set from the deterministic sampler, so no communication is
+    needed). Groups of other languages are skipped: no weight decay, no momentum drift, and no
+    cost. Their Adam step counts stay behind with them, so a language that returns resumes its
+    own bias correction.
 
-    ``update_absent=True`` is fairseq's and DeepSpeed's behaviour instead: every module is
-    stepped every step, with a zero gradient when its language was absent.
-    NOTE: under ZeRO 1-3 DeepSpeed hands a missing gradient to the optimizer as zeros (one flat
-    partition per group), while without ZeRO a missing gradient stays None (engine.py reduces only
-    those that exist); both policies are explicit here so every stage and world size trains alike.
+    ``update_absent=True`` is fairseq's behaviour instead: every module is stepped every step,
+    with a zero gradient when its language was absent.
     """
 
-    def __init__(self, groups: list[dict], *, update_absent: bool, **defaults):
+    def __init__(self, groups: list[dict], *, update_absent: bool, clip: GlobalClip | None,
+                 **defaults):
         super().__init__(groups, **defaults)
         self.update_absent = update_absent
+        self.clip = clip
         self.present: frozenset[str] = frozenset()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         if self.update_absent:
             _zero_missing_gradients(p for g in self.param_groups for p in g["params"])
-            return super().step(closure)
         every_group = self.param_groups
-        self.param_groups = [g for g in every_group
-                             if g.get("language") is None or g["language"] in self.present]
+        self.param_groups = [g for g in every_group if self.update_absent
+                             or g.get("language") is None or g["language"] in self.present]
         try:
+            # DeepSpeed hands each of its groups (flat partitions under ZeRO) in a call of its own.
+            if self.clip is not None:
+                self.clip.apply(p.grad for g in self.param_groups for p in g["params"]
+                                if p.grad is not None)
             return super().step(closure)
         finally:
             self.param_groups = every_group
@@ -75,10 +78,16 @@ def _zero_missing_gradients(params: Iterable[nn.Parameter]) -> None:
             param.grad = torch.zeros_like(param)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> LanguageAdamW:
+def build_optimizer(named: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig,
+                    clip: GlobalClip | None = None) -> LanguageAdamW | None:
+    """AdamW over the trainable parameters of ``named``; None when none trains. Without
+    ``clip`` it does not clip (an optimizer stepped alone, as the benchmarks' plain step)."""
+    groups = parameter_groups(named, cfg)
+    if not groups:
+        return None
     # fused: one pass over each tensor for the whole update (CPU and CUDA); 15% off the small
     # benchmark config's step on CPU against foreach, whose every op is a pass of its own.
-    return LanguageAdamW(parameter_groups(model, cfg), update_absent=cfg.update_absent_languages,
+    return LanguageAdamW(groups, update_absent=cfg.update_absent_languages, clip=clip,
                          lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 
 

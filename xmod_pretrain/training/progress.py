@@ -9,6 +9,7 @@ device; a log line is the one host sync (and a reduction over ranks) of its step
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,9 +17,9 @@ import torch.distributed as dist
 
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.config import Config
+from xmod_pretrain.training.clipping import GlobalClip
 from xmod_pretrain.training.config import Precision
 from xmod_pretrain.training.distributed import DistInfo
-from xmod_pretrain.training.engine import gradient_norm, reports_gradient_norm
 from xmod_pretrain.training.failures import NonFiniteLoss
 from xmod_pretrain.training.metrics import MetricsLogger, SpikeWatch, language_line, train_line
 from xmod_pretrain.training.peak import PeakMeter, find_peak
@@ -27,24 +28,24 @@ from xmod_pretrain.training.peak import PeakMeter, find_peak
 class ProgressLog:
     """The window of losses since the last log line, and the line itself."""
 
-    def __init__(self, cfg: Config, info: DistInfo, engine, languages: list[str],
-                 flops_per_token: float, metrics: MetricsLogger):
+    def __init__(self, cfg: Config, info: DistInfo, device: torch.device, languages: list[str],
+                 flops_per_token: float, metrics: MetricsLogger, clip: GlobalClip,
+                 learning_rate: Callable[[], float]):
         self.every, self.max_steps = cfg.train.log_every, cfg.train.max_steps
-        self.info, self.engine, self.languages, self.metrics = info, engine, languages, metrics
+        self.info, self.device, self.languages, self.metrics = info, device, languages, metrics
+        self.learning_rate = learning_rate
         self.run_dir = Path(cfg.run_dir)
         self.flops_per_token = flops_per_token
-        device = engine.device
         self.loss = torch.zeros(len(languages), device=device)       # sums since the last line
         self.count = torch.zeros(len(languages), device=device)
         self.nonfinite = torch.zeros(len(languages), device=device)  # NaN/inf micro-batches
         self.spikes = SpikeWatch(cfg.logging.loss_spike_factor, cfg.logging.spike_window)
-        # DeepSpeed keeps no gradient norm in some set-ups: measured here on log steps.
-        self.own_grad_norm, self.grad_norm = not reports_gradient_norm(engine), None
+        self.clip = clip  # the step's global gradient norm, before clipping
         self.peak = self._find_peak(cfg)
         self.start(0, 0)
 
     def _find_peak(self, cfg: Config) -> PeakMeter:
-        device = self.engine.device
+        device = self.device
         dtype = torch.bfloat16 if cfg.train.precision == Precision.bf16 else torch.float32
         if device.type != "cuda" and cfg.train.peak_tflops is None:
             self._print("measuring the matmul peak for MFU")
@@ -72,11 +73,6 @@ class ProgressLog:
         self.count[lang] += finite
         self.nonfinite[lang] += ~finite
 
-    def before_optimizer_step(self, step: int) -> None:
-        """Keep the gradient norm of ``step``, about to be taken, if it logs (before clipping)."""
-        if self.own_grad_norm and self.due(step):
-            self.grad_norm = gradient_norm(self.engine)
-
     def check_finite(self, step: int) -> None:
         """Stop before a NaN/inf can reach a checkpoint (a save calls this): a collective."""
         self._raise_if_nonfinite(self._summed_over_ranks(self.nonfinite[None])[0], step)
@@ -93,7 +89,7 @@ class ProgressLog:
         lang_loss = {lang: s / c for lang, s, c in zip(self.languages, sums, counts) if c}
         loss = sum(sums) / max(sum(counts), 1)
         record = {"step": step, "loss": loss, "grad_norm": self._last_grad_norm(),
-                  "lr": self.engine.get_lr()[0], "tokens_per_s": tokens_per_s,
+                  "lr": self.learning_rate(), "tokens_per_s": tokens_per_s,
                   "updates_per_s": updates_per_s, "tokens_seen": tokens_seen,
                   "wall_s": now - self.train_start, "lang_loss": lang_loss}
         record["mfu"], raised = self.peak.mfu(tokens_per_s * self.flops_per_token)
@@ -138,7 +134,7 @@ class ProgressLog:
 
     def _last_grad_norm(self) -> float | None:
         """The global gradient norm of the step just taken, before clipping."""
-        norm = self.grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
+        norm = self.clip.norm
         return None if norm is None else float(norm)
 
     def _print(self, text: str) -> None:

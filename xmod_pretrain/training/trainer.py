@@ -22,18 +22,10 @@ from xmod_pretrain.config import Config
 from xmod_pretrain.evaluation.masked_lm import masked_lm_loss
 from xmod_pretrain.model.xmod import LanguageModel
 from xmod_pretrain.runs.records import sidecars
-from xmod_pretrain.training.anchor import LanguageAnchor
 from xmod_pretrain.training.distributed import DistInfo
-from xmod_pretrain.training.engine import (
-    all_reduce_gradients,
-    build_engine,
-    optimizer_parameter_count,
-    parameter_count,
-    reduces_gradients_itself,
-)
+from xmod_pretrain.training.engine import TrainingEngine, build_training_engine
 from xmod_pretrain.training.failures import classify_failure
 from xmod_pretrain.training.metrics import MetricsLogger, duration
-from xmod_pretrain.training.optim import LanguageAdamW
 from xmod_pretrain.training.prefetch import Prefetcher
 from xmod_pretrain.training.progress import ProgressLog
 from xmod_pretrain.training.signals import StopRequest, signal_name
@@ -84,7 +76,7 @@ class TrainerState:
 @dataclass
 class RunParts:
     """The Trainer's inputs besides the config. The trainable parameters are the model's with
-    ``requires_grad``: the optimizer groups them (shared, and per language: optim.py)."""
+    ``requires_grad``: DeepSpeed trains the shared ones, the language store the modules'."""
 
     model: LanguageModel                 # its forward(**batch.model_inputs()) has a .loss
     sampler: Sampler                     # train micro-batches, deterministic from (seed, step, index)
@@ -111,10 +103,7 @@ class Trainer:
     languages: list[str]          # model module order (index = language id)
     sampler: Sampler              # train micro-batches, deterministic from (seed, step, index)
     valid: dict[str, list[Batch]]
-    engine: object                # deepspeed.DeepSpeedEngine around the recipe's model
-    optimizer: LanguageAdamW      # inside the engine; told each step's languages
-    reduce_gradients: bool        # the trainer averages gradients itself (ZeRO-0: engine.py)
-    anchor: LanguageAnchor | None  # one gradient order on every rank (several ranks, ZeRO < 3)
+    training: TrainingEngine      # DeepSpeed's engine (shared weights), the language store
     checkpointer: Checkpointer    # saves every train.save_every steps and on a stop
     metrics: MetricsLogger        # rank 0's records: metrics.jsonl, wandb, TensorBoard
     progress: ProgressLog         # the log line every train.log_every steps; NaN/inf checks
@@ -134,11 +123,9 @@ class Trainer:
             parts.model.compile_layers()
         self._print(f"starting DeepSpeed: ZeRO-{cfg.deepspeed.zero_stage}, {info.world_size} "
                     f"rank(s), {cfg.train.precision.value}")
-        self.engine, self.optimizer = build_engine(parts.model, cfg, info)
-        self._print(f"optimizer: {optimizer_parameter_count(self.engine):,} trainable parameters "
-                    f"of {parameter_count(parts.model):,}")
-        self.reduce_gradients = info.world_size > 1 and reduces_gradients_itself(cfg)
-        self.anchor = self._build_anchor(parts.model)
+        self.training = build_training_engine(parts.model, cfg, info)
+        self._print(f"optimizer: {self.training.trainable_count():,} trainable parameters of "
+                    f"{self.training.parameter_count():,}")
         self.checkpointer = self._build_checkpointer(parts.tokenizer)
         self.state, self.saved_step = TrainerState(), None
         self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main,
@@ -148,22 +135,21 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, info.is_main,
                                      dataclasses.asdict(cfg), self._first_logged_step())
         self.validator = Validator(self.valid, cfg.train, self.metrics)
-        self.progress = ProgressLog(cfg, info, self.engine, self.languages,
-                                    parts.flops_per_token, self.metrics)
+        self.progress = ProgressLog(cfg, info, self.training.device, self.languages,
+                                    parts.flops_per_token, self.metrics, self.training.clip,
+                                    self.training.learning_rate)
 
     @property
     def step(self) -> int:
         """Optimizer steps done."""
         return self.state.step
 
-    # ---- construction -------------------------------------------------------------------
+    @property
+    def engine(self):
+        """DeepSpeed's engine over the shared weights."""
+        return self.training.deepspeed
 
-    def _build_anchor(self, model: LanguageModel) -> LanguageAnchor | None:
-        # Ranks on different languages must hand DeepSpeed the same gradients: see anchor.py.
-        # One rank needs no anchor (it cost 9% of the demo's step); ZeRO-3 runs share the language
-        # across ranks instead (and its partitioned parameters cannot be read outside the forward).
-        anchored = self.info.world_size > 1 and self.cfg.deepspeed.zero_stage < 3
-        return LanguageAnchor(model) if anchored else None
+    # ---- construction -------------------------------------------------------------------
 
     def _build_checkpointer(self, tokenizer: Path) -> Checkpointer:
         files = sidecars(self.cfg, tokenizer)
@@ -181,7 +167,10 @@ class Trainer:
     def _resume(self, checkpoint: Path | None) -> None:
         if checkpoint is None:
             return
-        self.state = TrainerState.from_json(self.checkpointer.load(self.engine, checkpoint))
+        self.state = TrainerState.from_json(
+            self.checkpointer.load(self.engine, checkpoint, self.training.store,
+                                   engine_state=self.training.trains_shared))
+        self.training.store.resume_schedule(self.step)
         self.saved_step = self.step
         self._print(f"resumed from {checkpoint} at step {self.step}")
 
@@ -268,21 +257,14 @@ class Trainer:
         """
         accum, world = self.cfg.train.grad_accum_steps, self.info.world_size
         present = [self.languages[i] for i in self.sampler.step_languages(self.step, accum, world)]
-        self.optimizer.present = frozenset(present)
-        if self.anchor:
-            self.anchor.set_languages(present)
         for micro in range(accum):
             index = micro * world + self.info.rank  # position in the global batch
             batch = self.batches.get(self.step, micro)
             # Dropout noise is a function of (seed, step, index) too: resumable, world-size free.
             torch.manual_seed(hash((self.cfg.train.seed, self.step, index)) & 0x7FFF_FFFF)
             loss = self._forward(batch)
-            self.engine.backward(loss)
-            if self.reduce_gradients and micro == accum - 1:  # ZeRO-0: see engine.py
-                all_reduce_gradients(self.engine)
-            if micro == accum - 1:
-                self.progress.before_optimizer_step(self.step + 1)  # before engine.step() clips
-            self.engine.step()
+            self.training.backward(loss)
+            self.training.micro_step(present, last=micro == accum - 1)
             self.progress.count_loss(loss.detach().float(), batch.lang)
         self.state.tokens_seen += accum * world * batch.input_ids.numel()
 
@@ -304,7 +286,7 @@ class Trainer:
         device = self.engine.device  # pinned (prefetched) host tensors copy asynchronously
         inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                   for k, v in batch.model_inputs().items()}
-        return self.engine(**inputs)
+        return self.training(**inputs)
 
     def validate(self) -> dict[str, float]:
         """Token-weighted valid loss per language; rank 0 prints the table."""
@@ -324,7 +306,8 @@ class Trainer:
         """A checkpoint of this step, after checking that no loss since the last log was
         NaN/inf (on every rank: a collective, as the save is)."""
         self.progress.check_finite(self.step)
-        self.checkpointer.save(self.engine, self.step, self.state.to_json())  # rank 0 says when
+        self.checkpointer.save(self.engine, self.step, self.state.to_json(),  # rank 0 says when
+                               self.training.store, engine_state=self.training.trains_shared)
         self.saved_step = self.step
 
     def _print(self, text: str) -> None:

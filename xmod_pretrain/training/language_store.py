@@ -1,0 +1,141 @@
+"""The language modules of a run, owned by the trainer rather than by DeepSpeed.
+
+DeepSpeed holds the shared weights (any ZeRO stage); the modules live here, whole on every rank,
+with their own AdamW. A step touches only its present languages (the sampler tells every rank
+which, with no communication): their gradients are averaged over ranks in one flat collective,
+in the same order on every rank (sorted languages, then the model's parameter order, zeros where
+this rank ran another language), their norm joins the shared weights' for clipping
+(clipping.py), and only their groups are stepped. An absent language gets no gradient, no norm,
+no byte of traffic and no optimizer work, so the step does not grow with the languages
+registered; and since DeepSpeed never sees a module, ZeRO-3's collective gathers are the same on
+ranks that run different languages.
+
+A checkpoint holds each language's weights and AdamW state in a file of its own
+(``languages/<code>.safetensors``): see ``state`` and ``load_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from xmod_pretrain.model.xmod import language_of_parameter
+from xmod_pretrain.training.clipping import GlobalClip, squared_norm
+from xmod_pretrain.training.config import OptimConfig
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.optim import build_optimizer, build_scheduler
+
+LANGUAGE_STATE_DIR = "languages"  # in a checkpoint: one file per language
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+class LanguageStore:
+    """Every language's module parameters (by state-dict name) and their optimizer."""
+
+    def __init__(self, named: dict[str, nn.Parameter], cfg: OptimConfig, schedule_steps: int,
+                 info: DistInfo, device: torch.device, clip: GlobalClip):
+        self.info, self.clip = info, clip
+        for param in named.values():
+            param.data = param.data.to(device)
+        self.named = named
+        self.by_language: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, param in named.items():
+            self.by_language.setdefault(language_of_parameter(name), []).append((name, param))
+        self.optimizer = build_optimizer(named.items(), cfg, clip)
+        self.scheduler = (None if self.optimizer is None
+                          else build_scheduler(self.optimizer, cfg, schedule_steps))
+        self.trainable = {lang: [p for _, p in params if p.requires_grad]
+                          for lang, params in self.by_language.items()}
+
+    @property
+    def trains(self) -> bool:
+        return self.optimizer is not None
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for params in self.trainable.values() for p in params)
+
+    def count(self) -> int:
+        return sum(p.numel() for p in self.named.values())
+
+    # ---- a step ------------------------------------------------------------------------------
+
+    def step_parameters(self, present: Iterable[str]) -> list[nn.Parameter]:
+        """The trainable parameters of ``present``, in the order every rank uses."""
+        return [p for lang in sorted(present) for p in self.trainable.get(lang, [])]
+
+    @torch.no_grad()
+    def reduce_gradients(self, present: Iterable[str]) -> None:
+        """Average the present modules' gradients over ranks, as DeepSpeed averages the shared
+        ones, and give this step's clipping their squared norm. All ranks call it."""
+        params = self.step_parameters(present)
+        for param in params:  # a language another rank ran
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        grads = [p.grad for p in params]
+        if grads and self.info.world_size > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat.div_(self.info.world_size)
+            offset = 0
+            for grad in grads:
+                grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
+        self.clip.begin_step(squared_norm(grads))
+
+    def step(self, present: Iterable[str]) -> None:
+        """Step the present languages (every language with ``update_absent_languages``) and
+        the learning rate, then drop the gradients."""
+        if self.optimizer is None:
+            return
+        self.optimizer.present = frozenset(present)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Every module weight, fp32 on the host (a copy: training goes on)."""
+        return {name: p.detach().to("cpu", torch.float32, copy=True)
+                for name, p in self.named.items()}
+
+    def state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per language: its weights, and for each trainable one its AdamW moments and step
+        count (``<name>.exp_avg``, ``<name>.exp_avg_sq``, ``<name>.step``), host copies."""
+        saved: dict[str, dict[str, torch.Tensor]] = {}
+        optimizer_state = {} if self.optimizer is None else self.optimizer.state
+        for lang, params in self.by_language.items():
+            tensors = saved.setdefault(lang, {})
+            for name, param in params:
+                tensors[name] = param.detach().to("cpu", torch.float32, copy=True)
+                for key, value in optimizer_state.get(param, {}).items():
+                    tensors[f"{name}.{key}"] = value.detach().to("cpu", copy=True).reshape(
+                        value.shape if key in MOMENTS else (1,))
+        return saved
+
+    @torch.no_grad()
+    def load_state(self, folder: Path) -> None:
+        """Weights and AdamW state of every language from ``folder`` (a checkpoint's
+        ``languages/``), and the learning rate schedule at ``step``."""
+        from safetensors.torch import load_file
+
+        for lang, params in self.by_language.items():
+            saved = load_file(folder / f"{lang}.safetensors")
+            for name, param in params:
+                param.copy_(saved[name])
+                if self.optimizer is not None and param.requires_grad and \
+                        f"{name}.exp_avg" in saved:
+                    self.optimizer.state[param] = {
+                        key: saved[f"{name}.{key}"].to(param.device).reshape(
+                            param.shape if key in MOMENTS else ())
+                        for key in (*MOMENTS, "step")}
+
+    def resume_schedule(self, step: int) -> None:
+        """The learning rate of optimizer step ``step`` (a function of the step alone)."""
+        if self.scheduler is not None:
+            self.scheduler.last_epoch = step - 1
+            self.scheduler.step()

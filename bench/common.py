@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -104,9 +105,18 @@ def target(value: float, goal: float) -> dict:
 
 # ---- configurations and batches ---------------------------------------------------------------
 
+def language_codes(count: int) -> list[str]:
+    """The xmod-base languages, then made-up codes (xaa_XX, xab_XX, ..., xaa_XA, ...) beyond."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    made_up = (f"x{a}{b}_X{region}" for region in "X" + letters.upper().replace("X", "")
+               for a, b in itertools.product(letters, repeat=2))
+    return list(itertools.islice(itertools.chain(XMOD_BASE_LANGUAGES, made_up), count))
+
+
 @dataclass(frozen=True)
 class Size:
-    """A model and batch shape to benchmark, with the first ``languages`` xmod-base languages."""
+    """A model and batch shape to benchmark, with ``languages`` languages: xmod-base's first,
+    then made-up codes (``language_codes``)."""
 
     name: str
     hidden: int
@@ -122,7 +132,7 @@ class Size:
         return ModelConfig(vocab_size=self.vocab, hidden_size=self.hidden,
                            num_hidden_layers=self.layers, num_attention_heads=self.heads,
                            intermediate_size=self.intermediate,
-                           languages=list(XMOD_BASE_LANGUAGES[: self.languages]))
+                           languages=language_codes(self.languages))
 
     @property
     def tokens(self) -> int:

@@ -11,13 +11,12 @@ import sys
 
 import pytest
 from PIL import Image
-from safetensors.torch import load_file
 
 from tests.support.launch import TINY_MODEL, read_metrics
-from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.experiments.curse import main as curse_main
 from xmod_pretrain.model.xmod import language_of_parameter
+from xmod_pretrain.runs.records import open_run
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +46,7 @@ def experiment(tiny_data, tmp_path_factory):
 def module_languages(run_dir) -> dict[int, set[str]]:
     """Per layer, the languages that have module weights in the run's latest checkpoint."""
     layers: dict[int, set[str]] = {}
-    for name in load_file(latest_checkpoint(run_dir) / "model.safetensors"):
+    for name in open_run(run_dir).weights():
         lang = language_of_parameter(name)
         if lang is not None:
             layer = int(name.split(".layer.")[1].split(".")[0])

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_core.shards import read_manifest
+from xmod_pretrain.checkpoint.language_files import language_manifest, read_language_files
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.data.config import DataConfig
 from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.data.sampler import LanguageSampler
 from xmod_pretrain.data.shards import ShardSet
 from xmod_pretrain.model.xmod import language_of_parameter
+from xmod_pretrain.runs.records import open_run
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ STEPS = ["train.max_steps=8", "train.log_every=1", "train.eval_every=0", "train.
 
 
 def final_weights(run) -> dict[str, torch.Tensor]:
-    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    return open_run(run).weights()
 
 
 def assert_same_training(a, b, tol=2e-4) -> None:
@@ -132,21 +133,27 @@ def test_zero3_with_shared_languages_equals_plain_data_parallel(tiny_data, tmp_p
 
 def test_zero3_with_per_rank_languages_resumes_exactly(tiny_data, tmp_path):
     """ZeRO-3 with ranks on different languages, stopped at step 4 and resumed: the losses and
-    weights of 8 steps straight. Each language's checkpoint file carries its module's AdamW
-    state, the absent yo_NG's too (weights only: it never had a step)."""
+    weights of 8 steps straight. Each language's file carries its module's AdamW state (the
+    absent yo_NG's none: it never had a step), and the save after the resume writes files for
+    the languages of steps 5-8 only; the manifest keeps naming the others' files of step 4."""
     common = ["model.languages=[de_DE,el_GR,en_XX,ru_RU,yo_NG]", *STEPS[1:], "deepspeed=zero3"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_training(straight, tiny_data, "train.max_steps=8", *common, nproc=2)
     run_training(resumed, tiny_data, "train.max_steps=4", "optim.total_steps=8", *common,
                  nproc=2)
     first = latest_checkpoint(resumed)
-    de, yo = (load_file(str(first / "languages" / f"{lang}.safetensors"))
-              for lang in ("de_DE", "yo_NG"))
-    assert any(k.endswith(".exp_avg_sq") for k in de)
-    assert not any(k.endswith(".exp_avg") for k in yo)
+    before = language_manifest(first)
+    saved = read_language_files(first, before, with_state=True)
+    assert any(k.endswith("::exp_avg_sq") for k in saved["de_DE"])
+    assert not any("::" in k for k in saved["yo_NG"])
     proc = run_training(resumed, tiny_data, "train.max_steps=8", *common, nproc=2)
     assert "resumed from" in proc.stdout
     assert_same_training(straight, resumed, tol=1e-6)
+    after = language_manifest(latest_checkpoint(resumed))
+    sampler, langs = tiny_sampler(tiny_data)
+    trained = {langs[i] for step in range(4, 8) for i in sampler.step_languages(step, 1, 2)}
+    rewritten = {lang for lang in after if after[lang] != before[lang]}
+    assert rewritten == trained and "yo_NG" not in rewritten
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -16,6 +16,7 @@ import torch
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
 from xmod_pretrain.checkpoint.checkpointer import Checkpointer
+from xmod_pretrain.checkpoint.language_files import language_manifest
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.training.distributed import DistInfo
 
@@ -117,5 +118,10 @@ def test_keep_checkpoints_bounds_how_many_stay(tiny_data, tmp_path):
     run_training(run, tiny_data, "train.max_steps=6", "train.save_every=2", "train.eval_every=0",
                  "train.keep_checkpoints=2")
     kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
-    assert kept == ["step_00000004", "step_00000006"]
+    assert kept == ["languages", "step_00000004", "step_00000006"]  # languages/: files both name
+    named = {entry["file"] for name in kept[1:]
+             for entry in language_manifest(run / "checkpoints" / name).values()}
+    stored = {p.relative_to(run / "checkpoints").as_posix()
+              for p in (run / "checkpoints" / "languages").glob("*/*")}
+    assert stored == named  # the pruned checkpoints' own files went with them
     assert latest_checkpoint(run).name == "step_00000006"

@@ -11,7 +11,8 @@ import torch
 
 from bench import BENCHMARKS
 from bench.__main__ import main, run_one
-from bench.languages import COUNTS
+from bench.languages import COUNTS, QUICK_POLICIES
+from bench.languages import STAGES as STAGES_MEASURED
 from bench.memory import STAGES, per_rank
 from bench.zero3 import LAYOUTS
 from xmod_pretrain.model.xmod import model_flops_per_token
@@ -98,7 +99,9 @@ def test_languages_ratios_are_against_four_languages(tmp_path):
     result = run_one("languages", quick=True, out_dir=tmp_path)
     check_files(tmp_path, "languages", ("languages.png",))
     rows = {(r["zero_stage"], r["update_absent_languages"], r["languages"]): r for r in result["rows"]}
-    assert len(rows) == len(result["rows"]) == 2 * 2 * len(COUNTS)
+    assert len(rows) == len(result["rows"]) == len(STAGES_MEASURED) * sum(
+        len(counts) for _, counts in QUICK_POLICIES)
+    assert {n for _, _, n in rows} == {4, 2000} and COUNTS[-1] == 2000
     assert all(row["step_s"] > 0 and row["vs_4_languages"] > 0 for row in result["rows"])
     assert all(row["vs_4_languages"] == 1 for row in result["rows"] if row["languages"] == COUNTS[0])
     assert result["met"] == (result["worst_ratio_default_policy"] <= result["goal"])
@@ -124,13 +127,15 @@ def test_checkpoint_cost_is_measured_on_every_rank_of_both_stages(tmp_path):
             assert 0 < f["loop_held_s"] <= f["published_s"] and f["peak_added_gib"] >= 0
 
 
-def test_the_accelerator_check_runs_its_three_steps_on_the_cpu(tmp_path):
+def test_the_accelerator_check_runs_its_steps_on_the_cpu(tmp_path):
+    """Ours eager, compiled and with 1,000 languages registered, and transformers'."""
     result = run_one("gpu", quick=True, out_dir=tmp_path)
     check_files(tmp_path, "gpu")
     assert result["device"] == "cpu" and result["sync_check"] == "not run: no CUDA device"
     assert result["peak_source"].startswith("measured: bfloat16")
     runs = result["runs"]
-    assert set(result["speedup_over_transformers"]) == set(runs)
+    assert set(result["speedup_over_transformers"]) == set(runs) == {
+        "ours", "ours_compiled", "ours_1000_languages", "transformers"}
     assert all(r["per_s"] > 0 and r["mfu"] > 0 for r in runs.values())
     assert runs["ours_compiled"]["first_step_s"] > 0
 

@@ -255,7 +255,7 @@ def test_trainer_state_reads_checkpoints_of_earlier_versions():
 
 def test_a_resume_refuses_a_checkpoint_whose_modules_state_is_inside_deepspeeds_files(tmp_path):
     """Written before the language modules had files of their own: refused with the reason and
-    what still reads it; a checkpoint with languages/, or a weights-only one, passes."""
+    what still reads it; a checkpoint with a language manifest, or a weights-only one, passes."""
     from xmod_pretrain.checkpoint.layout import DEEPSPEED_STATE
     from xmod_pretrain.checkpoint.resume import RunStateError, check_language_state
 
@@ -266,5 +266,50 @@ def test_a_resume_refuses_a_checkpoint_whose_modules_state_is_inside_deepspeeds_
     with pytest.raises(RunStateError, match=r"step_00000002 keeps its language modules' "
                                             r"optimizer state inside DeepSpeed's files.*load_run"):
         check_language_state(checkpoint)
-    (checkpoint / "languages").mkdir()
+    (checkpoint / "languages.manifest.json").write_text("{}")
     check_language_state(checkpoint)
+
+
+def language_checkpoint(root: Path, step: int, manifest: dict) -> Path:
+    """A checkpoint folder that counts as complete and names ``manifest``'s language files."""
+    from xmod_pretrain.checkpoint.language_files import write_manifest
+
+    path = root / f"step_{step:08d}"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"step": step}))
+    write_manifest(path, manifest)
+    return path
+
+
+def test_language_files_are_shared_verified_and_removed_once_no_checkpoint_names_them(tmp_path):
+    """A save writes only the languages given, the next checkpoint's manifest names the older
+    files of the others, a changed byte in a shared file is caught for every checkpoint that
+    names it, and a file is removed only when no complete checkpoint names it."""
+    from xmod_pretrain.checkpoint.language_files import (
+        language_manifest,
+        read_language_files,
+        remove_unnamed_files,
+        write_language_files,
+    )
+    from xmod_pretrain.checkpoint.verify import verify_language_files
+
+    root = tmp_path / "checkpoints"
+    tensors = {"de_DE": {"w": torch.zeros(3), "w::exp_avg": torch.ones(3)},
+               "yo_NG": {"w": torch.full((3,), 2.0)}}
+    first = write_language_files(root, 2, tensors)
+    one = language_checkpoint(root, 2, first)
+    second = {**first, **write_language_files(root, 4, {"de_DE": {"w": torch.ones(3)}})}
+    two = language_checkpoint(root, 4, second)
+    assert second["yo_NG"] == first["yo_NG"] and second["de_DE"] != first["de_DE"]
+    assert len(list((root / "languages" / "de_DE").iterdir())) == 2
+    read = read_language_files(two, language_manifest(two), with_state=False)
+    assert torch.equal(read["de_DE"]["w"], torch.ones(3)) and "w::exp_avg" not in read["de_DE"]
+    assert remove_unnamed_files(root) == []
+    shutil.rmtree(one)  # pruned: its de_DE file is named by nothing now
+    assert [p.name for p in remove_unnamed_files(root)] == [Path(first["de_DE"]["file"]).name]
+    verify_language_files(two)
+    truncate(root / second["yo_NG"]["file"])
+    with pytest.raises(CheckpointCorrupt, match=r"yo_NG/step_00000002-\w+\.safetensors is "
+                                                r"corrupt: it is \d+ bytes.*step_00000004/"
+                                                r"languages.manifest.json"):
+        verify_language_files(two)

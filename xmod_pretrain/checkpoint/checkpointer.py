@@ -21,6 +21,14 @@ import torch
 
 from xmod_core.atomic import fsync_dir, fsync_tree, write_text
 from xmod_core.outputs import CHECKPOINTS, LATEST
+from xmod_pretrain.checkpoint.language_files import (
+    Manifest,
+    language_manifest,
+    read_language_files,
+    remove_unnamed_files,
+    write_language_files,
+    write_manifest,
+)
 from xmod_pretrain.checkpoint.layout import (
     CHECKSUMS,
     TMP_PREFIX,
@@ -42,7 +50,7 @@ from xmod_pretrain.checkpoint.storage import (
 from xmod_pretrain.checkpoint.verify import write_checksums
 from xmod_pretrain.checkpoint.weights import check_replicas_agree, consolidated_weights
 from xmod_pretrain.training.distributed import DistInfo, barrier, from_rank0
-from xmod_pretrain.training.language_store import LANGUAGE_STATE_DIR, LanguageStore
+from xmod_pretrain.training.language_store import LanguageStore
 
 
 class Checkpointer:
@@ -59,6 +67,7 @@ class Checkpointer:
         self.sidecars = sidecars
         self.publishing: tuple[Path, threading.Thread] | None = None  # rank 0's last save
         self.publish_failure: str | None = None
+        self.manifest: Manifest = {}  # the language files of the last checkpoint saved or read
         ignore_file_size_signal()
 
     def due(self, step: int, stopping: bool) -> bool:
@@ -73,8 +82,10 @@ class Checkpointer:
         optimizer (every shared weight frozen): it has nothing to resume that the weights do not
         hold, and DeepSpeed cannot save its ZeRO-3 kind.
 
-        DeepSpeed's files are written here, by every rank. Rank 0 then copies the weights and
-        returns: its publishing thread writes model.safetensors and the sidecars, checksums and
+        DeepSpeed's files are written here, by every rank. Rank 0 then copies the shared weights
+        and the state of the languages that trained since the last save, and returns: its
+        publishing thread writes those languages' files (checkpoint/language_files.py), then
+        model.safetensors, the manifest and the sidecars, checksums and
         flushes everything, renames the folder into place and moves ``latest``, while training
         goes on. ``finish`` (which the next save calls first) waits for it. Out of space (or
         past a file-size limit), every rank raises CheckpointWriteError there or here, and
@@ -93,8 +104,7 @@ class Checkpointer:
         weights = consolidated_weights(engine, self.info)
         languages = None
         if self.info.is_main and store is not None:  # host copies: training goes on
-            weights.update(store.weights())
-            languages = store.state()
+            languages = store.changed_state()
         failure = self._any_rank(failure)  # also the barrier before rank 0 publishes
         if failure is not None:
             self._abandon(tmp, failure)
@@ -153,7 +163,8 @@ class Checkpointer:
         partial = sorted(p for p in self.root.glob(f"{TMP_PREFIX}*") if p.is_dir())
         for path in partial:
             shutil.rmtree(path)
-        return [path.name for path in partial]
+        files = remove_unnamed_files(self.root) if self.root.is_dir() else []
+        return [path.name for path in partial] + [str(p.relative_to(self.root)) for p in files]
 
     def _fresh_tmp(self, step: int) -> Path:
         tmp = self.root / f"{TMP_PREFIX}{step_tag(step)}"
@@ -191,10 +202,9 @@ class Checkpointer:
                  languages: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
         """Complete ``tmp``, checksum and flush it, rename it into place, then move ``latest``."""
         save_safetensors(weights, tmp / WEIGHTS)
-        if languages is not None:
-            (tmp / LANGUAGE_STATE_DIR).mkdir()
-            for lang, tensors in languages.items():
-                save_safetensors(tensors, tmp / LANGUAGE_STATE_DIR / f"{lang}.safetensors")
+        if languages is not None:  # the files first: the manifest names them
+            manifest = {**self.manifest, **write_language_files(self.root, step, languages)}
+            write_manifest(tmp, manifest)
         self._write_sidecars(tmp, trainer_state)
         write_checksums(tmp)  # inside tmp: part of the atomic write
         fsync_tree(tmp)
@@ -208,7 +218,10 @@ class Checkpointer:
             os.replace(tmp, final)
         fsync_dir(self.root)
         write_text(self.root / LATEST, final.name + "\n")
+        if languages is not None:
+            self.manifest = manifest
         self._prune()
+        remove_unnamed_files(self.root)
 
     def _write_sidecars(self, path: Path, trainer_state: dict[str, Any]) -> None:
         (path / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
@@ -246,5 +259,6 @@ class Checkpointer:
             if load_path is None:
                 raise FileNotFoundError(f"DeepSpeed found no checkpoint to load in {path}")
         if store is not None:
-            store.load_state(path / LANGUAGE_STATE_DIR)
+            self.manifest = language_manifest(path) or {}
+            store.load_state(read_language_files(path, self.manifest, with_state=True))
         return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))

@@ -3,14 +3,17 @@
 Layout::
 
     run_dir/checkpoints/step_00000200/   DeepSpeed engine state (model, optimizer, LR schedule)
-                        ├ model.safetensors    all weights, consolidated (ZeRO-3 too), fp32
-                        ├ languages/<code>.safetensors  a language's module weights, AdamW state
+                        ├ model.safetensors    the shared weights, consolidated (ZeRO-3 too), fp32
+                        ├ languages.manifest.json  each language's file in languages/ below
                         ├ trainer_state.json   step, tokens seen, first validation
                         ├ config.yaml          the resolved run config
                         ├ languages.json       module index order
                         ├ sentencepiece.bpe.model
                         └ checksums.json       {relative path: {sha256, size}} of every other file
     run_dir/checkpoints/latest           the name of the newest complete checkpoint
+    run_dir/checkpoints/languages/<code>/step_00000200-<token>.safetensors
+                                         a language's module weights and AdamW state, written
+                                         when it trained since the last save (language_files.py)
 
 checkpointer.py writes a checkpoint, verify.py checks it, choice.py chooses which one a start
 resumes from or a tool reads.

@@ -12,12 +12,12 @@ from xmod_core.errors import UserError
 from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE
 from xmod_core.shards import TOKENIZER_FILE, check_run_tokenizer, is_prepared
 from xmod_pretrain.checkpoint.choice import resume_checkpoint
+from xmod_pretrain.checkpoint.language_files import MANIFEST
 from xmod_pretrain.checkpoint.layout import DEEPSPEED_STATE, TRAINER_STATE, complete_checkpoints
 from xmod_pretrain.config import Config
 from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.runs.records import load_config
 from xmod_pretrain.training.distributed import DistInfo
-from xmod_pretrain.training.language_store import LANGUAGE_STATE_DIR
 from xmod_pretrain.training.metrics import flatten
 
 # Settings whose change on resume gives other batches or another schedule than the run had.
@@ -69,11 +69,11 @@ def check_language_state(checkpoint: Path) -> None:
     """Refuse a checkpoint whose language modules' optimizer state sits inside DeepSpeed's
     files (written before the modules left DeepSpeed's groups): it cannot be resumed exactly.
     Everything that reads its weights still does."""
-    if (checkpoint / LANGUAGE_STATE_DIR).is_dir() or not (checkpoint / DEEPSPEED_STATE).is_file():
+    if (checkpoint / MANIFEST).is_file() or not (checkpoint / DEEPSPEED_STATE).is_file():
         return
     raise RunStateError(
         f"{checkpoint} keeps its language modules' optimizer state inside DeepSpeed's files, as "
-        f"checkpoints did before each language had its own file ({LANGUAGE_STATE_DIR}/): this "
+        f"checkpoints did before each language had its own file (listed in {MANIFEST}): this "
         "version cannot resume it exactly. Its weights still serve evaluate, export, load_run "
         "and add-language --from; to train on, start a new run_dir from them with add-language "
         "or finish this run with the version that wrote it")

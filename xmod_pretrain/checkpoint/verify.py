@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xmod_core.atomic import file_sha256
+from xmod_pretrain.checkpoint.language_files import MANIFEST, language_manifest
 from xmod_pretrain.checkpoint.layout import CHECKSUMS, CheckpointCorrupt
 
 
@@ -41,13 +42,25 @@ def verify_checkpoint(path: Path, files: Iterable[str] | None = None) -> None:
     if not listing_path.is_file():
         return
     listing = _read_listing(listing_path)
-    names = sorted(listing) if files is None else list(files)
+    _check(path, listing, sorted(listing) if files is None else list(files), CHECKSUMS)
+    if files is None:
+        verify_language_files(path)
+
+
+def verify_language_files(path: Path) -> None:
+    """Check the language files the checkpoint ``path``'s manifest names (they live beside the
+    checkpoints, shared by several) against the sha256 and size it recorded."""
+    entries = {entry["file"]: entry for entry in (language_manifest(path) or {}).values()}
+    _check(path.parent, entries, sorted(entries), f"{path.name}/{MANIFEST}")
+
+
+def _check(folder: Path, listing: dict[str, dict], names: list[str], listed_in: str) -> None:
     for name in names:  # sizes first: cheap, and they catch truncation
-        _check_size(path, name, listing)
-    for name, digest in zip(names, _hash_files(path, names)):
+        _check_size(folder, name, listing, listed_in)
+    for name, digest in zip(names, _hash_files(folder, names)):
         if digest != listing[name]["sha256"]:
-            raise _corrupt(path, name, f"its sha256 is {digest[:16]}..., not the "
-                                       f"{listing[name]['sha256'][:16]}... recorded")
+            raise _corrupt(folder, name, f"its sha256 is {digest[:16]}..., not the "
+                                         f"{listing[name]['sha256'][:16]}... recorded", listed_in)
 
 
 def _read_listing(listing_path: Path) -> dict[str, dict]:
@@ -58,21 +71,22 @@ def _read_listing(listing_path: Path) -> dict[str, dict]:
             return listing
     except (ValueError, TypeError, KeyError, AttributeError):
         pass
-    raise _corrupt(listing_path.parent, CHECKSUMS, "it is not a readable checksum list")
+    raise _corrupt(listing_path.parent, CHECKSUMS, "it is not a readable checksum list",
+                   CHECKSUMS)
 
 
-def _check_size(path: Path, name: str, listing: dict[str, dict]) -> None:
+def _check_size(path: Path, name: str, listing: dict[str, dict], listed_in: str) -> None:
     if name not in listing:
-        raise _corrupt(path, name, f"it is not listed in {CHECKSUMS}")
+        raise _corrupt(path, name, "it is not listed", listed_in)
     file = path / name
     if not file.is_file():
-        raise _corrupt(path, name, "it is missing")
+        raise _corrupt(path, name, "it is missing", listed_in)
     size, expected = file.stat().st_size, listing[name]["size"]
     if size != expected:
-        raise _corrupt(path, name, f"it is {size} bytes, not the {expected} recorded")
+        raise _corrupt(path, name, f"it is {size} bytes, not the {expected} recorded", listed_in)
 
 
-def _corrupt(path: Path, name: str, problem: str) -> CheckpointCorrupt:
+def _corrupt(path: Path, name: str, problem: str, listed_in: str) -> CheckpointCorrupt:
     return CheckpointCorrupt(f"checkpoint file {path / name} is corrupt: {problem} in "
-                             f"{CHECKSUMS}. Restore it from a copy, or use an earlier checkpoint "
+                             f"{listed_in}. Restore it from a copy, or use an earlier checkpoint "
                              "(resuming training moves this one aside and falls back by itself)")

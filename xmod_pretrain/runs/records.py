@@ -38,6 +38,7 @@ from xmod_core.outputs import (
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_pretrain.checkpoint.checkpointer import Checkpointer
 from xmod_pretrain.checkpoint.choice import newest_verified
+from xmod_pretrain.checkpoint.language_files import language_manifest, read_language_files
 from xmod_pretrain.checkpoint.layout import (
     TMP_PREFIX,
     TRAINER_STATE,
@@ -47,7 +48,7 @@ from xmod_pretrain.checkpoint.layout import (
     step_of,
     step_tag,
 )
-from xmod_pretrain.checkpoint.verify import verify_checkpoint
+from xmod_pretrain.checkpoint.verify import verify_checkpoint, verify_language_files
 from xmod_pretrain.config import Config, without_retired_keys
 from xmod_pretrain.runs.paths import relocate_paths, resolve_paths
 from xmod_pretrain.training.distributed import DistInfo
@@ -84,8 +85,15 @@ class RunCheckpoint:
         return int(self.trainer_state["step"])
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """Every weight (fp32, each tied tensor once), read with safetensors: no unpickling."""
-        return load_file(str(self.path / WEIGHTS))
+        """Every weight (fp32, each tied tensor once), read with safetensors: no unpickling.
+        A training checkpoint keeps the language modules in files of their own, which its
+        manifest names; a weights-only one holds them in ``model.safetensors``."""
+        weights = load_file(str(self.path / WEIGHTS))
+        manifest = language_manifest(self.path)
+        if manifest:
+            for tensors in read_language_files(self.path, manifest, with_state=False).values():
+                weights.update(tensors)
+        return weights
 
     def tokenizer_sha256(self) -> str:
         return hashlib.sha256(self.tokenizer.read_bytes()).hexdigest()
@@ -123,6 +131,7 @@ def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
     if missing:
         raise RunNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}")
     verify_checkpoint(path, CHECKPOINT_FILES)
+    verify_language_files(path)
     config = load_config(path / CONFIG_FILE)
     languages = json.loads((path / LANGUAGES_FILE).read_text(encoding="utf-8"))
     if languages != config.model.languages:

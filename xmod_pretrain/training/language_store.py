@@ -10,26 +10,26 @@ no byte of traffic and no optimizer work, so the step does not grow with the lan
 registered; and since DeepSpeed never sees a module, ZeRO-3's collective gathers are the same on
 ranks that run different languages.
 
-A checkpoint holds each language's weights and AdamW state in a file of its own
-(``languages/<code>.safetensors``): see ``state`` and ``load_state``.
+A checkpoint holds each language's weights and AdamW state in a file of its own, written only
+when the language trained since the last save (checkpoint/language_files.py): see
+``changed_state`` and ``load_state``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from xmod_pretrain.checkpoint.language_files import STATE_SEPARATOR
 from xmod_pretrain.model.xmod import language_of_parameter
 from xmod_pretrain.training.clipping import GlobalClip, squared_norm
 from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.optim import build_optimizer, build_scheduler
 
-LANGUAGE_STATE_DIR = "languages"  # in a checkpoint: one file per language
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -50,6 +50,9 @@ class LanguageStore:
                           else build_scheduler(self.optimizer, cfg, schedule_steps))
         self.trainable = {lang: [p for _, p in params if p.requires_grad]
                           for lang, params in self.by_language.items()}
+        # Languages whose state differs from the last checkpoint's: all of them until a save
+        # or a resume, then the ones stepped since.
+        self.changed: set[str] = set(self.by_language)
 
     @property
     def trains(self) -> bool:
@@ -92,47 +95,48 @@ class LanguageStore:
         if self.optimizer is None:
             return
         self.optimizer.present = frozenset(present)
+        stepped = self.trainable if self.optimizer.update_absent else present
+        self.changed |= {lang for lang in stepped if self.trainable.get(lang)}
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        """Every module weight, fp32 on the host (a copy: training goes on)."""
-        return {name: p.detach().to("cpu", torch.float32, copy=True)
-                for name, p in self.named.items()}
-
-    def state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Per language: its weights, and for each trainable one its AdamW moments and step
-        count (``<name>.exp_avg``, ``<name>.exp_avg_sq``, ``<name>.step``), host copies."""
-        saved: dict[str, dict[str, torch.Tensor]] = {}
+    def changed_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Host copies of the languages changed since the last save, which then count as saved:
+        per language its weights and, once stepped, their AdamW moments and step count
+        (``<name>::exp_avg``, ``<name>::exp_avg_sq``, ``<name>::step``)."""
         optimizer_state = {} if self.optimizer is None else self.optimizer.state
-        for lang, params in self.by_language.items():
+        saved: dict[str, dict[str, torch.Tensor]] = {}
+        for lang in sorted(self.changed):
             tensors = saved.setdefault(lang, {})
-            for name, param in params:
+            for name, param in self.by_language[lang]:
                 tensors[name] = param.detach().to("cpu", torch.float32, copy=True)
                 for key, value in optimizer_state.get(param, {}).items():
-                    tensors[f"{name}.{key}"] = value.detach().to("cpu", copy=True).reshape(
-                        value.shape if key in MOMENTS else (1,))
+                    tensors[f"{name}{STATE_SEPARATOR}{key}"] = value.detach().to(
+                        "cpu", copy=True).reshape(value.shape if key in MOMENTS else (1,))
+        self.changed = set()
         return saved
 
     @torch.no_grad()
-    def load_state(self, folder: Path) -> None:
-        """Weights and AdamW state of every language from ``folder`` (a checkpoint's
-        ``languages/``), and the learning rate schedule at ``step``."""
-        from safetensors.torch import load_file
-
+    def load_state(self, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Every language's weights and AdamW state as a checkpoint's files hold them; the
+        store then equals that checkpoint (nothing changed since)."""
+        missing = sorted(set(self.by_language) - set(saved))
+        if missing:
+            raise KeyError(f"the checkpoint has no state for {', '.join(missing)}")
         for lang, params in self.by_language.items():
-            saved = load_file(folder / f"{lang}.safetensors")
+            tensors = saved[lang]
             for name, param in params:
-                param.copy_(saved[name])
-                if self.optimizer is not None and param.requires_grad and \
-                        f"{name}.exp_avg" in saved:
+                param.copy_(tensors[name])
+                moments = f"{name}{STATE_SEPARATOR}exp_avg"
+                if self.optimizer is not None and param.requires_grad and moments in tensors:
                     self.optimizer.state[param] = {
-                        key: saved[f"{name}.{key}"].to(param.device).reshape(
+                        key: tensors[f"{name}{STATE_SEPARATOR}{key}"].to(param.device).reshape(
                             param.shape if key in MOMENTS else ())
                         for key in (*MOMENTS, "step")}
+        self.changed = set()
 
     def resume_schedule(self, step: int) -> None:
         """The learning rate of optimizer step ``step`` (a function of the step alone)."""

@@ -1,16 +1,15 @@
-"""What the ZeRO-3 path costs: one language per micro-step for all ranks, against per-rank
-languages, on 2 processes.
+"""What ZeRO-3 costs, on 2 processes, with ranks on their own languages and sharing them.
 
-Under ZeRO-3 every rank must run the same language's modules in a micro-step (DeepSpeed gathers
-each module's weights with all ranks together), so the ZeRO-3 path is ``data.language_per=step``.
-Three real ``torchrun`` trainings of the demo model on the bundled corpus, same global batch,
-compared by training tokens/s (from each run's metrics.jsonl, the first log window, which
-holds start-up, left out). ``--quick`` trains a tiny model on a 0.3 MB cut of the corpus
-(its tokenizer 2000 pieces), prepared once before the runs:
+The language modules live outside DeepSpeed (training/language_store.py), so ZeRO-3 runs ranks of
+different languages as ZeRO-2 does. Three real ``torchrun`` trainings of the demo model on the
+bundled corpus, same global batch, compared by training tokens/s (from each run's metrics.jsonl,
+the first log window, which holds start-up, left out) and by the last logged loss. ``--quick``
+trains a tiny model on a 0.3 MB cut of the corpus (its tokenizer 2000 pieces), prepared once
+before the runs:
 
 - ZeRO-2, per-rank languages (the default)
-- ZeRO-2, per-step languages (what sharing the language alone costs)
-- ZeRO-3, per-step languages (the ZeRO-3 path)
+- ZeRO-3, per-rank languages (the ``large`` recipe's layout)
+- ZeRO-3, per-step languages (one language per micro-step for all ranks)
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from xmod_pretrain.training.metrics import METRICS_FILE, read_records
 
 LAYOUTS = {
     "zero2_per_rank": ["deepspeed=zero2", "data.language_per=rank"],
-    "zero2_per_step": ["deepspeed=zero2", "data.language_per=step"],
+    "zero3_per_rank": ["deepspeed=zero3", "data.language_per=rank"],
     "zero3_per_step": ["deepspeed=zero3", "data.language_per=step"],
 }
 QUICK_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
@@ -48,8 +47,8 @@ def quick_data(root: Path) -> Path:
     return root / "data"
 
 
-def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> float:
-    """Median training tokens/s of one 2-process demo run."""
+def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> tuple[float, float]:
+    """Median training tokens/s of one 2-process demo run, and its last logged loss."""
     steps, every = (6, 2) if quick else (60, 10)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "xmod_pretrain", "+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}",
@@ -61,22 +60,25 @@ def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> floa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per process on 2 cores
     subprocess.run(cmd, check=True, cwd=REPO, env=env, capture_output=True, text=True)
     records = read_records(run_dir / METRICS_FILE)
-    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    return statistics.median(rates[1:])
+    logged = [r for r in records if "tokens_per_s" in r]
+    return statistics.median(r["tokens_per_s"] for r in logged[1:]), logged[-1]["loss"]
 
 
 def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-zero3-") as tmp:
         data_dir = quick_data(Path(tmp)) if quick else Path(tmp) / "data"
-        rates = {name: train(Path(tmp) / name, data_dir, layout, quick)
-                 for name, layout in LAYOUTS.items()}
+        runs = {name: train(Path(tmp) / name, data_dir, layout, quick)
+                for name, layout in LAYOUTS.items()}
+    rates = {name: rate for name, (rate, _) in runs.items()}
     base = rates["zero2_per_rank"]
     return {"machine": machine(), "processes": 2, "tokens_per_s": rates,
+            "last_loss": {name: loss for name, (_, loss) in runs.items()},
             "vs_zero2_per_rank": {name: r / base for name, r in rates.items()}}
 
 
 def report(result: dict) -> str:
-    lines = ["| layout | tokens/s | vs ZeRO-2 per-rank |", "|---|---:|---:|"]
+    lines = ["| layout | tokens/s | vs ZeRO-2 per-rank | last loss |", "|---|---:|---:|---:|"]
     for name, rate in result["tokens_per_s"].items():
-        lines.append(f"| {name} | {rate:,.0f} | {result['vs_zero2_per_rank'][name]:.3f}x |")
+        lines.append(f"| {name} | {rate:,.0f} | {result['vs_zero2_per_rank'][name]:.3f}x | "
+                     f"{result['last_loss'][name]:.4f} |")
     return "\n".join(lines)

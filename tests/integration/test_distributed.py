@@ -102,17 +102,28 @@ def one_rank(tiny_data, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def zero3_two_ranks(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """8 steps under ZeRO-3 on two ranks of different languages: (the run, its stdout)."""
+    run = tmp_path_factory.mktemp("zero3") / "run"
+    return run, run_training(run, tiny_data, *WITH_ABSENT, "deepspeed=zero3", nproc=2).stdout
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_two_ranks_equal_one_rank_with_accumulation(tiny_data, tmp_path, stage, one_rank,
-                                                    initial_weights):
+                                                    initial_weights, request):
     """Same global batch (2 micro-batches a step), same data, each rank on its own language:
     the same losses step for step and the same final weights, every language's modules
     included; the modules of the languages no step held are untouched. ZeRO-3 too: its
     collective gathers hold the shared weights only."""
-    two = tmp_path / "two"
-    proc = run_training(two, tiny_data, *WITH_ABSENT, f"deepspeed=zero{stage}", nproc=2)
+    if stage == 3:
+        two, stdout = request.getfixturevalue("zero3_two_ranks")
+    else:
+        two = tmp_path / "two"
+        stdout = run_training(two, tiny_data, *WITH_ABSENT, f"deepspeed=zero{stage}",
+                              nproc=2).stdout
     replicas = "language modules" if stage == 3 else "weights"  # ZeRO-3 shards the rest
-    assert f"{replicas} identical on all 2 ranks" in proc.stdout
+    assert f"{replicas} identical on all 2 ranks" in stdout
     assert_same_training(one_rank, two)
     present = languages_present(tiny_data, "rank")
     assert "yo_NG" not in present
@@ -131,14 +142,13 @@ def test_zero3_with_shared_languages_equals_plain_data_parallel(tiny_data, tmp_p
     assert moved_languages(initial_weights, zero3) == languages_present(tiny_data, "step")
 
 
-def test_zero3_with_per_rank_languages_resumes_exactly(tiny_data, tmp_path):
+def test_zero3_with_per_rank_languages_resumes_exactly(tiny_data, tmp_path, zero3_two_ranks):
     """ZeRO-3 with ranks on different languages, stopped at step 4 and resumed: the losses and
     weights of 8 steps straight. Each language's file carries its module's AdamW state (the
     absent yo_NG's none: it never had a step), and the save after the resume writes files for
     the languages of steps 5-8 only; the manifest keeps naming the others' files of step 4."""
     common = ["model.languages=[de_DE,el_GR,en_XX,ru_RU,yo_NG]", *STEPS[1:], "deepspeed=zero3"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_training(straight, tiny_data, "train.max_steps=8", *common, nproc=2)
+    straight, resumed = zero3_two_ranks[0], tmp_path / "resumed"
     run_training(resumed, tiny_data, "train.max_steps=4", "optim.total_steps=8", *common,
                  nproc=2)
     first = latest_checkpoint(resumed)

@@ -114,6 +114,9 @@ def test_zero3_compares_three_real_two_process_runs(tmp_path):
     rates = result["tokens_per_s"]
     assert set(rates) == set(result["vs_zero2_per_rank"]) == set(LAYOUTS)
     assert all(r > 0 for r in rates.values()) and result["vs_zero2_per_rank"]["zero2_per_rank"] == 1
+    # Per-rank languages under ZeRO-3 draw the batches ZeRO-2's do: the same training.
+    losses = result["last_loss"]
+    assert losses["zero3_per_rank"] == pytest.approx(losses["zero2_per_rank"], rel=1e-3)
 
 
 @pytest.mark.integration

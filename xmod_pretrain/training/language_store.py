@@ -54,10 +54,6 @@ class LanguageStore:
         # or a resume, then the ones stepped since.
         self.changed: set[str] = set(self.by_language)
 
-    @property
-    def trains(self) -> bool:
-        return self.optimizer is not None
-
     def trainable_count(self) -> int:
         return sum(p.numel() for params in self.trainable.values() for p in params)
 
@@ -95,11 +91,14 @@ class LanguageStore:
         if self.optimizer is None:
             return
         self.optimizer.present = frozenset(present)
-        stepped = self.trainable if self.optimizer.update_absent else present
+        stepped = list(self.trainable) if self.optimizer.update_absent else list(present)
         self.changed |= {lang for lang in stepped if self.trainable.get(lang)}
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # Only the stepped languages hold gradients: the optimizer's own zero_grad would visit
+        # every registered language's parameters.
+        for param in self.step_parameters(stepped):
+            param.grad = None
 
     # ---- checkpoints -------------------------------------------------------------------------
 

@@ -107,8 +107,7 @@ def build_training_engine(model: LanguageModel, cfg: Config, info: DistInfo) -> 
     modules = model.detach_language_modules()
     clip = GlobalClip(cfg.optim.clip_grad_norm)
     engine, optimizer = build_engine(model, cfg, info, clip)
-    store = LanguageStore(modules, cfg.optim, cfg.optim.total_steps or cfg.train.max_steps, info,
-                          engine.device, clip)
+    store = LanguageStore(modules, cfg.optim, schedule_steps(cfg), info, engine.device, clip)
     return TrainingEngine(engine, optimizer, store, clip)
 
 
@@ -120,8 +119,8 @@ def build_engine(model: nn.Module, cfg: Config, info: DistInfo,
     import deepspeed
 
     optimizer = build_optimizer(model.named_parameters(), cfg.optim, clip)
-    scheduler = None if optimizer is None else build_scheduler(
-        optimizer, cfg.optim, cfg.optim.total_steps or cfg.train.max_steps)
+    scheduler = None if optimizer is None else build_scheduler(optimizer, cfg.optim,
+                                                               schedule_steps(cfg))
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -133,6 +132,11 @@ def build_engine(model: nn.Module, cfg: Config, info: DistInfo,
         clip.shared_norm = (lambda: gradient_norm(engine)) if measures_own_norm(engine) \
             else (lambda: engine.optimizer._global_grad_norm)
     return engine, optimizer
+
+
+def schedule_steps(cfg: Config) -> int:
+    """The steps the learning rate schedule spans (both optimizers follow it)."""
+    return cfg.optim.total_steps or cfg.train.max_steps
 
 
 def measures_own_norm(engine) -> bool:

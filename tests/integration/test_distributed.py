@@ -166,12 +166,12 @@ def test_zero3_with_per_rank_languages_resumes_exactly(tiny_data, tmp_path, zero
     assert rewritten == trained and "yo_NG" not in rewritten
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_update_absent_languages_moves_every_module(tiny_data, tmp_path, stage, initial_weights):
+def test_update_absent_languages_moves_every_module(tiny_data, tmp_path, initial_weights):
     """fairseq's behaviour on request, on ranks of different languages (the optimizer alone:
-    tests/unit/test_optim.py)."""
+    tests/unit/test_optim.py). The language store steps the modules whatever the ZeRO stage
+    of the shared weights, so one stage stands for all."""
     run = tmp_path / "run"
-    run_training(run, tiny_data, *WITH_ABSENT, f"deepspeed=zero{stage}",
+    run_training(run, tiny_data, *WITH_ABSENT, "deepspeed=zero2",
                  "optim.update_absent_languages=true", nproc=2)
     assert "yo_NG" in moved_languages(initial_weights, run)
 

@@ -8,8 +8,16 @@ import torch
 
 from tests.unit.test_model import LANGUAGES, TINY, batch
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.training.clipping import GlobalClip
 from xmod_pretrain.training.config import OptimConfig
-from xmod_pretrain.training.optim import build_optimizer, parameter_groups
+from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.language_store import LanguageStore
+from xmod_pretrain.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    parameter_groups,
+)
 
 CFG = OptimConfig(lr=1e-2, weight_decay=0.1)
 
@@ -97,3 +105,28 @@ def test_skipping_equals_adamw_over_the_present_parameters() -> None:
         assert torch.equal(got[name], want[name]), name
     en_weight = model.language_parameters("en_XX")[0][1]
     assert optimizer.state[en_weight]["step"] == 1
+
+
+def test_the_store_schedules_the_languages_it_steps_as_lambdalr_would() -> None:
+    """The store sets the learning rate of the groups it steps only (a scheduler visits every
+    registered language's each step); the rates are LambdaLR's, step for step and on resume."""
+    cfg = OptimConfig(lr=1e-2, warmup_steps=2)
+    model = XmodForMaskedLM(TINY)
+    store = LanguageStore(model.detach_language_modules(), cfg, 6, DistInfo(0, 1, 0, 1),
+                          torch.device("cpu"), GlobalClip(0.0))
+    reference = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], cfg.lr),
+                                cfg, 6)
+    untouched = store.optimizer.groups_of(["en_XX"])
+    for step in range(6):
+        assert store.learning_rate() == reference.get_last_lr()[0], step
+        for _, param in model.language_parameters("de_DE"):
+            param.grad = torch.ones_like(param)
+        store.reduce_gradients(["de_DE"])
+        store.step(["de_DE"])
+        assert {g["lr"] for g in store.optimizer.groups_of(["de_DE"])} == {
+            reference.get_last_lr()[0]}
+        reference.optimizer.step()
+        reference.step()
+    assert {g["lr"] for g in untouched} == {cfg.lr}  # never stepped, never visited
+    store.resume_schedule(3)
+    assert store.learning_rate() == cfg.lr * lr_factor(3, cfg, 6)

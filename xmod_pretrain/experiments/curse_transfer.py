@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xmod_core.errors import UserError
+from xmod_pretrain.recipes.transfer.command import main as transfer_main
 from xmod_pretrain.recipes.transfer.scoring import wilson_interval
 from xmod_pretrain.recipes.transfer.summary import SUMMARY
 from xmod_pretrain.recipes.transfer.tasks import GUIDE_TOPIC, UDHR_RETRIEVAL, load_task
+from xmod_pretrain.runs.driver import output_to
 
 TASKS = (GUIDE_TOPIC, UDHR_RETRIEVAL)
 SOURCE = "en_XX"
@@ -40,9 +41,9 @@ class TransferRequest:
 
 def run_transfer(run_dir: Path, out_dir: Path, task: str, targets: Sequence[str],
                  request: TransferRequest, label: str, error: type[Exception]) -> None:
-    """One ``transfer`` command, its output in ``out_dir.log``; kept when its summary exists
-    and was made with the same seeds and steps (each seed resumes like any run, so an
-    interrupted one continues)."""
+    """One ``transfer`` command, run in this process with its output in ``out_dir.log``; kept
+    when its summary exists and was made with the same seeds and steps (each seed resumes like
+    any run, so an interrupted one continues)."""
     summary = out_dir / f"{SUMMARY}.json"
     if summary.is_file():
         made = json.loads(summary.read_text(encoding="utf-8"))
@@ -53,19 +54,18 @@ def run_transfer(run_dir: Path, out_dir: Path, task: str, targets: Sequence[str]
                         "it or pick another --out")
         print(f"{label}: complete in {out_dir}, kept", flush=True)
         return
-    cmd = [sys.executable, "-m", "xmod_pretrain", "transfer", "--from", str(run_dir),
-           "--task", task, "--source", SOURCE, "--targets", *targets,
-           "--seeds", str(request.seeds), "--out", str(out_dir),
-           *(["--steps", str(request.steps)] if request.steps else [])]
-    print(f"{label}: {' '.join(cmd[2:])}", flush=True)
+    argv = ["--from", str(run_dir), "--task", task, "--source", SOURCE, "--targets", *targets,
+            "--seeds", str(request.seeds), "--out", str(out_dir),
+            *(["--steps", str(request.steps)] if request.steps else [])]
+    log = out_dir.with_name(out_dir.name + ".log")
+    print(f"{label}: transfer {' '.join(argv)} (its output: {log})", flush=True)
     start = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = out_dir.with_name(out_dir.name + ".log")
-    with open(log, "a", encoding="utf-8") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
-    if code != 0:
-        tail = log.read_text(encoding="utf-8").splitlines()[-15:]
-        raise error(f"{label} exited {code}; the end of {log}:\n" + "\n".join(tail))
+    try:  # in this process, as the curse's training runs
+        with output_to(log):
+            transfer_main(argv)
+    except UserError as err:
+        raise error(f"{label} failed: {err} ({log} has its output)") from None
     if not summary.is_file():  # a stop signal ended it after a seed, saved
         raise error(f"{label} stopped before its summary (see {log}); the same command resumes it")
     print(f"{label} done in {time.perf_counter() - start:.0f} s", flush=True)

@@ -92,7 +92,9 @@ class TrainingEngine:
             self.store.step(present)
 
     def learning_rate(self) -> float:
-        return (self.optimizer or self.store.optimizer).param_groups[0]["lr"]
+        if self.optimizer is not None:
+            return self.optimizer.param_groups[0]["lr"]
+        return self.store.learning_rate()
 
     def trainable_count(self) -> int:
         shared = 0 if self.optimizer is None else optimizer_parameter_count(self.deepspeed)

@@ -28,7 +28,7 @@ from xmod_pretrain.model.xmod import language_of_parameter
 from xmod_pretrain.training.clipping import GlobalClip, squared_norm
 from xmod_pretrain.training.config import OptimConfig
 from xmod_pretrain.training.distributed import DistInfo
-from xmod_pretrain.training.optim import build_optimizer, build_scheduler
+from xmod_pretrain.training.optim import build_optimizer, lr_factor
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -46,8 +46,8 @@ class LanguageStore:
         for name, param in named.items():
             self.by_language.setdefault(language_of_parameter(name), []).append((name, param))
         self.optimizer = build_optimizer(named.items(), cfg, clip)
-        self.scheduler = (None if self.optimizer is None
-                          else build_scheduler(self.optimizer, cfg, schedule_steps))
+        self.cfg, self.schedule_steps = cfg, schedule_steps
+        self.steps_taken = 0  # what the learning rate schedule is a function of
         self.trainable = {lang: [p for _, p in params if p.requires_grad]
                           for lang, params in self.by_language.items()}
         # Languages whose state differs from the last checkpoint's: all of them until a save
@@ -93,8 +93,12 @@ class LanguageStore:
         self.optimizer.present = frozenset(present)
         stepped = list(self.trainable) if self.optimizer.update_absent else list(present)
         self.changed |= {lang for lang in stepped if self.trainable.get(lang)}
+        # The stepped groups' learning rate only (a scheduler would set every group's).
+        learning_rate = self.learning_rate()
+        for group in self.optimizer.stepped_groups():
+            group["lr"] = learning_rate
         self.optimizer.step()
-        self.scheduler.step()
+        self.steps_taken += 1
         # Only the stepped languages hold gradients: the optimizer's own zero_grad would visit
         # every registered language's parameters.
         for param in self.step_parameters(stepped):
@@ -137,8 +141,10 @@ class LanguageStore:
                         for key in (*MOMENTS, "step")}
         self.changed = set()
 
+    def learning_rate(self) -> float:
+        """The learning rate of the next step (as DeepSpeed's scheduler gives the shared one)."""
+        return self.cfg.lr * lr_factor(self.steps_taken, self.cfg, self.schedule_steps)
+
     def resume_schedule(self, step: int) -> None:
-        """The learning rate of optimizer step ``step`` (a function of the step alone)."""
-        if self.scheduler is not None:
-            self.scheduler.last_epoch = step - 1
-            self.scheduler.step()
+        """Go on with the learning rate of optimizer step ``step`` (a function of the step)."""
+        self.steps_taken = step

@@ -134,7 +134,7 @@ def test_two_node_job_trains_and_checkpoints(slurm, tiny_data, tmp_path):
 def test_usr1_checkpoints_requeues_and_resumes(slurm, tiny_data, tmp_path):
     """What Slurm does near the time limit (--signal=B:USR1@...), sent by hand after the first
     checkpoint: the trainer saves and stops, the job requeues itself and resumes to the end."""
-    max_steps = 100
+    max_steps = 40  # the signal comes at step 10 or soon after
     job = slurm.submit(tmp_path, *tiny_run(tiny_data, f"train.max_steps={max_steps}",
                                            "train.log_every=10", "train.save_every=10"))
     run = tmp_path / "runs" / f"xmod-{job}"

@@ -56,7 +56,7 @@ ClusterName=xmodtest
 SlurmctldHost=$HOST(127.0.0.1)
 AuthType=auth/munge
 # cred_expire also holds a requeued job back (default 120 s): short, so requeue tests are quick.
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 CredType=cred/munge
 SlurmUser=slurm
 SlurmctldPort=6817

@@ -10,12 +10,17 @@ before the runs:
 - ZeRO-2, per-rank languages (the default)
 - ZeRO-3, per-rank languages (the ``large`` recipe's layout)
 - ZeRO-3, per-step languages (one language per micro-step for all ranks)
+- ZeRO-2 and ZeRO-3, per-rank languages, with 2,000 languages registered: the corpus' 19 and
+  made-up ones absent from every step
+
+``--quick`` runs the per-rank layouts, and 2,000 languages under ZeRO-2 alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import statistics
 import subprocess
@@ -23,16 +28,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, machine
+from bench.common import REPO, language_codes, machine
 from bench.data_prep import bundled_cut, write_corpus
 from data_prep.prepare import prepare
+from xmod_core.shards import read_manifest
 from xmod_pretrain.training.metrics import METRICS_FILE, read_records
 
 LAYOUTS = {
     "zero2_per_rank": ["deepspeed=zero2", "data.language_per=rank"],
     "zero3_per_rank": ["deepspeed=zero3", "data.language_per=rank"],
     "zero3_per_step": ["deepspeed=zero3", "data.language_per=step"],
+    "zero2_per_rank_2000_languages": ["deepspeed=zero2", "data.language_per=rank"],
+    "zero3_per_rank_2000_languages": ["deepspeed=zero3", "data.language_per=rank"],
 }
+REGISTERED = 2000  # the languages of the *_2000_languages layouts
+# --quick: the per-rank layouts of both stages, and 2,000 languages under ZeRO-2
+QUICK_LAYOUTS = ("zero2_per_rank", "zero3_per_rank", "zero2_per_rank_2000_languages")
 QUICK_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
                "model.intermediate_size=64", "data.seq_len=32", "train.micro_batch_size=2"]
 QUICK_CORPUS_BYTES, QUICK_VOCAB = 0.3e6, 2000
@@ -64,11 +75,23 @@ def train(run_dir: Path, data_dir: Path, layout: list[str], quick: bool) -> tupl
     return statistics.median(r["tokens_per_s"] for r in logged[1:]), logged[-1]["loss"]
 
 
+def registered(name: str, data_dir: Path) -> list[str]:
+    """``model.languages`` of a layout with REGISTERED languages: the data's, then made-up ones
+    (the data is prepared by then: the first layout's run prepares it)."""
+    if not name.endswith(f"_{REGISTERED}_languages"):
+        return []
+    data = list(read_manifest(data_dir)["languages"])
+    extra = (code for code in language_codes(REGISTERED + len(data)) if code not in data)
+    codes = data + list(itertools.islice(extra, REGISTERED - len(data)))
+    return [f"model.languages=[{','.join(codes)}]"]
+
+
 def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-zero3-") as tmp:
         data_dir = quick_data(Path(tmp)) if quick else Path(tmp) / "data"
-        runs = {name: train(Path(tmp) / name, data_dir, layout, quick)
-                for name, layout in LAYOUTS.items()}
+        runs = {name: train(Path(tmp) / name, data_dir,
+                            LAYOUTS[name] + registered(name, data_dir), quick)
+                for name in (QUICK_LAYOUTS if quick else LAYOUTS)}
     rates = {name: rate for name, (rate, _) in runs.items()}
     base = rates["zero2_per_rank"]
     return {"machine": machine(), "processes": 2, "tokens_per_s": rates,

@@ -13,6 +13,8 @@ import torch
 
 from tests.support.commands import TRAIN, add_language, weights_of
 from tests.support.launch import read_metrics, tree_hash
+from xmod_pretrain.checkpoint.language_files import language_manifest
+from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.recipes.add_language.recipe import (
     BUNDLED_TEXT,
@@ -46,6 +48,14 @@ def test_add_yoruba_trains_only_its_modules(source_run, tmp_path):
     # The optimizer held exactly the yo_NG modules.
     trainable = sum(new[k].numel() for k in yo_keys)
     assert f"optimizer: {trainable:,} trainable parameters" in proc.stdout
+    # yo_NG's is the one language file the run wrote: the others are the source's, hard-linked.
+    source_checkpoint, grown_checkpoint = latest_checkpoint(source_run), latest_checkpoint(out)
+    source_files = language_manifest(source_checkpoint)
+    grown_files = language_manifest(grown_checkpoint)
+    assert set(grown_files) == {*source_files, "yo_NG"}
+    for code, entry in source_files.items():
+        linked = grown_checkpoint.parent / grown_files[code]["file"]
+        assert linked.stat().st_ino == (source_checkpoint.parent / entry["file"]).stat().st_ino
     # Outputs of every existing language are bit-identical on the same inputs.
     old_model, new_model = _model(source_run), _model(out)
     ids = torch.randint(4, old_model.config.vocab_size - 1, (2, 24))

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from tests.conftest import TINY_LANGUAGES
 from tests.support.commands import TRAIN, add_language
 from tests.support.hf import udhr_lines
 from tests.support.launch import read_metrics, run_training, tree_hash
+from xmod_pretrain.checkpoint.language_files import language_manifest
+from xmod_pretrain.checkpoint.layout import CheckpointCorrupt
 from xmod_pretrain.cli import main
 from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runs.language_modules import (
@@ -150,6 +153,20 @@ def test_remove_then_load_restores_the_run(base, module_file, tmp_path):
     assert restored.languages[-1] == "de_DE"
     old, new = open_run(base).weights(), restored.weights()
     assert set(new) == set(old) and all(torch.equal(new[n], old[n]) for n in old)
+
+
+def test_save_language_reads_its_own_file_only(base, module_file, tmp_path):
+    """Of a run's language files, save-language reads and verifies its language's alone: with
+    another language's file damaged it writes the same module, where a full read refuses."""
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    checkpoint = open_run(run).path
+    damaged = checkpoint.parent / language_manifest(checkpoint)["el_GR"]["file"]
+    damaged.write_bytes(damaged.read_bytes()[:-8])
+    with pytest.raises(CheckpointCorrupt, match="el_GR"):
+        open_run(run)
+    saved, _ = save_language_module(run, "de_DE", tmp_path / "mods")
+    assert saved.read_bytes() == module_file.read_bytes()
 
 
 def test_cli_round_trip(base, tmp_path):

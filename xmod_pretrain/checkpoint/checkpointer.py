@@ -22,8 +22,10 @@ import torch
 from xmod_core.atomic import fsync_dir, fsync_tree, write_text
 from xmod_core.outputs import CHECKPOINTS, LATEST
 from xmod_pretrain.checkpoint.language_files import (
+    InheritedFiles,
     Manifest,
     language_manifest,
+    link_language_files,
     read_language_files,
     remove_unnamed_files,
     write_language_files,
@@ -68,6 +70,8 @@ class Checkpointer:
         self.publishing: tuple[Path, threading.Thread] | None = None  # rank 0's last save
         self.publish_failure: str | None = None
         self.manifest: Manifest = {}  # the language files of the last checkpoint saved or read
+        # Another run's language files this run starts from, linked in at its first save.
+        self.inherited: InheritedFiles | None = None
         ignore_file_size_signal()
 
     def due(self, step: int, stopping: bool) -> bool:
@@ -203,7 +207,10 @@ class Checkpointer:
         """Complete ``tmp``, checksum and flush it, rename it into place, then move ``latest``."""
         save_safetensors(weights, tmp / WEIGHTS)
         if languages is not None:  # the files first: the manifest names them
-            manifest = {**self.manifest, **write_language_files(self.root, step, languages)}
+            linked = ({} if self.inherited is None
+                      else link_language_files(self.root, self.inherited))
+            manifest = {**self.manifest, **linked,
+                        **write_language_files(self.root, step, languages)}
             write_manifest(tmp, manifest)
         self._write_sidecars(tmp, trainer_state)
         write_checksums(tmp)  # inside tmp: part of the atomic write
@@ -219,7 +226,7 @@ class Checkpointer:
         fsync_dir(self.root)
         write_text(self.root / LATEST, final.name + "\n")
         if languages is not None:
-            self.manifest = manifest
+            self.manifest, self.inherited = manifest, None
         self._prune()
         remove_unnamed_files(self.root)
 

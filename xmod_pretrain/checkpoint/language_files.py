@@ -15,6 +15,11 @@ checkpoints pruned, or a save that died) are removed after each publish.
 
 In a file, a parameter's weight keeps its state-dict name and its AdamW state follows it as
 ``<name>::exp_avg``, ``<name>::exp_avg_sq`` and ``<name>::step``.
+
+A new run that starts from another run's languages as they are (add-language: every language
+but the new ones is frozen) links their files into its own ``languages/`` at its first save
+(``InheritedFiles``): hard links, so no byte is written or stored twice; a copy where the two
+runs are on different filesystems.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,6 +62,37 @@ def write_language_files(root: Path, step: int,
         fsync_dir(folder)
         entries[code] = {"file": final.relative_to(root).as_posix(),
                          "sha256": file_sha256(final), "size": final.stat().st_size}
+    return entries
+
+
+@dataclass(frozen=True)
+class InheritedFiles:
+    """Languages a new run starts with exactly as ``checkpoint`` (another run's) holds them."""
+
+    checkpoint: Path
+    manifest: Manifest
+
+
+def link_language_files(root: Path, inherited: InheritedFiles) -> Manifest:
+    """The inherited files under ``root/languages/<code>/`` by the names they have in their
+    run, hard-linked (copied and flushed across filesystems); return their manifest entries."""
+    entries = {}
+    for code, entry in inherited.manifest.items():
+        source = inherited.checkpoint.parent / entry["file"]
+        folder = root / LANGUAGE_DIR / code
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / source.name
+        tmp = folder / f".tmp-{final.name}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(folder)
+        entries[code] = {**entry, "file": final.relative_to(root).as_posix()}
     return entries
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,10 +47,12 @@ def verify_checkpoint(path: Path, files: Iterable[str] | None = None) -> None:
         verify_language_files(path)
 
 
-def verify_language_files(path: Path) -> None:
+def verify_language_files(path: Path, languages: Collection[str] | None = None) -> None:
     """Check the language files the checkpoint ``path``'s manifest names (they live beside the
-    checkpoints, shared by several) against the sha256 and size it recorded."""
-    entries = {entry["file"]: entry for entry in (language_manifest(path) or {}).values()}
+    checkpoints, shared by several) against the sha256 and size it recorded: those of
+    ``languages``, or all."""
+    entries = {entry["file"]: entry for code, entry in (language_manifest(path) or {}).items()
+               if languages is None or code in languages}
     _check(path.parent, entries, sorted(entries), f"{path.name}/{MANIFEST}")
 
 

@@ -14,6 +14,7 @@ import torch
 
 from xmod_core.languages import check_language_list, language_index
 from xmod_core.shards import TOKENIZER_FILE
+from xmod_pretrain.checkpoint.language_files import InheritedFiles
 from xmod_pretrain.config import Config
 from xmod_pretrain.data.masking import Masker, MicroBatch
 from xmod_pretrain.data.sampler import LanguageSampler, validation_batches
@@ -44,7 +45,8 @@ class Recipe:
         sampler, valid = self.build_data(cfg)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         return RunParts(model=self.build_model(cfg), sampler=sampler, valid=valid,
-                        flops_per_token=self.flops_per_token(cfg), tokenizer=self.tokenizer(cfg))
+                        flops_per_token=self.flops_per_token(cfg), tokenizer=self.tokenizer(cfg),
+                        inherited=self.inherited_languages())
 
     def tokenizer(self, cfg: Config) -> Path:
         """The SentencePiece model of the run: the prepared data's."""
@@ -60,6 +62,10 @@ class Recipe:
 
     def build_model(self, cfg: Config) -> XmodForMaskedLM:
         raise NotImplementedError
+
+    def inherited_languages(self) -> InheritedFiles | None:
+        """The languages the built model holds exactly as another run's checkpoint does."""
+        return None
 
     def after_training(self, trainer: Trainer) -> None:
         """Reports beyond the final validation, once training reached ``max_steps``."""

@@ -184,13 +184,13 @@ def save_language_module(run_dir: str | Path, lang: str, out_dir: str | Path,
     if inside_checkpoints(out_dir) is not None:
         raise LanguageModuleError(f"--out {out_dir} is inside the checkpoints folder of a run: "
                                   "write module files somewhere else")
-    run = open_run(run_dir, step)
+    run = open_run(run_dir, step, languages=[lang])
     _require_language(run, lang)
     tensors_path, meta_path = out_dir / f"{lang}.safetensors", out_dir / f"{lang}.json"
     for path in (tensors_path, meta_path):
         if path.exists():
             raise FileExistsError(f"{path} already exists: pick another --out")
-    weights = run.weights()
+    weights = run.weights(languages=[lang])  # the shared weights and lang's module alone
     tensors, pieces = module_tensors(weights, lang), []
     added = next((entry for entry in run.config.vocab.added if entry.language == lang), None)
     if added is not None:

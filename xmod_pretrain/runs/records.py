@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,12 +84,16 @@ class RunCheckpoint:
     def step(self) -> int:
         return int(self.trainer_state["step"])
 
-    def weights(self) -> dict[str, torch.Tensor]:
+    def weights(self, languages: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Every weight (fp32, each tied tensor once), read with safetensors: no unpickling.
         A training checkpoint keeps the language modules in files of their own, which its
-        manifest names; a weights-only one holds them in ``model.safetensors``."""
+        manifest names; a weights-only one holds them in ``model.safetensors``. With
+        ``languages``, a training checkpoint's files of those languages only are read (the
+        shared weights and their modules: what one language's work needs)."""
         weights = load_file(str(self.path / WEIGHTS))
         manifest = language_manifest(self.path)
+        if manifest and languages is not None:
+            manifest = {code: entry for code, entry in manifest.items() if code in languages}
         if manifest:
             for tensors in read_language_files(self.path, manifest, with_state=False).values():
                 weights.update(tensors)
@@ -114,9 +118,12 @@ def run_of_config(path: Path) -> Path:
     return folder.parent.parent if folder.parent.name == CHECKPOINTS else folder
 
 
-def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
+def open_run(run_dir: str | Path, step: int | None = None,
+             languages: Collection[str] | None = None) -> RunCheckpoint:
     """The checkpoint ``latest`` names in ``run_dir`` (the newest verified one, said on stderr,
-    when the pointer is missing), or the one of ``step``. Nothing is written.
+    when the pointer is missing), or the one of ``step``. Nothing is written. With
+    ``languages``, only their language files are verified (for ``weights(languages)``: a
+    thousand languages' files are not hashed to read one).
 
     Raises RunNotFoundError naming the path when the run, a checkpoint, the step or one of the
     checkpoint's files is missing, CheckpointCorrupt naming the file that differs from the
@@ -131,7 +138,7 @@ def open_run(run_dir: str | Path, step: int | None = None) -> RunCheckpoint:
     if missing:
         raise RunNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}")
     verify_checkpoint(path, CHECKPOINT_FILES)
-    verify_language_files(path)
+    verify_language_files(path, languages)
     config = load_config(path / CONFIG_FILE)
     languages = json.loads((path / LANGUAGES_FILE).read_text(encoding="utf-8"))
     if languages != config.model.languages:

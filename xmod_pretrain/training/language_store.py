@@ -122,6 +122,11 @@ class LanguageStore:
         self.changed = set()
         return saved
 
+    def saved_already(self, languages: Iterable[str]) -> None:
+        """``languages`` are as a file holds them already (another run's: the checkpointer
+        links it), so a save writes none of them until they change."""
+        self.changed -= set(languages)
+
     @torch.no_grad()
     def load_state(self, saved: dict[str, dict[str, torch.Tensor]]) -> None:
         """Every language's weights and AdamW state as a checkpoint's files hold them; the

@@ -17,6 +17,7 @@ import torch
 
 from xmod_core.outputs import CONFIG_FILE
 from xmod_pretrain.checkpoint.checkpointer import Checkpointer
+from xmod_pretrain.checkpoint.language_files import InheritedFiles
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.config import Config
 from xmod_pretrain.evaluation.masked_lm import masked_lm_loss
@@ -83,6 +84,9 @@ class RunParts:
     valid: dict[str, list[Batch]]        # fixed validation batches by the name the table shows
     flops_per_token: float               # training FLOPs of an input token, for MFU
     tokenizer: Path                      # the SentencePiece model every checkpoint carries
+    # Languages a new run starts with exactly as another run's checkpoint holds them (add-
+    # language's frozen ones): their files are linked into the run, not written again.
+    inherited: InheritedFiles | None = None
 
 
 def compiles(cfg: Config) -> bool:
@@ -130,7 +134,7 @@ class Trainer:
         self.state, self.saved_step = TrainerState(), None
         self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main,
                                         info.world_size)
-        self._resume(resume_from)
+        self._resume(resume_from, parts.inherited)
         # Built once the resume point is loaded: it cuts metrics.jsonl back to the checkpoint.
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, info.is_main,
                                      dataclasses.asdict(cfg), self._first_logged_step())
@@ -164,8 +168,11 @@ class Trainer:
                 print(f"removed {name}, the remains of a save that did not finish", flush=True)
         return checkpointer
 
-    def _resume(self, checkpoint: Path | None) -> None:
+    def _resume(self, checkpoint: Path | None, inherited: InheritedFiles | None) -> None:
         if checkpoint is None:
+            if inherited is not None:
+                self.checkpointer.inherited = inherited
+                self.training.store.saved_already(inherited.manifest)
             return
         self.state = TrainerState.from_json(
             self.checkpointer.load(self.engine, checkpoint, self.training.store,

@@ -19,6 +19,7 @@ from xmod_core.errors import UserError
 from xmod_core.languages import check_language_code, check_language_list, language_index
 from xmod_core.shards import is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
+from xmod_pretrain.checkpoint.language_files import InheritedFiles, language_manifest
 from xmod_pretrain.config import Config
 from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.data.prepared import ensure_prepared
@@ -238,6 +239,15 @@ class AddLanguage(Recipe):
 
     def build_model(self, cfg: Config) -> XmodForMaskedLM:
         return build_grown_model(self.plan, cfg)
+
+    def inherited_languages(self) -> InheritedFiles | None:
+        """The source's languages but the new ones: frozen, so their files stay the source's."""
+        source = self.plan.source
+        manifest = language_manifest(source.path)  # None: a transformers folder, an old layout
+        if manifest is None:
+            return None
+        return InheritedFiles(source.path, {code: entry for code, entry in manifest.items()
+                                            if code not in self.plan.new_languages})
 
     def after_training(self, trainer: Trainer) -> None:
         """Each new language's valid perplexity through the best existing language's modules:

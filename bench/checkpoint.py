@@ -50,20 +50,26 @@ GOAL = 1.1  # a save at 2,000 languages may cost at most 10% more than at 81
 
 def run(quick: bool) -> dict:
     size = QUICK if quick else MID
-    with tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp:
-        out = Path(tmp) / "ranks.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "bench.checkpoint", "--worker", str(out), "--size", size.name]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-        subprocess.run(cmd, check=True, cwd=tmp, env=env)
-        ranks = json.loads(out.read_text(encoding="utf-8"))
-    by_count = ranks.pop("languages")
+    stages = in_torchrun("stages", size.name)
+    by_count = in_torchrun("languages", (QUICK if quick else SMALL).name)
     most, fewest = by_count[str(COUNTS[-1])], by_count[str(COUNTS[0])]
     worst = max(most[key] / fewest[key] for key in ("published_s", "bytes"))
-    return {"machine": machine(), "config": size.name, "ranks": 2, "stages": ranks,
+    return {"machine": machine(), "config": size.name, "ranks": 2, "stages": stages,
             "languages": {"config": (QUICK if quick else SMALL).name, "trained": TRAINED,
                           "registered": by_count, "worst_ratio": worst, "goal": GOAL,
                           "met": worst <= GOAL}}
+
+
+def in_torchrun(part: str, size_name: str) -> dict:
+    """One part of the benchmark on two ranks (each part in processes of its own: the engines
+    one builds are never freed, see bench.common.in_child); rank 0's JSON."""
+    with tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp:
+        out = Path(tmp) / "ranks.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "bench.checkpoint", "--worker", str(out), "--part", part, "--size", size_name]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        subprocess.run(cmd, check=True, cwd=tmp, env=env)
+        return json.loads(out.read_text(encoding="utf-8"))
 
 
 class PeakRSS:
@@ -97,42 +103,43 @@ def rss() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
-def worker(out: Path, size_name: str) -> None:
-    """One rank: for each stage, an engine, a step, two saves; rank 0 writes every rank's
-    figures of the second save."""
-    import torch.distributed as dist
-
-    size = {s.name: s for s in (MID, QUICK)}[size_name]
+def worker(out: Path, part: str, size_name: str) -> None:
+    """One rank of ``part``: ``stages`` (for each stage an engine, a step, two saves: every
+    rank's figures of the second) or ``languages`` (``save_after_trained`` for each count).
+    Rank 0 writes the figures."""
+    size = {s.name: s for s in (MID, SMALL, QUICK)}[size_name]
     info = init_distributed(600)
-    language_size = QUICK if size is QUICK else SMALL
-    batch = masked_batch(size)
-    results = {}
-    for stage in STAGES:
-        torch.manual_seed(0)
-        training = build_training_engine(XmodForMaskedLM(size.model_config()),
-                                         engine_config(size.model_config(), size.batch, stage),
-                                         info)
-        engine_step(training, batch)()
-        saver = Checkpointer(out.parent / f"run-zero{stage}", info, keep=1, sidecars={})
-        for step in (1, 2):
-            with PeakRSS() as memory:
-                start = time.perf_counter()
-                saver.save(training.deepspeed, step, {"step": step}, training.store)
-                held = time.perf_counter() - start
-                saver.finish()
-                published = time.perf_counter() - start
-        mine = {"loop_held_s": held, "published_s": published,
-                "peak_added_gib": memory.added_gib}
-        gathered: list = [None] * info.world_size
-        dist.all_gather_object(gathered, mine)
-        results[f"ZeRO-{stage}"] = {f"rank {r}": figures for r, figures in enumerate(gathered)}
-        del training
-    results["languages"] = {str(count): save_after_trained(language_size, count, info,
-                                                           out.parent / f"run-{count}")
-                            for count in COUNTS}
+    if part == "stages":
+        results = {f"ZeRO-{stage}": save_cost(size, stage, info, out.parent / f"run-zero{stage}")
+                   for stage in STAGES}
+    else:
+        results = {str(count): save_after_trained(size, count, info, out.parent / f"run-{count}")
+                   for count in COUNTS}
     if info.is_main:
         out.write_text(json.dumps(results, indent=1), encoding="utf-8")
     finish_process()  # as the CLI ends: an exit through the interpreter can abort a rank
+
+
+def save_cost(size: Size, stage: int, info, root: Path) -> dict:
+    """Every rank's figures of the second of two saves after one step."""
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    training = build_training_engine(XmodForMaskedLM(size.model_config()),
+                                     engine_config(size.model_config(), size.batch, stage), info)
+    engine_step(training, masked_batch(size))()
+    saver = Checkpointer(root, info, keep=1, sidecars={})
+    for step in (1, 2):
+        with PeakRSS() as memory:
+            start = time.perf_counter()
+            saver.save(training.deepspeed, step, {"step": step}, training.store)
+            held = time.perf_counter() - start
+            saver.finish()
+            published = time.perf_counter() - start
+    mine = {"loop_held_s": held, "published_s": published, "peak_added_gib": memory.added_gib}
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    return {f"rank {r}": figures for r, figures in enumerate(gathered)}
 
 
 def save_after_trained(size: Size, count: int, info, root: Path) -> dict:
@@ -181,6 +188,7 @@ def report(result: dict) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", type=Path, required=True)
+    parser.add_argument("--part", choices=("stages", "languages"), required=True)
     parser.add_argument("--size", default=MID.name)
     args = parser.parse_args()
-    worker(args.worker, args.size)
+    worker(args.worker, args.part, args.size)

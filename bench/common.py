@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -245,6 +246,14 @@ def single_process_group() -> Iterator[DistInfo]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def in_child(fn: Callable, *args):
+    """``fn(*args)`` in a fresh process, its result returned. A DeepSpeed engine is never freed
+    in the process that built it (its parameters' gradient hooks hold it), so a benchmark that
+    builds many engines of full size builds each batch of them in a child of its own."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 def measure_pair(size: Size, warmup: int, timed: int, compile_backend: str = "inductor") -> dict:

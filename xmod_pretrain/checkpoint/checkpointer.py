@@ -100,15 +100,19 @@ class Checkpointer:
         barrier()
         failure = None if not engine_state else write_failure(tmp, lambda: engine.save_checkpoint(
             str(self.root), tag=tmp.name, save_latest=False))
-        replicated = [] if store is None else list(store.named.items())
+        # The languages changed since the last save alone: the others were compared at the save
+        # that wrote their files, and nothing has moved them since (every rank knows which).
+        replicated = [] if store is None else store.changed_parameters()
         if engine.zero_optimization_partition_weights():  # ZeRO-3 ranks hold slices
             check_replicas_agree(replicated, self.info, "language modules")
         else:
             check_replicas_agree(list(engine.module.named_parameters()) + replicated, self.info)
         weights = consolidated_weights(engine, self.info)
         languages = None
-        if self.info.is_main and store is not None:  # host copies: training goes on
-            languages = store.changed_state()
+        if store is not None:
+            if self.info.is_main:  # host copies: training goes on
+                languages = store.changed_state()
+            store.mark_saved()
         failure = self._any_rank(failure)  # also the barrier before rank 0 publishes
         if failure is not None:
             self._abandon(tmp, failure)

@@ -106,10 +106,15 @@ class LanguageStore:
 
     # ---- checkpoints -------------------------------------------------------------------------
 
+    def changed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the languages changed since the last save, in sorted order."""
+        return [item for lang in sorted(self.changed) for item in self.by_language[lang]]
+
     def changed_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Host copies of the languages changed since the last save, which then count as saved:
-        per language its weights and, once stepped, their AdamW moments and step count
-        (``<name>::exp_avg``, ``<name>::exp_avg_sq``, ``<name>::step``)."""
+        """Host copies of the languages changed since the last save: per language its weights
+        and, once stepped, their AdamW moments and step count (``<name>::exp_avg``,
+        ``<name>::exp_avg_sq``, ``<name>::step``). Only the rank that writes the files calls
+        it; every rank then calls ``mark_saved``."""
         optimizer_state = {} if self.optimizer is None else self.optimizer.state
         saved: dict[str, dict[str, torch.Tensor]] = {}
         for lang in sorted(self.changed):
@@ -119,8 +124,13 @@ class LanguageStore:
                 for key, value in optimizer_state.get(param, {}).items():
                     tensors[f"{name}{STATE_SEPARATOR}{key}"] = value.detach().to(
                         "cpu", copy=True).reshape(value.shape if key in MOMENTS else (1,))
-        self.changed = set()
         return saved
+
+    def mark_saved(self) -> None:
+        """A save holds every language's current state: none counts as changed. Every rank
+        calls it at each save, so that all keep the same ``changed`` (the save's replica check
+        compares the changed languages alone)."""
+        self.changed = set()
 
     def saved_already(self, languages: Iterable[str]) -> None:
         """``languages`` are as a file holds them already (another run's: the checkpointer

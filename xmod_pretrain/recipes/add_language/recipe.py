@@ -251,19 +251,23 @@ class AddLanguage(Recipe):
 
     def after_training(self, trainer: Trainer) -> None:
         """Each new language's valid perplexity through the best existing language's modules:
-        what the new modules must beat."""
+        what the new modules must beat. The candidates are the languages the source run trained
+        on (its data folder's), when it is still there: a run of 2,000 registered languages
+        need not be scored through modules that never trained."""
         languages, new = trainer.languages, self.plan.new_languages
         old = [lang for lang in languages if lang not in new]
+        trained = source_validation(self.plan)
+        candidates = [lang for lang in old if trained is None or lang in trained[1]] or old
         for lang in new:
             via = {other: trainer.evaluate(trainer.valid[lang], language_index(languages, other))
-                   for other in old}
+                   for other in candidates}
             best = min(via, key=via.get)
             own = trainer.evaluate(trainer.valid[lang])
             record = {"step": trainer.step, "split": "transfer", "language": lang, "own": own,
                       "best_existing": best, "via": via}
             trainer.metrics.log(record, f"{lang}: ppl {perplexity(own):.2f} with its own modules, "
                                         f"{perplexity(via[best]):.2f} through {best}'s (the best "
-                                        f"of {len(old)} existing)")
+                                        f"of {len(candidates)} existing)")
         report_bits_per_byte(trainer, self.tokenizer(trainer.cfg), new)
         if self.plan.grown is not None:
             report_old_languages(trainer, self.plan.grown, [l for l in old if l in trainer.valid])

@@ -27,6 +27,7 @@ CLUSTER_SH = REPO / "tests" / "support" / "slurm_cluster.sh"
 TRAIN_SH = REPO / "slurm" / "train.sh"
 LSC_BASE = Path("/tmp/xmod-slurm")  # the support script's default: daemons' state, logs, config
 SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "munged")
+LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -87,8 +88,10 @@ def slurm():
     """The two-node cluster, started for this module and stopped after it whatever happens."""
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster starts slurmctld, slurmd and munged: needs root")
+    # Neither an outer job's variables nor a process group's: a run started in this worker's
+    # process (the curse's, transfer's) sets RANK, MASTER_PORT=0 and the like in its environment.
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}  # e.g. an outer job's
+           if not key.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and key not in LAUNCHER}
     env.update(LSC_BASE=str(LSC_BASE), LSC_NODES="2", SLURM_CONF=str(LSC_BASE / "slurm.conf"),
                # what the jobs inherit: this interpreter and this checkout, no wandb, 1 thread each
                PYTHON=sys.executable, PYTHONPATH=str(REPO), WANDB_MODE="disabled",

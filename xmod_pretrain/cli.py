@@ -45,14 +45,15 @@ def _train(cfg: DictConfig) -> None:
 def user_errors_exit() -> Iterator[None]:
     """The CLI boundary: a UserError becomes one line on stderr and exit status 1, no traceback;
     a second Ctrl-C during training (or one before it starts) one line and exit status 130.
-    A process group the command joined is left when it succeeds; one it found (a caller's, in
-    this process) stays."""
+    A process group the command joined is left (``_leave_process_group``); one it found (a
+    caller's, in this process) stays."""
     found_a_group = _in_a_process_group()
+    succeeded = False
     try:
         yield
+        succeeded = True
     except SystemExit as done:  # a tool's own exit status
-        if not done.code and not found_a_group:
-            _leave_process_group()
+        succeeded = not done.code
         raise
     except UserError as err:
         print(error_line(err), file=sys.stderr, flush=True)
@@ -63,9 +64,9 @@ def user_errors_exit() -> Iterator[None]:
     except KeyboardInterrupt:
         print("interrupted by Ctrl-C", file=sys.stderr, flush=True)
         sys.exit(Aborted.exit_status)
-    else:
+    finally:
         if not found_a_group:
-            _leave_process_group()
+            _leave_process_group(succeeded)
 
 
 def _in_a_process_group() -> bool:
@@ -74,12 +75,17 @@ def _in_a_process_group() -> bool:
     return dist is not None and dist.is_available() and dist.is_initialized()
 
 
-def _leave_process_group() -> None:
-    """After a command that succeeded (not after a failure: a peer may be gone)."""
-    if _in_a_process_group():  # only commands that trained joined a group
+def _leave_process_group(succeeded: bool) -> None:
+    """Only commands that trained joined a group. It is left after a success, and after a
+    failure when the process was alone in it: with peers, one may be gone, and leaving would
+    wait for it."""
+    if _in_a_process_group():
+        import torch.distributed as dist
+
         from xmod_pretrain.training.distributed import finish_process
 
-        finish_process()
+        if succeeded or dist.get_world_size() == 1:
+            finish_process()
 
 
 def train_main() -> None:

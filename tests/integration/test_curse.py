@@ -12,11 +12,12 @@ import sys
 import pytest
 from PIL import Image
 
+from tests.support.commands import cli_here
 from tests.support.launch import TINY_MODEL, read_metrics
 from xmod_pretrain.cli import main as cli_main
-from xmod_pretrain.experiments.curse import main as curse_main
 from xmod_pretrain.model.xmod import language_of_parameter
 from xmod_pretrain.runs.records import open_run
+from xmod_pretrain.training.distributed import WORLD_OF_ONE
 
 pytestmark = pytest.mark.integration
 
@@ -107,27 +108,27 @@ def test_outputs(experiment):
     assert width >= 900 and height >= 350
 
 
-def in_process(capsys, out, data_dir, *args: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of the driver run in this process: no training starts here."""
-    code = curse_main(["--out", str(out), f"data.dir={data_dir}", "data.source=null", *TINY_MODEL,
-                       "train.max_steps=3", "train.log_every=1", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def in_process(capsys, out, data_dir, *args: str) -> subprocess.CompletedProcess:
+    """``xmod_pretrain curse`` run in this process: the experiment's runs are done, and only the
+    transfers train here."""
+    return cli_here(capsys, "curse", "--out", str(out), f"data.dir={data_dir}", "data.source=null",
+                    *TINY_MODEL, "train.max_steps=3", "train.log_every=1", *args)
 
 
 def test_rerun_keeps_complete_runs(experiment, tiny_data, capsys):
     out, _ = experiment
-    code, stdout, err = in_process(capsys, out, tiny_data, "--languages", *ORDER,
-                                   "--eval-languages", *EVAL, "--ns", *map(str, NS))
-    assert code == 0, err
-    assert stdout.count("kept") == 4 and "training:" not in stdout
+    done = in_process(capsys, out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
+                      "--ns", *map(str, NS))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("kept") == 4 and "training:" not in done.stdout
 
 
 def test_other_settings_are_refused(experiment, tiny_data, capsys):
     out, _ = experiment
-    code, _, err = in_process(capsys, out, tiny_data, "--languages", *ORDER, "--eval-languages",
-                              *EVAL, "--ns", *map(str, NS), "optim.lr=1e-4")
-    assert code == 1 and "xmod-2 was trained with other settings (optim differ)" in err
+    done = in_process(capsys, out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
+                      "--ns", *map(str, NS), "optim.lr=1e-4")
+    assert done.returncode == 1
+    assert "xmod-2 was trained with other settings (optim differ)" in done.stderr
 
 
 @pytest.mark.parametrize("args, named", [
@@ -144,9 +145,8 @@ def test_other_settings_are_refused(experiment, tiny_data, capsys):
       "--transfer", "2"], "lack en_XX"),
 ])
 def test_bad_input_stops_before_training(tiny_data, tmp_path, capsys, args, named):
-    code, _, err = in_process(capsys, tmp_path / "out", tiny_data, "--eval-languages", "en_XX",
-                              *args)
-    assert code == 1 and named in err, err
+    done = in_process(capsys, tmp_path / "out", tiny_data, "--eval-languages", "en_XX", *args)
+    assert done.returncode == 1 and named in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -154,10 +154,13 @@ def test_transfer_comparison_of_the_two_runs(experiment, tiny_data, capsys):
     """--transfer fine-tunes both n=3 runs on en_XX and scores de_DE and ru_RU: X-MOD through
     each target's modules, the shared run through its one set (no ablation column to show)."""
     out, _ = experiment
-    code, stdout, err = in_process(capsys, out, tiny_data, "--languages", *ORDER,
-                                   "--eval-languages", *EVAL, "--ns", *map(str, NS),
-                                   "--transfer", "3", "--transfer-steps", "2", "--seeds", "1")
-    assert code == 0, err
+    done = in_process(capsys, out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
+                      "--ns", *map(str, NS), "--transfer", "3", "--transfer-steps", "2",
+                      "--seeds", "1")
+    assert done.returncode == 0, done.stderr
+    # The transfers joined a process group here and left it: no launcher variable stays behind
+    # for a command this process starts next.
+    assert not WORLD_OF_ONE.keys() & os.environ.keys()
     summary = json.loads((out / "curse_transfer.json").read_text())
     assert {(r["task"], r["variant"]) for r in summary["rows"]} == {
         (task, variant) for task in ("guide-topic", "udhr-retrieval")

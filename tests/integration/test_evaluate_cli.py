@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import BUNDLE, TINY_LANGUAGES
+from tests.support.commands import cli_here
 from tests.support.launch import read_metrics
 from tests.support.runs import copy_run
-from xmod_pretrain.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -27,22 +27,15 @@ def run(run_4_steps, tmp_path_factory):
     return copy_run(run_4_steps, tmp_path_factory.mktemp("evaluate") / "run")
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``xmod_pretrain ARGV`` run in this process."""
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exit_.value.code, out.out, out.err
-
-
 def image_size(path) -> tuple[int, int]:
     assert path.stat().st_size > 5_000, path
     return Image.open(path).size
 
 
 def test_evaluate_prints_and_writes_table(run, capsys):
-    code, out, _ = cli(capsys, "evaluate", "--from", str(run), "--draws", "2")
-    assert code == 0
+    done = cli_here(capsys, "evaluate", "--from", str(run), "--draws", "2")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     for lang in TINY_LANGUAGES:
         assert f"  {lang} " in out
     assert "mean" in out and "2 mask draw(s)" in out
@@ -61,8 +54,8 @@ def test_evaluate_prints_and_writes_table(run, capsys):
 
 def test_one_draw_reproduces_the_trainers_validation(run, capsys, tmp_path):
     """Same batches, same loss function: plain model == the DeepSpeed engine's last validation."""
-    code = cli(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out", str(tmp_path))[0]
-    assert code == 0
+    done = cli_here(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "evaluation.json").read_text())["rows"]
     last = read_metrics(run)[1][-1]
     assert last["step"] == 4
@@ -75,15 +68,15 @@ def test_text_and_adapter_of(run, capsys, tmp_path, tiny_corpus):
     yoruba = tmp_path / "yo.txt"
     with lzma.open(BUNDLE.parent / "udhr" / "yo_NG.txt.xz", "rt", encoding="utf-8") as f:
         yoruba.write_text(f.read())
-    code, out, _ = cli(capsys, "evaluate", "--from", str(run), "--langs", "de_DE", "--draws", "1",
-                       "--text", f"de_DE={german}", "--text", f"yo_NG={yoruba}",
-                       "--adapter-of", "yo_NG=en_XX", "--adapter-of", "de_DE=ru_RU",
-                       "--out", str(tmp_path / "out"))
-    assert code == 0, out
+    done = cli_here(capsys, "evaluate", "--from", str(run), "--langs", "de_DE", "--draws", "1",
+                    "--text", f"de_DE={german}", "--text", f"yo_NG={yoruba}",
+                    "--adapter-of", "yo_NG=en_XX", "--adapter-of", "de_DE=ru_RU",
+                    "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "out" / "evaluation.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["de_DE", "yo_NG via en_XX", "de_DE via ru_RU"]
     assert rows[0]["data"] == str(german) and rows[1]["data"] == str(yoruba)
-    assert "yo_NG via en_XX" in out
+    assert "yo_NG via en_XX" in done.stdout
 
 
 @pytest.mark.parametrize("args, named", [
@@ -96,19 +89,19 @@ def test_evaluate_refuses_bad_input(run, capsys, tmp_path, args, named):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     args = [a.replace("EMPTY", str(empty)) for a in args]
-    code, _, err = cli(capsys, "evaluate", "--from", str(run), "--out", str(tmp_path), *args)
-    assert code != 0 and named in err, err
+    done = cli_here(capsys, "evaluate", "--from", str(run), "--out", str(tmp_path), *args)
+    assert done.returncode != 0 and named in done.stderr, done.stderr
 
 
 def test_evaluate_missing_run(capsys, tmp_path):
-    code, _, err = cli(capsys, "evaluate", "--from", str(tmp_path / "nope"))
-    assert code != 0 and str(tmp_path / "nope") in err
+    done = cli_here(capsys, "evaluate", "--from", str(tmp_path / "nope"))
+    assert done.returncode != 0 and str(tmp_path / "nope") in done.stderr
 
 
 def test_report_draws_curves_and_page(run, capsys, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluation.*"))
-    assert cli(capsys, "report", "--from", str(copy))[0] == 0
+    assert cli_here(capsys, "report", "--from", str(copy)).returncode == 0
     page = (copy / "report" / "index.html").read_text()
     for name in FIGURES:
         width, height = image_size(copy / "report" / name)
@@ -121,12 +114,12 @@ def test_report_draws_curves_and_page(run, capsys, tmp_path):
 
 def test_report_shows_the_latest_evaluation(run, capsys):
     if not (run / "evaluation.json").is_file():
-        assert cli(capsys, "evaluate", "--from", str(run), "--draws", "1")[0] == 0
-    assert cli(capsys, "report", "--from", str(run))[0] == 0
+        assert cli_here(capsys, "evaluate", "--from", str(run), "--draws", "1").returncode == 0
+    assert cli_here(capsys, "report", "--from", str(run)).returncode == 0
     page = (run / "report" / "index.html").read_text()
     assert 'src="evaluation.png"' in page and "xmod_pretrain evaluate" in page
 
 
 def test_report_without_metrics(capsys, tmp_path):
-    code, _, err = cli(capsys, "report", "--from", str(tmp_path))
-    assert code != 0 and "metrics.jsonl" in err
+    done = cli_here(capsys, "report", "--from", str(tmp_path))
+    assert done.returncode != 0 and "metrics.jsonl" in done.stderr

@@ -15,12 +15,11 @@ import pytest
 import torch
 
 from tests.conftest import TINY_LANGUAGES
-from tests.support.commands import TRAIN, add_language
+from tests.support.commands import TRAIN, add_language, cli_here
 from tests.support.hf import udhr_lines
 from tests.support.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.checkpoint.language_files import language_manifest
 from xmod_pretrain.checkpoint.layout import CheckpointCorrupt
-from xmod_pretrain.cli import main
 from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.runs.language_modules import (
     LanguageModuleError,
@@ -67,14 +66,6 @@ def other_base(shared_data, tmp_path_factory) -> Path:
 def module_file(base, base_digest, tmp_path_factory) -> Path:
     tensors_path, _ = save_language_module(base, "de_DE", tmp_path_factory.mktemp("modules"))
     return tensors_path
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``xmod_pretrain *argv`` run in this process."""
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 def test_module_file_is_small_and_self_describing(base, module_file):
@@ -199,16 +190,16 @@ def test_cli_errors_name_the_problem_and_write_nothing(base, module_file, tmp_pa
          "no checkpoint of step 9 .*available steps: 4"),
     ]
     for argv, problem in cases:
-        code, _, err = cli(capsys, *argv)
-        assert code != 0, argv
-        assert err.startswith(f"xmod_pretrain {argv[0]}: error: ")
-        assert re.search(problem, err), (argv, err)
+        done = cli_here(capsys, *argv)
+        assert done.returncode != 0, argv
+        assert done.stderr.startswith(f"xmod_pretrain {argv[0]}: error: ")
+        assert re.search(problem, done.stderr), (argv, done.stderr)
         assert not out.exists(), argv
     out.mkdir()
     (out / "keep").write_text("x")
-    code, _, err = cli(capsys, "remove-language", "--lang", "de_DE", "--from", str(base),
-                       "--out", str(out))
-    assert code != 0 and "already exists and is not empty" in err
+    done = cli_here(capsys, "remove-language", "--lang", "de_DE", "--from", str(base),
+                    "--out", str(out))
+    assert done.returncode != 0 and "already exists and is not empty" in done.stderr
     assert [p.name for p in out.iterdir()] == ["keep"]
 
 
@@ -233,12 +224,12 @@ def grown(base, tmp_path_factory) -> Path:
 def evaluated(capsys, run: Path, out: Path, *args: str) -> tuple[dict[str, float], dict[str, str]]:
     """({row: loss}, {skipped language: why}) of ``xmod_pretrain evaluate`` of ``run`` (one
     draw), written to ``out``; its stdout holds a line for each skipped language."""
-    code, stdout, err = cli(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out",
-                            str(out), *args)
-    assert code == 0, err
+    done = cli_here(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out", str(out),
+                    *args)
+    assert done.returncode == 0, done.stderr
     saved = json.loads((out / "evaluation.json").read_text())
     for lang, why in saved["skipped"].items():
-        assert f"  skipped {lang}: {why}\n" in stdout
+        assert f"  skipped {lang}: {why}\n" in done.stdout
     return {row["name"]: row["loss"] for row in saved["rows"]}, saved["skipped"]
 
 
@@ -263,18 +254,19 @@ def test_evaluate_says_which_languages_it_skips_and_why(chosen, tiny_data, tmp_p
     reason = (f"it is not in data.languages of {chosen} (en_XX, de_DE, el_GR), though "
               f"{tiny_data} holds its text")
     assert skipped == {"ru_RU": reason}
-    code, _, err = cli(capsys, "evaluate", "--from", str(chosen), "--langs", "ru_RU", "--out",
-                       str(tmp_path / "e"))
-    assert code == 1 and err == (f"xmod_pretrain evaluate: error: ru_RU cannot be evaluated from "
-                                 f"{chosen}'s data: {reason}; pass --text ru_RU=PATH\n")
+    done = cli_here(capsys, "evaluate", "--from", str(chosen), "--langs", "ru_RU", "--out",
+                    str(tmp_path / "e"))
+    assert done.returncode == 1 and done.stderr == (
+        f"xmod_pretrain evaluate: error: ru_RU cannot be evaluated from {chosen}'s data: "
+        f"{reason}; pass --text ru_RU=PATH\n")
     module, _ = save_language_module(chosen, "de_DE", tmp_path / "mods")
     other = load_language_module(chosen, module, tmp_path / "other", lang="lb_LU")
     assert evaluated(capsys, other, tmp_path / "e")[1]["lb_LU"] == \
         f"no valid text for it in {tiny_data}"
-    code, _, err = cli(capsys, "evaluate", "--from", str(other), "--langs", "lb_LU", "--out",
-                       str(tmp_path / "e"))
-    assert code == 1 and f"lb_LU cannot be evaluated from {other}'s data: no valid text for it " \
-                         f"in {tiny_data}; pass --text lb_LU=PATH\n" in err
+    done = cli_here(capsys, "evaluate", "--from", str(other), "--langs", "lb_LU", "--out",
+                    str(tmp_path / "e"))
+    assert done.returncode == 1 and f"lb_LU cannot be evaluated from {other}'s data: no valid " \
+        f"text for it in {tiny_data}; pass --text lb_LU=PATH\n" in done.stderr
 
 
 def test_a_grown_module_loaded_into_a_plain_run_evaluates(base, grown, shared_data, tmp_path,
@@ -307,9 +299,10 @@ def test_remove_then_load_of_a_grown_language_round_trips(grown, tmp_path, capsy
     assert set(rows) == {*TINY_LANGUAGES, "ti_ET"}
     # The pieces are ti_ET's again: another code may not share them; nothing is written.
     before = tree_hash(back.run_dir)
-    code, _, err = cli(capsys, "load-language", "--module", str(module), "--from",
-                       str(back.run_dir), "--lang", "am_ET", "--out", str(tmp_path / "twice"))
-    assert code == 1 and err.count("\n") == 1 and "already, as ti_ET's (ids " in err, err
+    done = cli_here(capsys, "load-language", "--module", str(module), "--from",
+                    str(back.run_dir), "--lang", "am_ET", "--out", str(tmp_path / "twice"))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "already, as ti_ET's (ids " in done.stderr
     assert tree_hash(back.run_dir) == before and not (tmp_path / "twice").exists()
     # Orphaned by the removal, they go to whichever code the module is loaded under.
     renamed = open_run(load_language_module(pruned, module, tmp_path / "renamed", lang="am_ET"))

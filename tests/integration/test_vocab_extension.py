@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 import transformers
 
 import xmod_pretrain
-from tests.support.commands import TRAIN, add_language
+from tests.support.commands import TRAIN, add_language, cli_here
 from tests.support.hf import assert_same_logits, export_with_cli, udhr_lines
 from tests.support.launch import tree_hash
 from xmod_core.tokenizer import Tokenizer
@@ -140,18 +139,19 @@ def test_a_run_grown_from_a_grown_run_keeps_its_base(grown, tmp_path):
     assert run_identity(more, more.weights()) == run_identity(original, original.weights())
 
 
-def test_module_file_carries_the_pieces(source_run, grown, tmp_path):
+def test_module_file_carries_the_pieces(source_run, grown, tmp_path, capsys):
     run, _ = grown
-    cli = [sys.executable, "-m", "xmod_pretrain"]
-    subprocess.run([*cli, "save-language", "--lang", "ti_ET", "--from", str(run), "--out",
-                    str(tmp_path / "m")], check=True, capture_output=True)
+    saved = cli_here(capsys, "save-language", "--lang", "ti_ET", "--from", str(run), "--out",
+                     str(tmp_path / "m"))
+    assert saved.returncode == 0, saved.stderr
     meta = json.loads((tmp_path / "m" / "ti_ET.json").read_text())
     first, count = new_ids(source_run, run)
     assert len(meta["pieces"]) == count
     before = tree_hash(source_run)
-    subprocess.run([*cli, "load-language", "--module", str(tmp_path / "m" / "ti_ET.safetensors"),
-                    "--from", str(source_run), "--out", str(tmp_path / "loaded")], check=True,
-                   capture_output=True)
+    loaded = cli_here(capsys, "load-language", "--module",
+                      str(tmp_path / "m" / "ti_ET.safetensors"), "--from", str(source_run),
+                      "--out", str(tmp_path / "loaded"))
+    assert loaded.returncode == 0, loaded.stderr
     assert tree_hash(source_run) == before
     loaded, original = open_run(tmp_path / "loaded"), open_run(run)
     text = udhr_lines("ti_ET", 30) + udhr_lines("en_XX", 10)
@@ -163,10 +163,9 @@ def test_module_file_carries_the_pieces(source_run, grown, tmp_path):
     assert run_identity(loaded, weights) == run_identity(open_run(source_run),
                                                          open_run(source_run).weights())
     # Its pieces are there now: the same file under another code is refused, nothing written.
-    again = subprocess.run([*cli, "load-language", "--module",
-                            str(tmp_path / "m" / "ti_ET.safetensors"), "--from",
-                            str(tmp_path / "loaded"), "--lang", "am_ET", "--out",
-                            str(tmp_path / "twice")], capture_output=True, text=True)
+    again = cli_here(capsys, "load-language", "--module",
+                     str(tmp_path / "m" / "ti_ET.safetensors"), "--from",
+                     str(tmp_path / "loaded"), "--lang", "am_ET", "--out", str(tmp_path / "twice"))
     assert again.returncode == 1 and "spelled by" in again.stderr
     assert not (tmp_path / "twice").exists()
 
@@ -177,18 +176,17 @@ def test_module_file_carries_the_pieces(source_run, grown, tmp_path):
     (["--extend-vocab", "8", "--lang", "sw_KE"], "one new language at a time"),
     (["--extend-vocab", "8", "--init-vocab", "zeros"], "invalid choice"),
 ])
-def test_bad_requests_are_refused(source_run, tmp_path, args, message):
-    proc = add_language("--lang", "yo_NG", "--from", str(source_run), "--out",
-                        str(tmp_path / "out"), *args, check=False)
+def test_bad_requests_are_refused(source_run, tmp_path, args, message, capsys):
+    proc = cli_here(capsys, "add-language", "--lang", "yo_NG", "--from", str(source_run),
+                    "--out", str(tmp_path / "out"), *args)
     assert proc.returncode != 0 and message in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()
 
 
-def test_text_in_a_covered_script_is_refused(source_run, tmp_path):
+def test_text_in_a_covered_script_is_refused(source_run, tmp_path, capsys):
     text = tmp_path / "af.txt"
     text.write_text("\n".join(udhr_lines("en_XX", 40)) + "\n", encoding="utf-8")
-    proc = add_language("--lang", "af_ZA", "--from", str(source_run), "--out",
-                        str(tmp_path / "out"), "--text", str(text), "--extend-vocab", "16",
-                        check=False)
+    proc = cli_here(capsys, "add-language", "--lang", "af_ZA", "--from", str(source_run),
+                    "--out", str(tmp_path / "out"), "--text", str(text), "--extend-vocab", "16")
     assert proc.returncode == 1 and "af_ZA has no letters the vocabulary lacks" in proc.stderr
     assert not (tmp_path / "out" / "vocabulary").exists()

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.support.launch import TINY_PEAK_TFLOPS
+from xmod_pretrain.cli import main
 from xmod_pretrain.runs.records import open_run
 
 # add-language's training overrides for the tiny model (its model comes from the source run).
@@ -39,6 +41,26 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from xmod_pretrain.cli import main; main()",
                            *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def cli_here(capsys: pytest.CaptureFixture, *argv: str) -> subprocess.CompletedProcess:
+    """``xmod_pretrain ARGV`` run in this process and read as cli()'s subprocess is: for refusals
+    and commands that do not train, which would spend most of a subprocess importing torch and
+    DeepSpeed (about 4 s of CPU)."""
+    capsys.readouterr()  # what came before is not this command's
+    argv_before = sys.argv
+    sys.argv = ["xmod_pretrain"]  # Hydra's app reads it (the dispatch rewrites it to train)
+    try:
+        main(list(argv))
+        status = 0
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else int(done.code is not None)
+        if isinstance(done.code, str):  # the interpreter would print it at exit
+            print(done.code, file=sys.stderr)
+    finally:
+        sys.argv = argv_before
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["xmod_pretrain", *argv], status, out, err)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

@@ -30,8 +30,7 @@ def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
                  source: str = "null") -> subprocess.CompletedProcess:
     """``preexec_fn`` runs in the child before it starts (a umask, a resource limit); ``model``
     replaces the tiny model's overrides (empty: the demo's own), ``source`` is ``data.source``."""
-    args = ["+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}", f"data.source={source}",
-            *model, *overrides]
+    args = demo_args(run_dir, data_dir, *overrides, model=model, source=source)
     if nproc == 1:
         cmd = [sys.executable, "-m", "xmod_pretrain", *args]
     else:
@@ -44,6 +43,13 @@ def run_training(run_dir: Path, data_dir: Path, *overrides: str, nproc: int = 1,
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+def demo_args(run_dir: Path, data_dir: Path, *overrides: str,
+              model: Sequence[str] = TINY_MODEL, source: str = "null") -> list[str]:
+    """The command line of a demo run of the tiny model on prepared data (run_training's)."""
+    return ["+exp=demo", f"run_dir={run_dir}", f"data.dir={data_dir}", f"data.source={source}",
+            *model, *overrides]
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:

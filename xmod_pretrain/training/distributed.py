@@ -19,6 +19,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# What a launcher would set, for a plain ``python -m xmod_pretrain``.
+WORLD_OF_ONE = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -119,11 +123,11 @@ def join_process_group(timeout_s: int) -> DistInfo:
     A launcher (torchrun, deepspeed, srun + torchrun) sets RANK/WORLD_SIZE; a plain
     ``python -m xmod_pretrain`` is a world of one on a local port the system picks as the
     group's store binds it (port 0): a port chosen first and bound later could be taken in
-    between by another process.
+    between by another process. Those variables last as long as the group
+    (``shutdown_distributed``).
     """
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
+        os.environ.update(WORLD_OF_ONE)
     info = DistInfo(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
@@ -167,9 +171,15 @@ def start_deepspeed(info: DistInfo, timeout_s: int) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group, so that its threads stop before the interpreter exits."""
+    """Leave the process group, so that its threads stop before the interpreter exits, and take
+    back the variables join_process_group set for a world of one: a subprocess started later by
+    this process (a command run in-process, then a launcher) would read MASTER_PORT=0 as its
+    rendezvous port."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    if all(os.environ.get(name) == value for name, value in WORLD_OF_ONE.items()):
+        for name in WORLD_OF_ONE:
+            del os.environ[name]
 
 
 def finish_process() -> None:

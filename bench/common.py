@@ -19,7 +19,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,12 +194,14 @@ def ours_step(model: XmodForMaskedLM, optimizer: torch.optim.Optimizer, batch: B
     return step
 
 
-def engine_step(training: TrainingEngine, batch: Batch) -> Step:
-    """The trainer's calls: the forward, the backward, the modules' reduction and both
-    optimizers' steps (which zero the gradients), for a step of one micro-batch."""
+def engine_step(training: TrainingEngine, batch: Batch, upcoming: Sequence[str] = ()) -> Step:
+    """The trainer's calls: the step's start (``upcoming``: the next step's languages), the
+    forward, the backward, the modules' reduction and both optimizers' steps (which zero the
+    gradients), for a step of one micro-batch."""
     present = [training.deepspeed.module.languages[batch.lang]]
 
     def step() -> None:
+        training.begin_step(present, upcoming)
         loss = training(input_ids=batch.input_ids, lang=batch.lang,
                         mlm_positions=batch.positions, mlm_targets=batch.targets).loss
         training.backward(loss)

@@ -34,76 +34,111 @@ from bench.common import (
     time_steps,
 )
 from xmod_pretrain.model.xmod import XmodForMaskedLM
+from xmod_pretrain.training.config import ModuleState
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.engine import build_training_engine
+from xmod_pretrain.training.language_store import LanguageStore
 
 COUNTS = (4, 81, 1000, 2000)
 PRESENT = 4  # the languages the micro-batches cycle over
 STAGES = (0, 2, 3)
 GOAL = 1.05  # 2,000 languages may cost at most 5% more than 4
-# (optim.update_absent_languages, the counts measured with it); --quick: the ends alone
-POLICIES = ((False, COUNTS), (True, COUNTS[:2]))
-QUICK_POLICIES = ((False, (COUNTS[0], COUNTS[-1])), (True, COUNTS[:1]))
+# (optim.update_absent_languages, optim.module_state, the counts measured with them); --quick:
+# the ends alone
+POLICIES = ((False, "device", COUNTS), (False, "host", COUNTS), (True, "device", COUNTS[:2]))
+QUICK_POLICIES = ((False, "device", (COUNTS[0], COUNTS[-1])),
+                  (False, "host", (COUNTS[0], COUNTS[-1])), (True, "device", COUNTS[:1]))
 
 
-def cycling_step(size: Size, count: int, stage: int, update_absent: bool, info: DistInfo) -> Step:
-    """One training step through our engine per call, cycling over the PRESENT languages."""
+def cycling_step(size: Size, count: int, stage: int, update_absent: bool, module_state: str,
+                 info: DistInfo) -> tuple[Step, LanguageStore]:
+    """One training step through our engine per call, cycling over the PRESENT languages (each
+    step's start told the next one's, as the trainer does), and the engine's language store."""
     cfg = dataclasses.replace(size, languages=count).model_config()
     config = engine_config(cfg, size.batch, stage)
     config.optim.update_absent_languages = update_absent
+    config.optim.module_state = ModuleState(module_state)
     torch.manual_seed(0)
     training = build_training_engine(XmodForMaskedLM(cfg), config, info)
-    steps = itertools.cycle([engine_step(training, masked_batch(size, seed, lang))
-                             for seed, lang in enumerate(range(PRESENT))])
-    return lambda: next(steps)()
+    steps = itertools.cycle([
+        engine_step(training, masked_batch(size, seed, lang),
+                    upcoming=[cfg.languages[(lang + 1) % PRESENT]])
+        for seed, lang in enumerate(range(PRESENT))])
+    return (lambda: next(steps)()), training.store
 
 
-def median_steps(size: Size, stage: int, update_absent: bool, counts: tuple[int, ...],
-                 rounds: int) -> dict[int, float]:
-    """Median step time per language count. The counts take turns, PRESENT steps each, for
-    ``rounds`` rounds, so that other work on the machine weighs on all of them alike."""
+def median_steps(size: Size, stage: int, update_absent: bool, module_state: str,
+                 counts: tuple[int, ...], rounds: int) -> dict[int, dict]:
+    """Per language count, the median step time and the module state's bytes on the device
+    and on the host after the steps. The counts take turns, PRESENT steps each, for ``rounds``
+    rounds, so that other work on the machine weighs on all of them alike."""
     with single_process_group() as info:
-        steppers = {n: cycling_step(size, n, stage, update_absent, info) for n in counts}
+        steppers = {n: cycling_step(size, n, stage, update_absent, module_state, info)
+                    for n in counts}
         times: dict[int, list[float]] = {n: [] for n in counts}
-        for n, step in steppers.items():
+        for n, (step, _) in steppers.items():
             time_steps(step, PRESENT, 0)  # warm-up: first allocations, Adam's state
         for _ in range(rounds):
-            for n, step in steppers.items():
+            for n, (step, _) in steppers.items():
                 times[n] += time_steps(step, 0, PRESENT)
-    return {n: statistics.median(t) for n, t in times.items()}
+        return {n: {"step_s": statistics.median(times[n]), **store.module_bytes()}
+                for n, (_, store) in steppers.items()}
 
 
 def run(quick: bool) -> dict:
     size, rounds = (QUICK, 1) if quick else (SMALL, 3)
     rows = []
-    for stage, (update_absent, counts) in itertools.product(
+    for stage, (update_absent, module_state, counts) in itertools.product(
             STAGES, QUICK_POLICIES if quick else POLICIES):
         # Full size: each stage's engines (up to 2,000 languages' modules) in a process of their
         # own, or the benchmark would hold all of them at once (23 GB measured).
-        times = (median_steps(size, stage, update_absent, counts, rounds) if quick
-                 else in_child(median_steps, size, stage, update_absent, counts, rounds))
-        rows += [{"zero_stage": stage, "update_absent_languages": update_absent, "languages": n,
-                  "step_s": t, "vs_4_languages": t / times[COUNTS[0]]} for n, t in times.items()]
+        args = (size, stage, update_absent, module_state, counts, rounds)
+        measured = median_steps(*args) if quick else in_child(median_steps, *args)
+        rows += [{"zero_stage": stage, "update_absent_languages": update_absent,
+                  "module_state": module_state, "languages": n, **m,
+                  "vs_4_languages": m["step_s"] / measured[COUNTS[0]]["step_s"]}
+                 for n, m in measured.items()]
+    device = {(r["zero_stage"], r["languages"]): r["step_s"] for r in rows
+              if not r["update_absent_languages"] and r["module_state"] == "device"}
+    for row in rows:  # what paging costs: host state against device state, same count
+        if row["module_state"] == "host":
+            row["vs_device_state"] = row["step_s"] / device[row["zero_stage"], row["languages"]]
     worst = max(r["vs_4_languages"] for r in rows if not r["update_absent_languages"])
     return {"machine": machine(), "size": dataclasses.asdict(size), "present_languages": PRESENT,
             "warmup_steps": PRESENT, "timed_steps": rounds * PRESENT, "rows": rows,
             "worst_ratio_default_policy": worst, "goal": GOAL, "met": worst <= GOAL}
 
 
+def policy_name(update_absent: bool, module_state: str) -> str:
+    return ("every module stepped" if update_absent
+            else f"absent skipped, module_state={module_state}")
+
+
 def report(result: dict) -> str:
-    lines = ["| ZeRO | update_absent_languages | " + " | ".join(f"{n} languages" for n in COUNTS)
-             + " |", "|---|---|" + "---|" * len(COUNTS)]
-    rows = {(r["zero_stage"], r["update_absent_languages"], r["languages"]): r
+    lines = ["| ZeRO | policy | " + " | ".join(f"{n} languages" for n in COUNTS) + " |",
+             "|---|---|" + "---|" * len(COUNTS)]
+    rows = {(r["zero_stage"], r["update_absent_languages"], r["module_state"], r["languages"]): r
             for r in result["rows"]}
-    for stage, (update_absent, _) in itertools.product(STAGES, POLICIES):
+    for stage, (update_absent, state, _) in itertools.product(STAGES, POLICIES):
         cells = [f"{r['step_s'] * 1e3:.0f} ms ({r['vs_4_languages']:.3f}x)"
-                 if (r := rows.get((stage, update_absent, n))) else "not measured"
+                 if (r := rows.get((stage, update_absent, state, n))) else "not measured"
                  for n in COUNTS]
-        lines.append(f"| {stage} | {str(update_absent).lower()} | " + " | ".join(cells) + " |")
+        lines.append(f"| {stage} | {policy_name(update_absent, state)} | " + " | ".join(cells)
+                     + " |")
     verdict = "met" if result["met"] else "NOT met"
-    lines.append(f"default policy, worst ratio to 4 languages "
+    lines.append(f"absent languages skipped, worst ratio to 4 languages "
                  f"{result['worst_ratio_default_policy']:.3f} (goal <= {result['goal']} at "
                  f"{COUNTS[-1]:,}): {verdict}")
+    lines += ["\nmodule state in MB, on the device / in host buffers, and host-state steps "
+              "against device-state ones:",
+              "| ZeRO | module_state | " + " | ".join(f"{n} languages" for n in COUNTS) + " |",
+              "|---|---|" + "---|" * len(COUNTS)]
+    for stage, state in itertools.product(STAGES, ("device", "host")):
+        cells = [f"{r['device'] / 1e6:,.1f} / {r['host'] / 1e6:,.1f}"
+                 + (f" ({r['vs_device_state']:.3f}x)" if "vs_device_state" in r else "")
+                 if (r := rows.get((stage, False, state, n))) else "not measured"
+                 for n in COUNTS]
+        lines.append(f"| {stage} | {state} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -114,12 +149,12 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for stage, (update_absent, _) in itertools.product(STAGES, POLICIES):
+    for stage, (update_absent, state, _) in itertools.product(STAGES, POLICIES):
         rows = [r for r in result["rows"] if r["zero_stage"] == stage
-                and r["update_absent_languages"] == update_absent]
-        policy = "every module stepped" if update_absent else "absent languages skipped (default)"
+                and r["update_absent_languages"] == update_absent and r["module_state"] == state]
         ax.plot([r["languages"] for r in rows], [r["step_s"] * 1e3 for r in rows], marker="o",
-                linestyle="--" if update_absent else "-", label=f"ZeRO-{stage}, {policy}")
+                linestyle="--" if update_absent else (":" if state == "host" else "-"),
+                label=f"ZeRO-{stage}, {policy_name(update_absent, state)}")
     ax.set_xscale("log")
     ax.set(title=f"Step time vs languages registered (batches cycle over {PRESENT})",
            xlabel="languages registered", ylabel="median step time (ms)", xticks=list(COUNTS))

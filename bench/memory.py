@@ -13,6 +13,7 @@ DeepSpeed's communication buckets are not counted: they do not scale with the pa
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from bench.common import (
 from xmod_pretrain.config import CONF_DIR
 from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM, count_parameters
-from xmod_pretrain.training.config import OptimConfig
+from xmod_pretrain.training.config import ModuleState, OptimConfig
 from xmod_pretrain.training.engine import build_training_engine
 
 STAGES = (0, 1, 2, 3)
@@ -41,6 +42,13 @@ MODULE_BYTES = 12  # a module element: fp32 param, m and v (its grad lives durin
 PERSISTENT = ("params", "master", "adam", "modules")  # what outlives a step; grads are freed
 TINY = Size("tiny", hidden=64, layers=2, heads=4, intermediate=128, vocab=1002, languages=3,
             batch=2, seq=16)
+# optim.module_state: xmod-base's modules on the device per rank at these registered counts,
+# a step of STEP_LANGUAGES languages (8 ranks, one language each); the tiny model measured with
+# PRESENT languages cycling.
+MODULE_STATES = ("device", "host")
+REGISTERED = (81, 500, 2000)
+STEP_LANGUAGES = 8
+PRESENT = 4
 TOLERANCE = 0.02  # measured vs formula (flat buffers are padded for alignment)
 GIB = 2**30
 
@@ -126,12 +134,50 @@ def _storage_bytes(tensors: list[torch.Tensor | None]) -> dict[int, int]:
             for t in tensors if t is not None and t.numel() > 0}
 
 
+def modules_on_device(module: int, registered: int, state: str, per_step: int) -> float:
+    """Bytes of language-module state a rank holds on the device, ``module`` elements a
+    language: with optim.module_state=device every registered language's weights and AdamW
+    moments; with host those of the step's languages and the next step's (fetched ahead). The
+    step's gradients (4 B an element) come and go in both."""
+    held = registered if state == "device" else min(registered, 2 * per_step)
+    return held * module * MODULE_BYTES + per_step * module * 4
+
+
+def measure_modules(registered: int, state: str) -> dict:
+    """Module bytes on the device after steps cycling over PRESENT languages (each stepped
+    twice, one a step, the next one fetched ahead), tiny model, one rank, ZeRO-2, beside the
+    persistent part of the formula (device: every language's weights and the stepped ones'
+    moments; host: the two resident languages', all three)."""
+    size = dataclasses.replace(TINY, languages=registered)
+    cfg = size.model_config()
+    config = engine_config(cfg, size.batch, 2)
+    config.optim = OptimConfig(module_state=ModuleState(state))
+    torch.manual_seed(0)
+    order = [i % PRESENT for i in range(2 * PRESENT)]
+    with single_process_group() as info:
+        training = build_training_engine(XmodForMaskedLM(cfg), config, info)
+        store = training.store
+        for k, lang in enumerate(order):
+            upcoming = [cfg.languages[order[(k + 1) % len(order)]]]
+            engine_step(training, masked_batch(size, k, lang), upcoming)()
+        measured = store.module_bytes()["device"]
+        module = sum(p.numel() for _, p in store.by_language[cfg.languages[0]])
+        del training, store
+    formula = (registered * module * 4 + PRESENT * module * 8 if state == "device"
+               else 2 * module * MODULE_BYTES)
+    return {"module_state": state, "registered": registered, "measured_bytes": measured,
+            "formula_bytes": formula, "relative_difference": (measured - formula) / formula}
+
+
 def run(quick: bool) -> dict:
     base = base_config()
     numel, active = count_parameters(base)
     shared, modules = split_parameters(base)
     measured = [measure_tiny(stage) for stage in STAGES]
-    worst = max(abs(m["relative_difference"]) for m in measured)
+    paged = [measure_modules(n, state) for state in MODULE_STATES
+             for n in (REGISTERED[:1] + REGISTERED[-1:] if quick else REGISTERED)]
+    worst = max(abs(m["relative_difference"]) for m in measured + paged)
+    module = modules // len(base.languages)
     return {"machine": machine(), "base": {"parameters": numel, "active_per_language": active,
                                            "languages": len(base.languages)},
             "gib_per_rank": {p: table(shared, modules, p) for p in BYTES},
@@ -139,6 +185,10 @@ def run(quick: bool) -> dict:
             "parts_per_rank_1": {p: {f"ZeRO-{s}": per_rank(shared, modules, s, 1, p)
                                      for s in STAGES}
                                  for p in BYTES},
+            "module_gib_per_rank": {
+                state: {n: modules_on_device(module, n, state, STEP_LANGUAGES) / GIB
+                        for n in REGISTERED} for state in MODULE_STATES},
+            "step_languages": STEP_LANGUAGES, "measured_modules_tiny": paged,
             "measured_tiny": measured, "worst_relative_difference": worst,
             "tolerance": TOLERANCE, "formula_matches": worst <= TOLERANCE}
 
@@ -148,6 +198,15 @@ def markdown(gib: dict[str, dict[str, float]]) -> str:
     rows = ["| stage | " + " | ".join(ranks) + " |", "|---|" + "---:|" * len(ranks)]
     rows += [f"| {stage} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |"
              for stage, row in gib.items()]
+    return "\n".join(rows)
+
+
+def module_markdown(gib: dict[str, dict[int, float]]) -> str:
+    counts = list(next(iter(gib.values())))
+    rows = ["| optim.module_state | " + " | ".join(f"{n:,} languages" for n in counts) + " |",
+            "|---|" + "---:|" * len(counts)]
+    rows += [f"| {state} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |"
+             for state, row in gib.items()]
     return "\n".join(rows)
 
 
@@ -163,6 +222,12 @@ def report(result: dict) -> str:
               f"{m['without_master_relative_difference']:+.1%} against the formula without "
               "DeepSpeed's fp32 master copy)"
               for m in result["measured_tiny"]]
+    lines += [f"\nlanguage modules on the device per rank (GiB, fp32, {result['step_languages']} "
+              "languages a step):", module_markdown(result["module_gib_per_rank"])]
+    lines.append("measured, tiny model, 1 rank (module weights and AdamW moments on the device):")
+    lines += [f"  module_state={m['module_state']}, {m['registered']:,} languages: "
+              f"{m['measured_bytes']:,} B measured, {m['formula_bytes']:,.0f} B formula "
+              f"({m['relative_difference']:+.2%})" for m in result["measured_modules_tiny"]]
     lines.append(f"formula within {result['tolerance']:.0%}: {result['formula_matches']}")
     return "\n".join(lines)
 

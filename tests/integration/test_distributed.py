@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.support.launch import TINY_MODEL, read_metrics, run_training
+from tests.support.parity import assert_same_training, final_weights
 from xmod_core.shards import read_manifest
 from xmod_pretrain.checkpoint.language_files import language_manifest, read_language_files
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
@@ -22,7 +23,6 @@ from xmod_pretrain.data.masking import Masker
 from xmod_pretrain.data.sampler import LanguageSampler
 from xmod_pretrain.data.shards import ShardSet
 from xmod_pretrain.model.xmod import language_of_parameter
-from xmod_pretrain.runs.records import open_run
 
 pytestmark = pytest.mark.integration
 
@@ -31,24 +31,6 @@ pytestmark = pytest.mark.integration
 # A larger eps keeps such noise at noise level, so fp32 tolerance can be asserted.
 STEPS = ["train.max_steps=8", "train.log_every=1", "train.eval_every=0", "train.save_every=8",
          "optim.warmup_steps=2", "optim.eps=1e-3"]
-
-
-def final_weights(run) -> dict[str, torch.Tensor]:
-    return open_run(run).weights()
-
-
-def assert_same_training(a, b, tol=2e-4) -> None:
-    """Losses and final weights agree to fp32 tolerance. ZeRO-0 agrees to the last digit printed;
-    ZeRO-1/2 reduce-scatter gradients in buckets, in another summation order, which moves the
-    loss by about 4e-5 relative after a few steps."""
-    (ta, _), (tb, _) = read_metrics(a), read_metrics(b)
-    assert [r["step"] for r in ta] == [r["step"] for r in tb]
-    for x, y in zip(ta, tb):
-        assert x["loss"] == pytest.approx(y["loss"], rel=tol), x["step"]
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.allclose(wa[key], wb[key], rtol=tol, atol=tol), key
 
 
 def tiny_sampler(tiny_data, language_per: str = "rank") -> tuple[LanguageSampler, list[str]]:
@@ -164,6 +146,22 @@ def test_zero3_with_per_rank_languages_resumes_exactly(tiny_data, tmp_path, zero
     trained = {langs[i] for step in range(4, 8) for i in sampler.step_languages(step, 1, 2)}
     rewritten = {lang for lang in after if after[lang] != before[lang]}
     assert rewritten == trained and "yo_NG" not in rewritten
+
+
+def test_host_module_state_trains_and_resumes_as_device_state(tiny_data, tmp_path,
+                                                             zero3_two_ranks):
+    """optim.module_state=host (the modules in host memory, a step's languages on the device):
+    ZeRO-3 on two ranks of different languages, stopped at step 4 and resumed, trains, validates
+    and saves as the device-state run of 8 steps straight, to the last bit: the same arithmetic
+    on the same values, only copied between places."""
+    common = ["model.languages=[de_DE,el_GR,en_XX,ru_RU,yo_NG]", *STEPS[1:], "deepspeed=zero3",
+              "optim.module_state=host"]
+    straight, paged = zero3_two_ranks[0], tmp_path / "paged"
+    run_training(paged, tiny_data, "train.max_steps=4", "optim.total_steps=8", *common, nproc=2)
+    proc = run_training(paged, tiny_data, "train.max_steps=8", *common, nproc=2)
+    assert "resumed from" in proc.stdout
+    assert_same_training(straight, paged, tol=0)
+    assert read_metrics(paged)[1][-1]["lang_loss"] == read_metrics(straight)[1][-1]["lang_loss"]
 
 
 def test_update_absent_languages_moves_every_module(tiny_data, tmp_path, initial_weights):

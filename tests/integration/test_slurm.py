@@ -42,11 +42,11 @@ class Cluster:
         return subprocess.run(args, env=self.env, check=True, capture_output=True, text=True,
                               timeout=60).stdout
 
-    def submit(self, workdir: Path, *overrides: str) -> str:
+    def submit(self, workdir: Path, *overrides: str, nodes: int = 2) -> str:
         """sbatch the script as a user would, from ``workdir``; the nodes have no GPU and the
         fake nodes share this machine's cores, hence the options over the script's defaults."""
         (workdir / "logs").mkdir(exist_ok=True)
-        return self.command("sbatch", "--parsable", f"--chdir={workdir}", "--nodes=2",
+        return self.command("sbatch", "--parsable", f"--chdir={workdir}", f"--nodes={nodes}",
                             "--gpus-per-node=0", "--cpus-per-task=1", str(TRAIN_SH),
                             *overrides).strip()
 
@@ -113,9 +113,10 @@ def slurm():
                            timeout=300)
 
 
-def test_two_node_job_trains_and_checkpoints(slurm, tiny_data, tmp_path):
+def test_two_node_job_trains_checkpoints_and_resumes_on_one_node(slurm, tiny_data, tmp_path):
+    batch = "train.global_batch_size=16"  # 2 nodes x 1 process x 8, or 1 x 1 x 8 x 2 micro-steps
     job = slurm.submit(tmp_path, *tiny_run(tiny_data, "train.max_steps=20", "train.log_every=5",
-                                           "train.save_every=10"))
+                                           "train.save_every=10", batch))
     log = assert_completed(slurm.wait(job, tmp_path, timeout=300), tmp_path, job)
 
     # One srun task, hence one torchrun, on each node of the two (one process each: no GPU)...
@@ -132,6 +133,14 @@ def test_two_node_job_trains_and_checkpoints(slurm, tiny_data, tmp_path):
     assert [r["step"] for r in train] == [1, 5, 10, 15, 20]  # a first line at step 1
     assert [r["step"] for r in valid] == [0, 20]
     assert log.count("valid @ step 20") == 1  # rank 0 alone reports
+    # The same run resubmitted on one node goes on with two micro-steps a step.
+    again = slurm.submit(tmp_path, *tiny_run(tiny_data, "train.max_steps=25", "train.log_every=5",
+                                             batch, f"run_dir={run}"), nodes=1)
+    log = assert_completed(slurm.wait(again, tmp_path, timeout=300), tmp_path, again)
+    assert ("resuming step_00000020 written by 2 ranks under ZeRO-2 on 1 rank under ZeRO-2: "
+            "optimizer state re-partitioned") in log, log[-8000:]
+    assert [r["step"] for r in read_metrics(run)[0]][-2:] == [20, 25]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000025"
 
 
 def test_usr1_checkpoints_requeues_and_resumes(slurm, tiny_data, tmp_path):

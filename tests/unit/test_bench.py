@@ -82,6 +82,14 @@ def test_memory_formula_matches_the_engine_and_shards(tmp_path):
     assert sum(per_rank(10, 0, 0, 1, "fp32").values()) == 10 * 16
     assert sum(per_rank(10, 0, 0, 1, "bf16").values()) == 10 * 16  # 2 + 2 + 4 master + 8
     assert sum(per_rank(0, 10, 3, 8, "bf16").values()) == 10 * 12  # fp32 modules, unsharded
+    # optim.module_state=host: a step's languages on the device at any count registered, as
+    # measured, where device state grows with every language.
+    paged = {(m["module_state"], m["registered"]): m for m in result["measured_modules_tiny"]}
+    assert paged[("host", 81)]["measured_bytes"] == paged[("host", 2000)]["measured_bytes"]
+    assert paged[("device", 2000)]["measured_bytes"] > 20 * paged[("device", 81)]["measured_bytes"]
+    assert all(abs(m["relative_difference"]) <= result["tolerance"] for m in paged.values())
+    host = result["module_gib_per_rank"]["host"]
+    assert len(set(host.values())) == 1 and host[2000] < result["module_gib_per_rank"]["device"][81]
 
 
 def test_data_prep_is_measured_with_one_and_two_workers(tmp_path):
@@ -100,13 +108,23 @@ def test_data_prep_is_measured_with_one_and_two_workers(tmp_path):
 def test_languages_ratios_are_against_four_languages(tmp_path):
     result = run_one("languages", quick=True, out_dir=tmp_path)
     check_files(tmp_path, "languages", ("languages.png",))
-    rows = {(r["zero_stage"], r["update_absent_languages"], r["languages"]): r for r in result["rows"]}
+    rows = {(r["zero_stage"], r["update_absent_languages"], r["module_state"], r["languages"]): r
+            for r in result["rows"]}
     assert len(rows) == len(result["rows"]) == len(STAGES_MEASURED) * sum(
-        len(counts) for _, counts in QUICK_POLICIES)
-    assert {n for _, _, n in rows} == {4, 2000} and COUNTS[-1] == 2000
+        len(counts) for _, _, counts in QUICK_POLICIES)
+    assert {key[-1] for key in rows} == {4, 2000} and COUNTS[-1] == 2000
     assert all(row["step_s"] > 0 and row["vs_4_languages"] > 0 for row in result["rows"])
     assert all(row["vs_4_languages"] == 1 for row in result["rows"] if row["languages"] == COUNTS[0])
     assert result["met"] == (result["worst_ratio_default_policy"] <= result["goal"])
+    # Memory per rank: device state grows with the languages registered; host state keeps the
+    # same bytes on the device at 4 and 2,000, and the rest in its host buffers.
+    for stage in STAGES_MEASURED:
+        device = [rows[stage, False, "device", n] for n in (4, 2000)]
+        host = [rows[stage, False, "host", n] for n in (4, 2000)]
+        assert device[1]["device"] > 100 * device[0]["device"] and device[1]["host"] == 0
+        assert host[0]["device"] == host[1]["device"] > 0
+        assert host[1]["host"] > 100 * host[0]["device"]
+        assert all(r["vs_device_state"] > 0 for r in host)
 
 
 @pytest.mark.integration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -118,9 +119,12 @@ def test_deepspeed_config_follows_train_config():
     ("model.num_attention_heads=5", "not a multiple of model.num_attention_heads=5"),
     ("optim.total_steps=500", "optim.total_steps=500 is below train.max_steps=600: the steps "
                               "after 500 would train at learning rate 0"),
+    ("optim.module_state=host optim.update_absent_languages=true",
+     "optim.module_state=host keeps only a step's languages on the device, and "
+     "optim.update_absent_languages=true steps every language every step"),
 ])
 def test_check_config_names_the_key_the_value_and_what_is_allowed(override, message):
-    cfg = load("+exp=demo", override)
+    cfg = load("+exp=demo", *override.split())
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(cfg)
 
@@ -130,6 +134,7 @@ def test_check_config_names_the_key_the_value_and_what_is_allowed(override, mess
     ("train.precision=fp16", "[fp32, bf16]"),
     ("logging.wandb_mode=on", "[offline, online, disabled]"),
     ("recipe=finetune", "[pretrain, add_language, transfer]"),
+    ("optim.module_state=disk", "[device, host]"),
 ])
 def test_hydra_refuses_a_choice_outside_the_schema_enum(override, choices):
     """String choices are enums in the schema: composing a bad one fails, naming the choices."""
@@ -221,3 +226,19 @@ def test_a_saved_config_with_a_retired_key_still_loads_and_the_command_line_name
     with pytest.raises(ConfigError, match=r"transfer.warmup_fraction \(did you mean "
                                           r"optim.warmup_fraction\?\)"):
         check_known_keys(OmegaConf.create(saved))  # +transfer.warmup_fraction=0.1
+
+
+def test_the_global_batch_sets_the_accumulation_for_the_ranks_of_a_start():
+    """train.global_batch_size: the same sequences a step on 1, 2 or 4 ranks; refused where the
+    ranks' micro-batches do not divide it, or where grad_accum_steps says otherwise."""
+    train = load("+exp=demo", "train.global_batch_size=32", "train.micro_batch_size=8").train
+    assert [train.for_ranks(n).grad_accum_steps for n in (1, 2, 4)] == [4, 2, 1]
+    assert load("+exp=demo").train.for_ranks(4).grad_accum_steps == 1  # null: as given
+    with pytest.raises(ConfigError, match=re.escape(
+            "train.global_batch_size=32 is not a multiple of 3 rank(s) x "
+            "train.micro_batch_size=8 = 24")):
+        train.for_ranks(3)
+    with pytest.raises(ConfigError, match=re.escape(
+            "train.grad_accum_steps=3 and train.global_batch_size=32 disagree on 2 rank(s) (it "
+            "gives 2)")):
+        dataclasses.replace(train, grad_accum_steps=3).for_ranks(2)

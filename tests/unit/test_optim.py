@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
 from tests.unit.test_model import LANGUAGES, TINY, batch
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
 from xmod_pretrain.training.clipping import GlobalClip
-from xmod_pretrain.training.config import OptimConfig
+from xmod_pretrain.training.config import ModuleState, OptimConfig
 from xmod_pretrain.training.distributed import DistInfo
 from xmod_pretrain.training.language_store import LanguageStore
 from xmod_pretrain.training.optim import (
@@ -130,3 +131,55 @@ def test_the_store_schedules_the_languages_it_steps_as_lambdalr_would() -> None:
     assert {g["lr"] for g in untouched} == {cfg.lr}  # never stepped, never visited
     store.resume_schedule(3)
     assert store.learning_rate() == cfg.lr * lr_factor(3, cfg, 6)
+
+
+def paged_store(model: XmodForMaskedLM, module_state: str) -> LanguageStore:
+    cfg = dataclasses.replace(CFG, module_state=ModuleState(module_state))
+    return LanguageStore(model.detach_language_modules(), cfg, 6, DistInfo(0, 1, 0, 1),
+                         torch.device("cpu"), GlobalClip(0.0))
+
+
+def test_host_state_holds_a_steps_languages_on_the_device_and_trains_the_same() -> None:
+    """optim.module_state=host: after each step's start only its languages and the next step's
+    are off the host buffers (a validation's forward adds one), and every module weight and
+    AdamW moment equals the device store's, step for step, a language paged out and back with
+    its state included."""
+    torch.manual_seed(0)
+    on_device = XmodForMaskedLM(TINY)
+    paged = copy.deepcopy(on_device)
+    stores = paged_store(on_device, "device"), paged_store(paged, "host")
+    pages = stores[1].pages
+    host = {t.data_ptr() for buffers in pages.host.values() for t in buffers.values()}
+    one_language = 3 * sum(p.numel() * 4 for _, p in stores[1].by_language["de_DE"])
+    steps = ["de_DE", "en_XX", "en_XX", "de_DE", "yo_NG", "yo_NG", "de_DE", "en_XX"]
+    ids, _ = batch(padded=False)
+    for step, lang in enumerate(steps):
+        upcoming = steps[step + 1:step + 2]
+        for model, store in zip((on_device, paged), stores):
+            store.begin_step([lang], upcoming)
+            torch.manual_seed(step)
+            model(ids, LANGUAGES.index(lang), torch.tensor([1, 4, 20]),
+                  torch.tensor([5, 6, 7])).loss.backward()
+            store.reduce_gradients([lang])
+            store.step([lang])
+        assert pages.resident == {lang, *upcoming}
+        for code, params in stores[1].by_language.items():
+            on_host = {param.data_ptr() in host for _, param in params}
+            assert on_host == {code not in pages.resident}, (step, code)
+        # weights, exp_avg and exp_avg_sq of at most two languages
+        assert 0 < pages.device_bytes() <= 2 * one_language
+        assert_same_module_state(*stores)
+    stores[1].ensure("yo_NG")  # a validation's forward through a language of no step
+    assert pages.resident == {"en_XX", "yo_NG"}
+    assert_same_module_state(*stores)
+
+
+def assert_same_module_state(a: LanguageStore, b: LanguageStore) -> None:
+    """Every language's weights and AdamW state, as a checkpoint would write them."""
+    a.changed, b.changed = set(LANGUAGES), set(LANGUAGES)
+    mine, theirs = a.changed_state(), b.changed_state()
+    assert mine.keys() == theirs.keys() == set(LANGUAGES)
+    for lang, tensors in mine.items():
+        assert tensors.keys() == theirs[lang].keys(), lang
+        for key, value in tensors.items():
+            assert torch.equal(value, theirs[lang][key]), key

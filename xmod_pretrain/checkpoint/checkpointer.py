@@ -43,6 +43,7 @@ from xmod_pretrain.checkpoint.layout import (
     step_tag,
 )
 from xmod_pretrain.checkpoint.loading import use_weights_only_loading
+from xmod_pretrain.checkpoint.reshard import Layout, full_state, load_full_state, saved_layout
 from xmod_pretrain.checkpoint.storage import (
     CheckpointWriteError,
     ignore_file_size_signal,
@@ -53,6 +54,7 @@ from xmod_pretrain.checkpoint.verify import write_checksums
 from xmod_pretrain.checkpoint.weights import check_replicas_agree, consolidated_weights
 from xmod_pretrain.training.distributed import DistInfo, barrier, from_rank0
 from xmod_pretrain.training.language_store import LanguageStore
+from xmod_pretrain.training.optim import parameter_names_by_group
 
 
 class Checkpointer:
@@ -258,18 +260,29 @@ class Checkpointer:
                 shutil.rmtree(old)
 
     def load(self, engine, path: Path, store: LanguageStore | None = None,
-             engine_state: bool = True) -> dict[str, Any]:
+             engine_state: bool = True) -> tuple[dict[str, Any], str | None]:
         """Restore engine state (``engine_state``, as saved) and the language store's from
-        ``path``; return its trainer state."""
+        ``path``. Returns its trainer state, and a line saying so when the checkpoint was
+        written by other ranks or another ZeRO stage than this start's (reshard.py)."""
+        moved = None
         if engine_state:
-            use_weights_only_loading(engine)
-            load_path, _ = engine.load_checkpoint(
-                str(path.parent), tag=path.name, load_optimizer_states=True,
-                load_lr_scheduler_states=True,
-            )
-            if load_path is None:
-                raise FileNotFoundError(f"DeepSpeed found no checkpoint to load in {path}")
+            saved = saved_layout(path)
+            here = Layout(self.info.world_size, engine.zero_optimization_stage())
+            if saved == here:
+                use_weights_only_loading(engine)
+                load_path, _ = engine.load_checkpoint(
+                    str(path.parent), tag=path.name, load_optimizer_states=True,
+                    load_lr_scheduler_states=True,
+                )
+                if load_path is None:
+                    raise FileNotFoundError(f"DeepSpeed found no checkpoint to load in {path}")
+            else:
+                named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+                state = full_state(path, saved, parameter_names_by_group(named))
+                load_full_state(engine, named, state)
+                moved = (f"resuming {path.name} written by {saved} on {here}: optimizer state "
+                         "re-partitioned")
         if store is not None:
             self.manifest = language_manifest(path) or {}
             store.load_state(read_language_files(path, self.manifest, with_state=True))
-        return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8")), moved

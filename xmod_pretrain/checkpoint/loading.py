@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 
 
-def _safe_globals() -> list:
+def deepspeed_safe_globals() -> list:
     """The non-tensor types DeepSpeed puts in its checkpoint files, allowed for unpickling."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -21,13 +21,13 @@ def use_weights_only_loading(engine) -> None:
 
     NOTE: DeepSpeed's own engine calls ``torch.load(weights_only=False)``, which would run any code
     pickled into a checkpoint file. Ours only rebuilds tensors, containers and the few plain
-    DeepSpeed types listed in ``_safe_globals``.
+    DeepSpeed types listed in ``deepspeed_safe_globals``.
     """
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location=None):
-            with torch.serialization.safe_globals(_safe_globals()):
+            with torch.serialization.safe_globals(deepspeed_safe_globals()):
                 return torch.load(path, map_location=map_location, weights_only=True)
 
     safe = WeightsOnlyCheckpointEngine()

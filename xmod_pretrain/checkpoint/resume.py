@@ -14,6 +14,7 @@ from xmod_core.shards import TOKENIZER_FILE, check_run_tokenizer, is_prepared
 from xmod_pretrain.checkpoint.choice import resume_checkpoint
 from xmod_pretrain.checkpoint.language_files import MANIFEST
 from xmod_pretrain.checkpoint.layout import DEEPSPEED_STATE, TRAINER_STATE, complete_checkpoints
+from xmod_pretrain.checkpoint.reshard import saved_layout
 from xmod_pretrain.config import Config
 from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.runs.records import load_config
@@ -24,6 +25,8 @@ from xmod_pretrain.training.metrics import flatten
 SHAPES_THE_RUN = ("data.", "optim.", "train.seed", "train.micro_batch_size",
                   "train.grad_accum_steps")
 PLACE_ONLY = {"data.dir", "data.source", "data.prepare_workers", "data.verify_shards"}
+# How the ranks of a start share the global batch: the same batches on any split.
+BATCH_LAYOUT = {"train.grad_accum_steps", "train.global_batch_size"}
 
 
 class RunStateError(UserError):
@@ -56,8 +59,10 @@ def resume_point(cfg: Config, info: DistInfo) -> Path | None:
     check_language_state(latest)
     if is_prepared(cfg.data.dir):  # recipes on prepared shards (transfer reads its own task)
         check_run_tokenizer(latest / TOKENIZER_FILE, cfg.data.dir)
-    step = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))["step"]
-    warn_changed_settings(latest, step, saved, cfg, info)
+    state = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
+    step = state["step"]
+    same_batch = check_global_batch(latest, saved_world_size(latest, state), saved, cfg, info)
+    warn_changed_settings(latest, step, saved, cfg, info, same_batch)
     if step >= cfg.train.max_steps:
         raise NothingToTrain(f"{latest} is at step {step} and train.max_steps="
                              f"{cfg.train.max_steps}: nothing to train (raise train.max_steps, "
@@ -79,6 +84,45 @@ def check_language_state(checkpoint: Path) -> None:
         "or finish this run with the version that wrote it")
 
 
+def saved_world_size(checkpoint: Path, state: dict) -> int | None:
+    """The ranks that trained ``checkpoint``: its trainer state says, or (written before it
+    did) DeepSpeed's record; None for a checkpoint without either."""
+    if state.get("world_size"):
+        return int(state["world_size"])
+    try:
+        return saved_layout(checkpoint).world_size
+    except FileNotFoundError:
+        return None
+
+
+def check_global_batch(checkpoint: Path, saved_world: int | None, saved: Config, cfg: Config,
+                       info: DistInfo) -> bool:
+    """Whether the global batch (ranks x micro-batch x accumulation) is the checkpoint's: the
+    contract under which a run continues exactly on other ranks. Another one is refused unless
+    ``train.allow_batch_change``, which warns once."""
+    if saved_world is None:
+        return False
+    before = saved_world * saved.train.micro_batch_size * saved.train.grad_accum_steps
+    now = info.world_size * cfg.train.micro_batch_size * cfg.train.grad_accum_steps
+    if before == now:
+        return True
+    was = (f"{before} sequences ({saved_world} rank(s) x train.micro_batch_size="
+           f"{saved.train.micro_batch_size} x train.grad_accum_steps="
+           f"{saved.train.grad_accum_steps})")
+    asked = (f"{now} ({info.world_size} rank(s) x {cfg.train.micro_batch_size} x "
+             f"{cfg.train.grad_accum_steps})")
+    if not cfg.train.allow_batch_change:
+        raise RunStateError(
+            f"{checkpoint} was trained with a global batch of {was}; this start's is {asked}. "
+            f"Set train.global_batch_size={before} to continue the same run on "
+            f"{info.world_size} rank(s), or train.allow_batch_change=true to change it")
+    if info.is_main:
+        print(f"warning: the global batch changes from {was} to {asked}: each step from here "
+              f"averages {now / before:.3g}x the sequences, and the learning rate schedule "
+              "still counts steps", file=sys.stderr, flush=True)
+    return False
+
+
 def check_same_model(checkpoint: Path, saved: ModelConfig, asked: ModelConfig) -> None:
     if saved != asked:
         diff = [f"{f.name} {getattr(saved, f.name)!r} -> {getattr(asked, f.name)!r}"
@@ -89,14 +133,16 @@ def check_same_model(checkpoint: Path, saved: ModelConfig, asked: ModelConfig) -
 
 
 def warn_changed_settings(checkpoint: Path, step: int, saved_cfg: Config, cfg: Config,
-                          info: DistInfo) -> None:
+                          info: DistInfo, same_batch: bool) -> None:
     """Say which settings that shape the batches or the schedule differ from the checkpoint's:
     allowed (fairseq allows it too), but the run is then not the uninterrupted one, and a
-    changed max_steps silently reshapes the learning rate."""
+    changed max_steps silently reshapes the learning rate. With the same global batch
+    (``same_batch``), the accumulation is only how this start's ranks share it."""
     # Every leaf by its dotted key: {"data.alpha": 0.7, ...}
     saved, now = (flatten(dataclasses.asdict(c), ".") for c in (saved_cfg, cfg))
+    layout_only = PLACE_ONLY | (BATCH_LAYOUT if same_batch else set())
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items()
-               if key.startswith(SHAPES_THE_RUN) and key not in PLACE_ONLY
+               if key.startswith(SHAPES_THE_RUN) and key not in layout_only
                and saved.get(key) != value]
     before, after = saved.get("train.max_steps"), now["train.max_steps"]
     if cfg.optim.total_steps is None and before != after:

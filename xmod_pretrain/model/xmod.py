@@ -337,7 +337,7 @@ class LanguageModel(nn.Module):
     def encode(self, input_ids: torch.Tensor, lang: int,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's last hidden states [B, S, H] of a micro-batch of language index ``lang``."""
-        language = self._language_code(lang)
+        language = self.language_code(lang)
         # Real tokens take positions pad+1 .. pad+S, so S is capped below the table size (512 for
         # XLM-R's 514); checked here because on an accelerator an index error is an opaque assert.
         if input_ids.size(1) > self.longest_sequence:
@@ -349,7 +349,8 @@ class LanguageModel(nn.Module):
     def longest_sequence(self) -> int:
         return self.config.max_position_embeddings - self.config.pad_token_id - 1
 
-    def _language_code(self, lang: int) -> str:
+    def language_code(self, lang: int) -> str:
+        """The code of language index ``lang``; a tensor or an index out of range is refused."""
         if not isinstance(lang, int):
             raise TypeError(
                 f"lang must be a Python int (index into config.languages), got "

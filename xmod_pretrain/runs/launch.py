@@ -10,6 +10,7 @@ it was, and a new run directory it made goes entirely.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def run(cfg: Config) -> None:
         return
     check_not_inside_run(cfg.run_dir, "run_dir")  # before the lock makes its folder
     info = join_process_group(cfg.deepspeed.dist_timeout_s)  # torch's only: DeepSpeed comes later
+    cfg = dataclasses.replace(cfg, train=cfg.train.for_ranks(info.world_size))
     lock = lock_run_dir(cfg.run_dir, info)  # first: nothing reads or writes the run before it
     stop_when_orphaned()
     started = False

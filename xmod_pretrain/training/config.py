@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
@@ -12,6 +13,11 @@ from xmod_pretrain.schema import ConfigError, Schema, at_least, one_of, optional
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+
+
+class ModuleState(str, Enum):
+    device = "device"
+    host = "host"
 
 
 class WandbMode(str, Enum):
@@ -44,6 +50,11 @@ class OptimConfig(Schema):
     (on any rank) only; absent modules keep their weights and Adam state exactly, and the step
     costs the same with 4 or 200 languages. True: fairseq's and DeepSpeed's behaviour, every
     module stepped every step (a zero gradient when absent, so momentum and weight decay move it)."""
+    module_state: ModuleState = ModuleState.device
+    """Where the language modules' weights and AdamW moments live. device: all of them on the
+    accelerator. host: in (pinned) host memory, with only the step's languages on the
+    accelerator and the next step's copied there while the step runs; device memory for the
+    modules is then a step's languages, whatever the number registered. Numbers are the same."""
 
     RULES = (
         ("lr", positive, "> 0"),
@@ -61,6 +72,10 @@ class OptimConfig(Schema):
         if self.warmup_steps is None and self.warmup_fraction is None:
             raise ConfigError(f"{prefix}warmup_steps=null needs {prefix}warmup_fraction (the "
                               "warmup as a share of the schedule), or give the steps")
+        if self.module_state == ModuleState.host and self.update_absent_languages:
+            raise ConfigError(f"{prefix}module_state=host keeps only a step's languages on the "
+                              f"device, and {prefix}update_absent_languages=true steps every "
+                              f"language every step: set one of them back")
 
     def warmup(self, schedule_steps: int) -> int:
         """Warmup steps of a schedule ``schedule_steps`` long."""
@@ -98,6 +113,14 @@ class TrainConfig(Schema):
     micro_batch_size: int = 8
     """Sequences per micro-batch; one micro-batch holds one language."""
     grad_accum_steps: int = 1
+    global_batch_size: Optional[int] = None
+    """Sequences an optimizer step averages over all ranks (ranks x micro_batch_size x
+    grad_accum_steps). Given, it decides grad_accum_steps for the ranks of each start, so that a
+    run resumed on fewer or more ranks (another Slurm node count) continues the same schedule of
+    batches. None: grad_accum_steps as given."""
+    allow_batch_change: bool = False
+    """Resume a run with another global batch than its checkpoint's. False refuses it, since the
+    run would then not be the one that was started; true warns once and goes on."""
     max_steps: int = 1000
     """Optimizer steps to train to; 0 validates and saves the initial weights (an init_from import)."""
     precision: Precision = Precision.fp32
@@ -134,6 +157,7 @@ class TrainConfig(Schema):
         ("seed", at_least(0), ">= 0"),
         ("micro_batch_size", positive, ">= 1"),
         ("grad_accum_steps", positive, ">= 1"),
+        ("global_batch_size", optional(positive), "null (from grad_accum_steps) or >= 1"),
         ("max_steps", at_least(0), ">= 0 (0: validate and save the initial weights only)"),
         ("log_every", positive, ">= 1"),
         ("eval_every", at_least(0), ">= 0 (0: at the start and the end only)"),
@@ -143,6 +167,26 @@ class TrainConfig(Schema):
         ("threads", at_least(0), ">= 0 (0: cores / local processes)"),
         ("peak_tflops", optional(positive), "null (datasheet or measured) or > 0"),
     )
+
+
+    def for_ranks(self, world_size: int) -> TrainConfig:
+        """This config on ``world_size`` ranks: grad_accum_steps from global_batch_size when it
+        is given (a ConfigError when the ranks' micro-batches do not divide it)."""
+        if self.global_batch_size is None:
+            return self
+        per_step = world_size * self.micro_batch_size
+        accum, rest = divmod(self.global_batch_size, per_step)
+        if rest or not accum:
+            raise ConfigError(
+                f"train.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"{world_size} rank(s) x train.micro_batch_size={self.micro_batch_size} = "
+                f"{per_step}: change one of them")
+        if self.grad_accum_steps not in (1, accum):
+            raise ConfigError(
+                f"train.grad_accum_steps={self.grad_accum_steps} and train.global_batch_size="
+                f"{self.global_batch_size} disagree on {world_size} rank(s) (it gives {accum}): "
+                "give one of them")
+        return dataclasses.replace(self, grad_accum_steps=accum)
 
 
 @dataclass

@@ -69,9 +69,15 @@ class TrainingEngine:
         return self.optimizer is not None
 
     def __call__(self, **inputs):
-        """The model's forward. Without an optimizer DeepSpeed's own forward refuses the
-        backward that follows; the module it wraps still gathers ZeRO-3's shards."""
+        """The model's forward, through the modules of language index ``inputs["lang"]``.
+        Without an optimizer DeepSpeed's own forward refuses the backward that follows; the
+        module it wraps still gathers ZeRO-3's shards."""
+        self.store.ensure(self.deepspeed.module.language_code(inputs["lang"]))
         return (self.deepspeed if self.optimizer is not None else self.deepspeed.module)(**inputs)
+
+    def begin_step(self, present: Collection[str], upcoming: Collection[str]) -> None:
+        """Before a step's first micro-batch (``upcoming``: the next step's languages)."""
+        self.store.begin_step(present, upcoming)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Gradients of a micro-batch's loss, scaled for the accumulation as DeepSpeed does."""

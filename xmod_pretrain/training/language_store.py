@@ -26,11 +26,10 @@ from torch import nn
 from xmod_pretrain.checkpoint.language_files import STATE_SEPARATOR
 from xmod_pretrain.model.xmod import language_of_parameter
 from xmod_pretrain.training.clipping import GlobalClip, squared_norm
-from xmod_pretrain.training.config import OptimConfig
+from xmod_pretrain.training.config import ModuleState, OptimConfig
 from xmod_pretrain.training.distributed import DistInfo
+from xmod_pretrain.training.module_pages import MOMENTS, ModulePages
 from xmod_pretrain.training.optim import build_optimizer, lr_factor
-
-MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 class LanguageStore:
@@ -39,13 +38,18 @@ class LanguageStore:
     def __init__(self, named: dict[str, nn.Parameter], cfg: OptimConfig, schedule_steps: int,
                  info: DistInfo, device: torch.device, clip: GlobalClip):
         self.info, self.clip = info, clip
-        for param in named.values():
-            param.data = param.data.to(device)
+        paged = cfg.module_state == ModuleState.host
+        if not paged:
+            for param in named.values():
+                param.data = param.data.to(device)
         self.named = named
         self.by_language: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, param in named.items():
             self.by_language.setdefault(language_of_parameter(name), []).append((name, param))
         self.optimizer = build_optimizer(named.items(), cfg, clip)
+        # With host state, a language is on the device only while a step (or a validation)
+        # runs it: see module_pages.py.
+        self.pages = ModulePages(self.by_language, self.optimizer, device) if paged else None
         self.cfg, self.schedule_steps = cfg, schedule_steps
         self.steps_taken = 0  # what the learning rate schedule is a function of
         self.trainable = {lang: [p for _, p in params if p.requires_grad]
@@ -60,7 +64,28 @@ class LanguageStore:
     def count(self) -> int:
         return sum(p.numel() for p in self.named.values())
 
+    def module_bytes(self) -> dict[str, int]:
+        """Bytes of module weights and AdamW moments on the device and in host buffers."""
+        if self.pages is not None:
+            return {"device": self.pages.device_bytes(), "host": self.pages.host_bytes()}
+        state = {} if self.optimizer is None else self.optimizer.state
+        tensors = [t for p in self.named.values()
+                   for t in (p.data, *(state.get(p, {}).get(key) for key in MOMENTS))]
+        return {"device": sum(t.numel() * t.element_size() for t in tensors if t is not None),
+                "host": 0}
+
     # ---- a step ------------------------------------------------------------------------------
+
+    def begin_step(self, present: Iterable[str], upcoming: Iterable[str]) -> None:
+        """Before a step's first forward: with paged state, its languages on the device and the
+        next step's (``upcoming``) sent ahead."""
+        if self.pages is not None:
+            self.pages.begin_step(present, upcoming)
+
+    def ensure(self, language: str) -> None:
+        """Before any forward through ``language``'s modules (validation, evaluation)."""
+        if self.pages is not None:
+            self.pages.ensure(language)
 
     def step_parameters(self, present: Iterable[str]) -> list[nn.Parameter]:
         """The trainable parameters of ``present``, in the order every rank uses."""

@@ -22,14 +22,25 @@ def parameter_groups(named: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig
     """AdamW groups over the trainable parameters of ``named``: with and without weight decay,
     for the shared weights (``language`` None) and for each language's modules apart
     (``language`` its code), so that the optimizer can skip a language."""
-    buckets: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
+    return [{"params": [param for _, param in members], "language": language,
+             "weight_decay": 0.0 if plain else cfg.weight_decay}
+            for (language, plain), members in _buckets(named).items()]
+
+
+def parameter_names_by_group(named: Iterable[tuple[str, nn.Parameter]]) -> list[list[str]]:
+    """The names in each of ``parameter_groups``' groups, in order (how a torch optimizer's
+    saved state, indexed by position, maps back to parameters)."""
+    return [[name for name, _ in members] for members in _buckets(named).values()]
+
+
+def _buckets(named: Iterable[tuple[str, nn.Parameter]]
+             ) -> dict[tuple[str | None, bool], list[tuple[str, nn.Parameter]]]:
+    buckets: dict[tuple[str | None, bool], list[tuple[str, nn.Parameter]]] = {}
     for name, param in named:
         if param.requires_grad:
             key = (language_of_parameter(name), no_decay(name, param))
-            buckets.setdefault(key, []).append(param)
-    return [{"params": params, "language": language,
-             "weight_decay": 0.0 if plain else cfg.weight_decay}
-            for (language, plain), params in buckets.items()]
+            buckets.setdefault(key, []).append((name, param))
+    return buckets
 
 
 class LanguageAdamW(torch.optim.AdamW):

@@ -62,6 +62,7 @@ class TrainerState:
     step: int = 0                 # optimizer steps done
     tokens_seen: int = 0          # training input tokens over all ranks
     first_valid: dict[str, float] | None = None  # the first validation, which tables compare to
+    world_size: int | None = None  # the ranks that trained up to the step (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,7 +72,7 @@ class TrainerState:
         """Of a checkpoint of any version: keys it does not know (an older ``sampler``, a derived
         run's ``derived_from``) are left out."""
         return cls(step=int(saved["step"]), tokens_seen=int(saved.get("tokens_seen", 0)),
-                   first_valid=saved.get("first_valid"))
+                   first_valid=saved.get("first_valid"), world_size=saved.get("world_size"))
 
 
 @dataclass
@@ -174,9 +175,11 @@ class Trainer:
                 self.checkpointer.inherited = inherited
                 self.training.store.saved_already(inherited.manifest)
             return
-        self.state = TrainerState.from_json(
-            self.checkpointer.load(self.engine, checkpoint, self.training.store,
-                                   engine_state=self.training.trains_shared))
+        state, moved = self.checkpointer.load(self.engine, checkpoint, self.training.store,
+                                              engine_state=self.training.trains_shared)
+        if moved:
+            self._print(moved)
+        self.state = TrainerState.from_json(state)
         self.training.store.resume_schedule(self.step)
         self.saved_step = self.step
         self._print(f"resumed from {checkpoint} at step {self.step}")
@@ -262,8 +265,9 @@ class Trainer:
         Nothing here waits on the device: losses accumulate in device tensors, read on log
         steps and before a save (``_check_finite``), and the batches come from the prefetch.
         """
+        present = self.step_languages(self.step)
+        self.training.begin_step(present, upcoming=self.step_languages(self.step + 1))
         accum, world = self.cfg.train.grad_accum_steps, self.info.world_size
-        present = [self.languages[i] for i in self.sampler.step_languages(self.step, accum, world)]
         for micro in range(accum):
             index = micro * world + self.info.rank  # position in the global batch
             batch = self.batches.get(self.step, micro)
@@ -274,6 +278,12 @@ class Trainer:
             self.training.micro_step(present, last=micro == accum - 1)
             self.progress.count_loss(loss.detach().float(), batch.lang)
         self.state.tokens_seen += accum * world * batch.input_ids.numel()
+
+    def step_languages(self, step: int) -> list[str]:
+        """The languages of ``step``'s global batch (every rank knows them, and the next
+        step's, without communication)."""
+        accum, world = self.cfg.train.grad_accum_steps, self.info.world_size
+        return [self.languages[i] for i in self.sampler.step_languages(step, accum, world)]
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         return self.output(batch).loss
@@ -313,6 +323,7 @@ class Trainer:
         """A checkpoint of this step, after checking that no loss since the last log was
         NaN/inf (on every rank: a collective, as the save is)."""
         self.progress.check_finite(self.step)
+        self.state.world_size = self.info.world_size  # a start on other ranks reads it (resume.py)
         self.checkpointer.save(self.engine, self.step, self.state.to_json(),  # rank 0 says when
                                self.training.store, engine_state=self.training.trains_shared)
         self.saved_step = self.step

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,11 +278,12 @@ class Checkpointer:
                 if load_path is None:
                     raise FileNotFoundError(f"DeepSpeed found no checkpoint to load in {path}")
             else:
+                started = time.perf_counter()
                 named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
                 state = full_state(path, saved, parameter_names_by_group(named))
                 load_full_state(engine, named, state)
                 moved = (f"resuming {path.name} written by {saved} on {here}: optimizer state "
-                         "re-partitioned")
+                         f"re-partitioned in {time.perf_counter() - started:.1f} s")
         if store is not None:
             self.manifest = language_manifest(path) or {}
             store.load_state(read_language_files(path, self.manifest, with_state=True))

@@ -113,3 +113,9 @@ def test_another_global_batch_is_refused_then_allowed(halves, tiny_data, tmp_pat
     assert proc.stderr.count("warning: the global batch changes from 16 sequences") == 1
     assert "averages 0.5x the sequences" in proc.stderr
     assert latest_checkpoint(run).name == "step_00000006"
+    # A second start in this process, after the first left its process group (and DeepSpeed
+    # the groups it had cached), builds its engine over a group of its own.
+    args[args.index("train.max_steps=6")] = "train.max_steps=7"
+    proc = cli_here(capsys, *args, "train.global_batch_size=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert latest_checkpoint(run).name == "step_00000007"

@@ -124,7 +124,8 @@ def _from_zero12(shards: list[dict], param_shapes: list[dict]
         offset = 0
         for index, (name, shape) in enumerate(shapes.items()):
             numel = math.prod(shape)
-            tensors[name] = {key: vector[offset:offset + numel].view(shape).clone()
+            # Views: the group's vectors are the parameters' memory, held once.
+            tensors[name] = {key: vector[offset:offset + numel].view(shape)
                              for key, vector in flat.items()}
             offset += numel + (paddings[group][index] if paddings else 0)
     return tensors, _one_step(steps)
@@ -149,7 +150,7 @@ def _from_zero3(shards: list[dict], param_shapes: list[dict]
         numel = math.prod(shape)
         part = math.ceil(numel / world)
         tensors[name] = {key: torch.cat([f[key][offset:offset + part] for f in flats])[:numel]
-                         .view(shape).clone() for key in flats[0]}
+                         .view(shape) for key in flats[0]}
         offset += part
     return tensors, _one_step(steps)
 

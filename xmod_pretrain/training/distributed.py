@@ -176,7 +176,13 @@ def shutdown_distributed() -> None:
     this process (a command run in-process, then a launcher) would read MASTER_PORT=0 as its
     rendezvous port."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        deepspeed = sys.modules.get("deepspeed")
+        if deepspeed is not None and deepspeed.comm.is_initialized():
+            # DeepSpeed's, which also drops the groups it cached: an engine built later in this
+            # process (another run started in-process) then uses the group made for it.
+            deepspeed.comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
     if all(os.environ.get(name) == value for name, value in WORLD_OF_ONE.items()):
         for name in WORLD_OF_ONE:
             del os.environ[name]

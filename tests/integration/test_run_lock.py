@@ -166,11 +166,13 @@ def test_a_second_ctrl_c_aborts_at_once_without_saving(run_2_steps, shared_data,
     # another while the test reacts (a save is flushed in the background, as slowly as the disk).
     run = copy_run(run_2_steps, tmp_path / "run")
     latest = latest_checkpoint(run)
-    # Long steps (many micro-batches), so that the second Ctrl-C lands before the first's save:
-    # a larger global batch than the checkpoint's, allowed.
-    proc = Launched(run, shared_data, *LONG_RUN, "train.grad_accum_steps=15", "train.save_every=0",
+    # Long steps (many micro-batches: a larger global batch than the checkpoint's, allowed), and
+    # the first Ctrl-C sent into one, not at the boundary where the step's log line was just
+    # printed: the second then lands before the first's save.
+    proc = Launched(run, shared_data, *LONG_RUN, "train.grad_accum_steps=60", "train.save_every=0",
                     "train.allow_batch_change=true")
     proc.wait_for(" 3/2000 |")
+    time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait_for("Ctrl-C: finishing step")
     began = time.monotonic()

@@ -260,8 +260,9 @@ def test_resume_says_what_changed_and_clears_dead_saves(run, tiny_data):
     warning = next(line for line in proc.stderr.splitlines() if line.startswith("warning: resuming"))
     assert "data.alpha 0.7 -> 0.3" in warning
     assert "train.max_steps 4 -> 6 (the schedule's length" in warning
-    # The run ended its schedule at step 4: keeping that schedule would train at learning rate 0.
-    assert "decayed to its end at step 4, follows the longer schedule" in warning
+    # The run's schedule ended at step 4 while still warming up (the demo's 50 warmup steps).
+    assert ("the old schedule ended at step 4 inside its 50-step warmup; the learning rate "
+            "follows the longer schedule") in warning
     assert "set optim.total_steps=4" not in warning
     assert not list((run / "checkpoints").glob(".tmp-*"))
     same = run_training(run, tiny_data, "train.max_steps=6", "data.alpha=0.3", *FAST)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 
 from xmod_core.errors import UserError
@@ -24,7 +25,9 @@ from xmod_pretrain.training.metrics import flatten
 # Settings whose change on resume gives other batches or another schedule than the run had.
 SHAPES_THE_RUN = ("data.", "optim.", "train.seed", "train.micro_batch_size",
                   "train.grad_accum_steps")
-PLACE_ONLY = {"data.dir", "data.source", "data.prepare_workers", "data.verify_shards"}
+# Where things are, not what the run computes (module_state: where the modules' state lives).
+PLACE_ONLY = {"data.dir", "data.source", "data.prepare_workers", "data.verify_shards",
+              "optim.module_state"}
 # How the ranks of a start share the global batch: the same batches on any split.
 BATCH_LAYOUT = {"train.grad_accum_steps", "train.global_batch_size"}
 
@@ -105,6 +108,11 @@ def check_global_batch(checkpoint: Path, saved_world: int | None, saved: Config,
     before = saved_world * saved.train.micro_batch_size * saved.train.grad_accum_steps
     now = info.world_size * cfg.train.micro_batch_size * cfg.train.grad_accum_steps
     if before == now:
+        if info.is_main and saved_world != info.world_size:
+            print(f"the global batch of {now} sequences is {info.world_size} rank(s) x "
+                  f"{cfg.train.micro_batch_size} x {cfg.train.grad_accum_steps} micro-step(s) "
+                  f"now (the checkpoint's: {saved_world} x {saved.train.micro_batch_size} x "
+                  f"{saved.train.grad_accum_steps})", flush=True)
         return True
     was = (f"{before} sequences ({saved_world} rank(s) x train.micro_batch_size="
            f"{saved.train.micro_batch_size} x train.grad_accum_steps="
@@ -141,21 +149,31 @@ def warn_changed_settings(checkpoint: Path, step: int, saved_cfg: Config, cfg: C
     # Every leaf by its dotted key: {"data.alpha": 0.7, ...}
     saved, now = (flatten(dataclasses.asdict(c), ".") for c in (saved_cfg, cfg))
     layout_only = PLACE_ONLY | (BATCH_LAYOUT if same_batch else set())
-    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items()
+    changed = [f"{key} {_shown(saved.get(key))} -> {_shown(value)}" for key, value in now.items()
                if key.startswith(SHAPES_THE_RUN) and key not in layout_only
                and saved.get(key) != value]
     before, after = saved.get("train.max_steps"), now["train.max_steps"]
     if cfg.optim.total_steps is None and before != after:
         changed.append(f"train.max_steps {before} -> {after} (the schedule's length, "
-                       f"optim.total_steps being null: {_schedule_change(step, before)})")
+                       f"optim.total_steps being null: "
+                       f"{_schedule_change(step, before, saved_cfg.optim.warmup(before))})")
     if changed and info.is_main:
         print(f"warning: resuming {checkpoint.name} with settings other than its run's: "
               f"{'; '.join(changed)}. The batches or the learning rate from here differ from "
               "an uninterrupted run's", file=sys.stderr, flush=True)
 
 
-def _schedule_change(step: int, before: int) -> str:
-    """What a new ``train.max_steps`` does to the learning rate of a run resumed at ``step``."""
+def _shown(value) -> str:
+    """A setting as the config writes it (an enum by its value)."""
+    return repr(value.value if isinstance(value, Enum) else value)
+
+
+def _schedule_change(step: int, before: int, warmup: int) -> str:
+    """What a new ``train.max_steps`` does to the learning rate of a run resumed at ``step``
+    (``warmup``: the old schedule's warmup steps)."""
+    if step >= before and warmup >= before:
+        return (f"the old schedule ended at step {before} inside its {warmup}-step warmup; the "
+                "learning rate follows the longer schedule from this step")
     if step >= before:  # the old schedule had decayed to its end: keeping it would train at 0
         return (f"the learning rate, decayed to its end at step {before}, follows the longer "
                 "schedule from this step")

@@ -129,8 +129,10 @@ class Trainer:
         self._print(f"starting DeepSpeed: ZeRO-{cfg.deepspeed.zero_stage}, {info.world_size} "
                     f"rank(s), {cfg.train.precision.value}")
         self.training = build_training_engine(parts.model, cfg, info)
+        paged = ("; the language modules' state in host memory (optim.module_state=host)"
+                 if self.training.store.pages is not None else "")
         self._print(f"optimizer: {self.training.trainable_count():,} trainable parameters of "
-                    f"{self.training.parameter_count():,}")
+                    f"{self.training.parameter_count():,}{paged}")
         self.checkpointer = self._build_checkpointer(parts.tokenizer)
         self.state, self.saved_step = TrainerState(), None
         self.stop_request = StopRequest(self.run_dir, lambda: self.step + 1, info.is_main,

@@ -313,3 +313,13 @@ def test_language_files_are_shared_verified_and_removed_once_no_checkpoint_names
                                                 r"corrupt: it is \d+ bytes.*step_00000004/"
                                                 r"languages.manifest.json"):
         verify_language_files(two)
+
+
+def test_a_longer_schedule_says_where_the_old_one_had_left_the_learning_rate():
+    """A raised train.max_steps after the old schedule ended: decayed to its end (its rate was
+    about to reach zero), or still inside its warmup (it never decayed)."""
+    from xmod_pretrain.checkpoint.resume import _schedule_change
+
+    assert "decayed to its end at step 100" in _schedule_change(100, 100, warmup=10)
+    assert "ended at step 4 inside its 50-step warmup" in _schedule_change(4, 4, warmup=50)
+    assert "set optim.total_steps=100" in _schedule_change(40, 100, warmup=10)

@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 from xmod_pretrain.checkpoint.loading import deepspeed_safe_globals
-
-MOMENTS = ("exp_avg", "exp_avg_sq")
+from xmod_pretrain.training.module_pages import MOMENTS
 
 
 @dataclass(frozen=True)

@@ -53,23 +53,30 @@ GOAL = 1.1  # a save at 2,000 languages may cost at most 10% more than at 81
 
 def run(quick: bool) -> dict:
     size = QUICK if quick else MID
-    stages = in_torchrun("stages", size.name)
-    by_count = in_torchrun("languages", (QUICK if quick else SMALL).name)
+    languages_size = QUICK if quick else SMALL
+    if quick:  # engines of a few kB: both parts in one pair of processes
+        parts = in_torchrun({"stages": size.name, "languages": languages_size.name})
+    else:
+        parts = {**in_torchrun({"stages": size.name}),
+                 **in_torchrun({"languages": languages_size.name})}
+    stages, by_count = parts["stages"], parts["languages"]
     most, fewest = by_count[str(COUNTS[-1])], by_count[str(COUNTS[0])]
     worst = max(most[key] / fewest[key] for key in ("published_s", "bytes"))
     return {"machine": machine(), "config": size.name, "ranks": 2, "stages": stages,
-            "languages": {"config": (QUICK if quick else SMALL).name, "trained": TRAINED,
+            "languages": {"config": languages_size.name, "trained": TRAINED,
                           "registered": by_count, "worst_ratio": worst, "goal": GOAL,
                           "met": worst <= GOAL}}
 
 
-def in_torchrun(part: str, size_name: str) -> dict:
-    """One part of the benchmark on two ranks (each part in processes of its own: the engines
-    one builds are never freed, see bench.common.in_child); rank 0's JSON."""
+def in_torchrun(parts: dict[str, str]) -> dict:
+    """Parts of the benchmark (part: its size's name) on two ranks, in processes of their own
+    (the engines a part builds are never freed, see bench.common.in_child): rank 0's JSON of
+    each part."""
     with tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp:
         out = Path(tmp) / "ranks.json"
+        named = [f"{part}={size_name}" for part, size_name in parts.items()]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "bench.checkpoint", "--worker", str(out), "--part", part, "--size", size_name]
+               "-m", "bench.checkpoint", "--worker", str(out), "--parts", *named]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
         subprocess.run(cmd, check=True, cwd=tmp, env=env)
         return json.loads(out.read_text(encoding="utf-8"))
@@ -106,18 +113,21 @@ def rss() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
-def worker(out: Path, part: str, size_name: str) -> None:
-    """One rank of ``part``: ``stages`` (for each stage an engine, a step, two saves: every
+def worker(out: Path, parts: dict[str, str]) -> None:
+    """One rank of each part: ``stages`` (for each stage an engine, a step, two saves: every
     rank's figures of the second) or ``languages`` (``save_after_trained`` for each count).
     Rank 0 writes the figures."""
-    size = {s.name: s for s in (MID, SMALL, QUICK)}[size_name]
+    sizes = {s.name: s for s in (MID, SMALL, QUICK)}
     info = init_distributed(600)
-    if part == "stages":
-        results = {f"ZeRO-{stage}": save_cost(size, stage, info, out.parent / f"run-zero{stage}")
-                   for stage in STAGES}
-    else:
-        results = {str(count): save_after_trained(size, count, info, out.parent / f"run-{count}")
-                   for count in COUNTS}
+    results = {}
+    for part, size_name in parts.items():
+        size, root = sizes[size_name], out.parent / f"run-{part}"
+        if part == "stages":
+            results[part] = {f"ZeRO-{stage}": save_cost(size, stage, info, root / f"zero{stage}")
+                             for stage in STAGES}
+        else:
+            results[part] = {str(count): save_after_trained(size, count, info, root / str(count))
+                             for count in COUNTS}
     if info.is_main:
         out.write_text(json.dumps(results, indent=1), encoding="utf-8")
     finish_process()  # as the CLI ends: an exit through the interpreter can abort a rank
@@ -163,11 +173,11 @@ def save_after_trained(size: Size, count: int, info, root: Path) -> dict:
         saver.finish()
         times.append(time.perf_counter() - start)
     checkpoint = root / "checkpoints" / step_tag(ROUNDS)
-    written = [p for p in checkpoint.rglob("*") if p.is_file()] + list(
-        (root / "checkpoints" / LANGUAGE_DIR).glob(f"*/{step_tag(ROUNDS)}-*"))
+    language_files = list((root / "checkpoints" / LANGUAGE_DIR).glob(f"*/{step_tag(ROUNDS)}-*"))
+    written = [p for p in checkpoint.rglob("*") if p.is_file()] + language_files
     return {"published_s": statistics.median(times), "times_s": times,
             "bytes": sum(p.stat().st_size for p in written),
-            "language_files": sum(LANGUAGE_DIR in p.parts for p in written)}
+            "language_files": len(language_files)}
 
 
 def report(result: dict) -> str:
@@ -194,7 +204,6 @@ def report(result: dict) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", type=Path, required=True)
-    parser.add_argument("--part", choices=("stages", "languages"), required=True)
-    parser.add_argument("--size", default=MID.name)
+    parser.add_argument("--parts", nargs="+", required=True, help="stages=SIZE languages=SIZE")
     args = parser.parse_args()
-    worker(args.worker, args.part, args.size)
+    worker(args.worker, dict(named.split("=", 1) for named in args.parts))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.commands import TRAIN, add_language, cli_here, one_error_line, weights_of
-from tests.support.launch import TINY_MODEL, tree_hash
+from tests.support.commands import TRAIN, add_language, one_error_line, weights_of
+from tests.support.launch import TINY_MODEL, cli_here, tree_hash
 from tests.support.runs import copy_run
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 
@@ -47,10 +47,9 @@ def test_the_readmes_commands_in_order_write_runs_of_their_own(source, added):
     assert tree_hash(added) == before  # nothing of the second run in the first
 
 
-def test_an_out_holding_another_request_is_refused_naming_what_differs(source, added,
-                                                                        capsys):
+def test_an_out_holding_another_request_is_refused_naming_what_differs(source, added):
     before = tree_hash(added)
-    proc = cli_here(capsys, "add-language", "--lang", "yo_NG", "--from", str(source),
+    proc = cli_here("add-language", "--lang", "yo_NG", "--from", str(source),
                     "--extend-vocab", "16", "--out", str(added), "--steps", "2", *TRAIN)
     line = one_error_line(proc)
     assert f"--out {added} holds another run than an add-language run of yo_NG" in line
@@ -81,16 +80,16 @@ def inside(run: Path) -> Path:
     lambda run, data: ["+exp=demo", f"run_dir={inside(run)}", f"data.dir={data}",
                        "data.source=null", *TINY_MODEL],
 ], ids=["add-language", "export", "remove-language", "prepare", "train"])
-def test_no_command_writes_inside_a_run(source, tiny_data, command, capsys):
+def test_no_command_writes_inside_a_run(source, tiny_data, command):
     before = tree_hash(source)
-    line = one_error_line(cli_here(capsys, *command(source, tiny_data)))
+    line = one_error_line(cli_here(*command(source, tiny_data)))
     assert f"{inside(source)} is inside the run {source}" in line
     assert tree_hash(source) == before
 
 
-def test_evaluate_writes_into_its_own_run_only(source, added, capsys):
+def test_evaluate_writes_into_its_own_run_only(source, added):
     before = tree_hash(added)
-    line = one_error_line(cli_here(capsys, "evaluate", "--from", str(source),
+    line = one_error_line(cli_here("evaluate", "--from", str(source),
                                    "--out", str(inside(added))))
     assert f"{inside(added)} is inside the run {added}" in line
     assert tree_hash(added) == before
@@ -127,16 +126,16 @@ def test_a_start_killed_while_preparing_its_text_is_started_again(source, tmp_pa
     assert latest_checkpoint(out) is not None
 
 
-def test_a_mistyped_from_is_refused_with_the_closest_name(source, capsys):
+def test_a_mistyped_from_is_refused_with_the_closest_name(source):
     typo = source.with_name("rnu")
-    line = one_error_line(cli_here(capsys, "add-language", "--lang", "yo_NG", "--from", str(typo)))
+    line = one_error_line(cli_here("add-language", "--lang", "yo_NG", "--from", str(typo)))
     assert f"--from {typo} does not exist (did you mean {source}?)" in line
     assert not Path(f"{typo}+yo_NG").exists()
 
 
 @pytest.mark.parametrize("command", [["export", "--out", "x"], ["evaluate"], ["report"],
                                      ["save-language", "--lang", "de_DE", "--out", "x"]])
-def test_every_command_names_the_closest_run_to_a_mistyped_from(source, command, capsys):
+def test_every_command_names_the_closest_run_to_a_mistyped_from(source, command):
     typo = source.with_name("rnu")
-    line = one_error_line(cli_here(capsys, command[0], "--from", str(typo), *command[1:]))
+    line = one_error_line(cli_here(command[0], "--from", str(typo), *command[1:]))
     assert f"run directory {typo} does not exist (did you mean {source}?)" in line

@@ -12,8 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from tests.support.commands import cli_here
-from tests.support.launch import TINY_MODEL, read_metrics
+from tests.support.launch import TINY_MODEL, cli_here, read_metrics
 from xmod_pretrain.cli import main as cli_main
 from xmod_pretrain.model.xmod import language_of_parameter
 from xmod_pretrain.runs.records import open_run
@@ -108,24 +107,24 @@ def test_outputs(experiment):
     assert width >= 900 and height >= 350
 
 
-def in_process(capsys, out, data_dir, *args: str) -> subprocess.CompletedProcess:
+def in_process(out, data_dir, *args: str) -> subprocess.CompletedProcess:
     """``xmod_pretrain curse`` run in this process: the experiment's runs are done, and only the
     transfers train here."""
-    return cli_here(capsys, "curse", "--out", str(out), f"data.dir={data_dir}", "data.source=null",
+    return cli_here("curse", "--out", str(out), f"data.dir={data_dir}", "data.source=null",
                     *TINY_MODEL, "train.max_steps=3", "train.log_every=1", *args)
 
 
-def test_rerun_keeps_complete_runs(experiment, tiny_data, capsys):
+def test_rerun_keeps_complete_runs(experiment, tiny_data):
     out, _ = experiment
-    done = in_process(capsys, out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
+    done = in_process(out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
                       "--ns", *map(str, NS))
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("kept") == 4 and "training:" not in done.stdout
 
 
-def test_other_settings_are_refused(experiment, tiny_data, capsys):
+def test_other_settings_are_refused(experiment, tiny_data):
     out, _ = experiment
-    done = in_process(capsys, out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
+    done = in_process(out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
                       "--ns", *map(str, NS), "optim.lr=1e-4")
     assert done.returncode == 1
     assert "xmod-2 was trained with other settings (optim differ)" in done.stderr
@@ -144,17 +143,17 @@ def test_other_settings_are_refused(experiment, tiny_data, capsys):
     (["--languages", "de_DE", "ru_RU", "en_XX", "--eval-languages", "de_DE", "--ns", "2",
       "--transfer", "2"], "lack en_XX"),
 ])
-def test_bad_input_stops_before_training(tiny_data, tmp_path, capsys, args, named):
-    done = in_process(capsys, tmp_path / "out", tiny_data, "--eval-languages", "en_XX", *args)
+def test_bad_input_stops_before_training(tiny_data, tmp_path, args, named):
+    done = in_process(tmp_path / "out", tiny_data, "--eval-languages", "en_XX", *args)
     assert done.returncode == 1 and named in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_transfer_comparison_of_the_two_runs(experiment, tiny_data, capsys):
+def test_transfer_comparison_of_the_two_runs(experiment, tiny_data):
     """--transfer fine-tunes both n=3 runs on en_XX and scores de_DE and ru_RU: X-MOD through
     each target's modules, the shared run through its one set (no ablation column to show)."""
     out, _ = experiment
-    done = in_process(capsys, out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
+    done = in_process(out, tiny_data, "--languages", *ORDER, "--eval-languages", *EVAL,
                       "--ns", *map(str, NS), "--transfer", "3", "--transfer-steps", "2",
                       "--seeds", "1")
     assert done.returncode == 0, done.stderr

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import BUNDLE, TINY_LANGUAGES
-from tests.support.commands import cli_here
-from tests.support.launch import read_metrics
+from tests.support.launch import cli_here, read_metrics
 from tests.support.runs import copy_run
 
 pytestmark = pytest.mark.integration
@@ -32,8 +31,8 @@ def image_size(path) -> tuple[int, int]:
     return Image.open(path).size
 
 
-def test_evaluate_prints_and_writes_table(run, capsys):
-    done = cli_here(capsys, "evaluate", "--from", str(run), "--draws", "2")
+def test_evaluate_prints_and_writes_table(run):
+    done = cli_here("evaluate", "--from", str(run), "--draws", "2")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for lang in TINY_LANGUAGES:
@@ -52,9 +51,9 @@ def test_evaluate_prints_and_writes_table(run, capsys):
     assert width >= 600 and height >= 300
 
 
-def test_one_draw_reproduces_the_trainers_validation(run, capsys, tmp_path):
+def test_one_draw_reproduces_the_trainers_validation(run, tmp_path):
     """Same batches, same loss function: plain model == the DeepSpeed engine's last validation."""
-    done = cli_here(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out", str(tmp_path))
+    done = cli_here("evaluate", "--from", str(run), "--draws", "1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "evaluation.json").read_text())["rows"]
     last = read_metrics(run)[1][-1]
@@ -62,13 +61,13 @@ def test_one_draw_reproduces_the_trainers_validation(run, capsys, tmp_path):
     assert {r["name"]: r["loss"] for r in rows} == pytest.approx(last["lang_loss"], abs=1e-5)
 
 
-def test_text_and_adapter_of(run, capsys, tmp_path, tiny_corpus):
+def test_text_and_adapter_of(run, tmp_path, tiny_corpus):
     german = tmp_path / "de.txt"
     german.write_text("".join((tiny_corpus / "de_DE.txt").read_text().splitlines(True)[-40:]))
     yoruba = tmp_path / "yo.txt"
     with lzma.open(BUNDLE.parent / "udhr" / "yo_NG.txt.xz", "rt", encoding="utf-8") as f:
         yoruba.write_text(f.read())
-    done = cli_here(capsys, "evaluate", "--from", str(run), "--langs", "de_DE", "--draws", "1",
+    done = cli_here("evaluate", "--from", str(run), "--langs", "de_DE", "--draws", "1",
                     "--text", f"de_DE={german}", "--text", f"yo_NG={yoruba}",
                     "--adapter-of", "yo_NG=en_XX", "--adapter-of", "de_DE=ru_RU",
                     "--out", str(tmp_path / "out"))
@@ -85,23 +84,23 @@ def test_text_and_adapter_of(run, capsys, tmp_path, tiny_corpus):
     (["--text", "yo_NG=EMPTY"], "is empty"),
     (["--text", "yo_NG=EMPTY", "--adapter-of", "yo_NG=en_XX"], "is empty"),
 ])
-def test_evaluate_refuses_bad_input(run, capsys, tmp_path, args, named):
+def test_evaluate_refuses_bad_input(run, tmp_path, args, named):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     args = [a.replace("EMPTY", str(empty)) for a in args]
-    done = cli_here(capsys, "evaluate", "--from", str(run), "--out", str(tmp_path), *args)
+    done = cli_here("evaluate", "--from", str(run), "--out", str(tmp_path), *args)
     assert done.returncode != 0 and named in done.stderr, done.stderr
 
 
-def test_evaluate_missing_run(capsys, tmp_path):
-    done = cli_here(capsys, "evaluate", "--from", str(tmp_path / "nope"))
+def test_evaluate_missing_run(tmp_path):
+    done = cli_here("evaluate", "--from", str(tmp_path / "nope"))
     assert done.returncode != 0 and str(tmp_path / "nope") in done.stderr
 
 
-def test_report_draws_curves_and_page(run, capsys, tmp_path):
+def test_report_draws_curves_and_page(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("evaluation.*"))
-    assert cli_here(capsys, "report", "--from", str(copy)).returncode == 0
+    assert cli_here("report", "--from", str(copy)).returncode == 0
     page = (copy / "report" / "index.html").read_text()
     for name in FIGURES:
         width, height = image_size(copy / "report" / name)
@@ -112,14 +111,14 @@ def test_report_draws_curves_and_page(run, capsys, tmp_path):
     assert "validation at step 4" in page  # no evaluation.json: the last valid record
 
 
-def test_report_shows_the_latest_evaluation(run, capsys):
+def test_report_shows_the_latest_evaluation(run):
     if not (run / "evaluation.json").is_file():
-        assert cli_here(capsys, "evaluate", "--from", str(run), "--draws", "1").returncode == 0
-    assert cli_here(capsys, "report", "--from", str(run)).returncode == 0
+        assert cli_here("evaluate", "--from", str(run), "--draws", "1").returncode == 0
+    assert cli_here("report", "--from", str(run)).returncode == 0
     page = (run / "report" / "index.html").read_text()
     assert 'src="evaluation.png"' in page and "xmod_pretrain evaluate" in page
 
 
-def test_report_without_metrics(capsys, tmp_path):
-    done = cli_here(capsys, "report", "--from", str(tmp_path))
+def test_report_without_metrics(tmp_path):
+    done = cli_here("report", "--from", str(tmp_path))
     assert done.returncode != 0 and "metrics.jsonl" in done.stderr

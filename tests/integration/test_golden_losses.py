@@ -41,7 +41,8 @@ def losses(run: Path) -> list[float]:
 
 
 def demo(run: Path, data: Path, *overrides: str, nproc: int = 1) -> list[float]:
-    run_training(run, data, f"train.max_steps={STEPS}", *DEMO, *overrides, nproc=nproc, model=[])
+    run_training(run, data, f"train.max_steps={STEPS}", *DEMO, *overrides, nproc=nproc, model=[],
+                 own_process=True)  # the CLI as a user starts it, nothing of earlier tests
     return losses(run)
 
 

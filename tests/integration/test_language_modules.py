@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_LANGUAGES
-from tests.support.commands import TRAIN, add_language, cli_here
+from tests.support.commands import TRAIN, add_language
 from tests.support.hf import udhr_lines
-from tests.support.launch import read_metrics, run_training, tree_hash
+from tests.support.launch import cli_here, read_metrics, run_training, tree_hash
 from xmod_pretrain.checkpoint.language_files import language_manifest
 from xmod_pretrain.checkpoint.layout import CheckpointCorrupt
 from xmod_pretrain.model.xmod import TIED, XmodForMaskedLM, language_of_parameter
@@ -174,7 +174,7 @@ def test_cli_round_trip(base, tmp_path):
     assert open_run(tmp_path / "grown").languages[-1] == "yo_NG"
 
 
-def test_cli_errors_name_the_problem_and_write_nothing(base, module_file, tmp_path, capsys):
+def test_cli_errors_name_the_problem_and_write_nothing(base, module_file, tmp_path):
     out, missing = tmp_path / "out", tmp_path / "none"
     cases = [
         (["remove-language", "--lang", "yo_NG", "--from", str(base), "--out", str(out)],
@@ -190,14 +190,14 @@ def test_cli_errors_name_the_problem_and_write_nothing(base, module_file, tmp_pa
          "no checkpoint of step 9 .*available steps: 4"),
     ]
     for argv, problem in cases:
-        done = cli_here(capsys, *argv)
+        done = cli_here(*argv)
         assert done.returncode != 0, argv
         assert done.stderr.startswith(f"xmod_pretrain {argv[0]}: error: ")
         assert re.search(problem, done.stderr), (argv, done.stderr)
         assert not out.exists(), argv
     out.mkdir()
     (out / "keep").write_text("x")
-    done = cli_here(capsys, "remove-language", "--lang", "de_DE", "--from", str(base),
+    done = cli_here("remove-language", "--lang", "de_DE", "--from", str(base),
                     "--out", str(out))
     assert done.returncode != 0 and "already exists and is not empty" in done.stderr
     assert [p.name for p in out.iterdir()] == ["keep"]
@@ -221,10 +221,10 @@ def grown(base, tmp_path_factory) -> Path:
     return out
 
 
-def evaluated(capsys, run: Path, out: Path, *args: str) -> tuple[dict[str, float], dict[str, str]]:
+def evaluated(run: Path, out: Path, *args: str) -> tuple[dict[str, float], dict[str, str]]:
     """({row: loss}, {skipped language: why}) of ``xmod_pretrain evaluate`` of ``run`` (one
     draw), written to ``out``; its stdout holds a line for each skipped language."""
-    done = cli_here(capsys, "evaluate", "--from", str(run), "--draws", "1", "--out", str(out),
+    done = cli_here("evaluate", "--from", str(run), "--draws", "1", "--out", str(out),
                     *args)
     assert done.returncode == 0, done.stderr
     saved = json.loads((out / "evaluation.json").read_text())
@@ -233,58 +233,57 @@ def evaluated(capsys, run: Path, out: Path, *args: str) -> tuple[dict[str, float
     return {row["name"]: row["loss"] for row in saved["rows"]}, saved["skipped"]
 
 
-def test_remove_then_load_gives_a_data_language_its_place_back(chosen, tmp_path, capsys):
+def test_remove_then_load_gives_a_data_language_its_place_back(chosen, tmp_path):
     module, _ = save_language_module(chosen, "de_DE", tmp_path / "mods")
     pruned = remove_language(chosen, "de_DE", tmp_path / "pruned")
     assert open_run(pruned).config.data.languages == ["en_XX", "el_GR"]
     back = open_run(load_language_module(pruned, module, tmp_path / "back"))
     assert back.config.data == open_run(chosen).config.data  # en_XX, de_DE, el_GR: its place
     # It trains and evaluates again, on the batches it had: the source run's numbers.
-    assert evaluated(capsys, back.run_dir, tmp_path / "e1")[0] == \
-        evaluated(capsys, chosen, tmp_path / "e2")[0]
+    assert evaluated(back.run_dir, tmp_path / "e1")[0] == \
+        evaluated(chosen, tmp_path / "e2")[0]
     # Loaded into a run that did not lose it, it goes where the data folder's order puts it.
     fewer = remove_language(pruned, "el_GR", tmp_path / "fewer")
     again = open_run(load_language_module(fewer, module, tmp_path / "again"))
     assert again.config.data.languages == ["de_DE", "en_XX"]
 
 
-def test_evaluate_says_which_languages_it_skips_and_why(chosen, tiny_data, tmp_path, capsys):
-    rows, skipped = evaluated(capsys, chosen, tmp_path / "e")
+def test_evaluate_says_which_languages_it_skips_and_why(chosen, tiny_data, tmp_path):
+    rows, skipped = evaluated(chosen, tmp_path / "e")
     assert set(rows) == {"en_XX", "de_DE", "el_GR"}
     reason = (f"it is not in data.languages of {chosen} (en_XX, de_DE, el_GR), though "
               f"{tiny_data} holds its text")
     assert skipped == {"ru_RU": reason}
-    done = cli_here(capsys, "evaluate", "--from", str(chosen), "--langs", "ru_RU", "--out",
+    done = cli_here("evaluate", "--from", str(chosen), "--langs", "ru_RU", "--out",
                     str(tmp_path / "e"))
     assert done.returncode == 1 and done.stderr == (
         f"xmod_pretrain evaluate: error: ru_RU cannot be evaluated from {chosen}'s data: "
         f"{reason}; pass --text ru_RU=PATH\n")
     module, _ = save_language_module(chosen, "de_DE", tmp_path / "mods")
     other = load_language_module(chosen, module, tmp_path / "other", lang="lb_LU")
-    assert evaluated(capsys, other, tmp_path / "e")[1]["lb_LU"] == \
+    assert evaluated(other, tmp_path / "e")[1]["lb_LU"] == \
         f"no valid text for it in {tiny_data}"
-    done = cli_here(capsys, "evaluate", "--from", str(other), "--langs", "lb_LU", "--out",
+    done = cli_here("evaluate", "--from", str(other), "--langs", "lb_LU", "--out",
                     str(tmp_path / "e"))
     assert done.returncode == 1 and f"lb_LU cannot be evaluated from {other}'s data: no valid " \
         f"text for it in {tiny_data}; pass --text lb_LU=PATH\n" in done.stderr
 
 
-def test_a_grown_module_loaded_into_a_plain_run_evaluates(base, grown, shared_data, tmp_path,
-                                                          capsys):
+def test_a_grown_module_loaded_into_a_plain_run_evaluates(base, grown, shared_data, tmp_path):
     module, _ = save_language_module(grown, "ti_ET", tmp_path / "mods")
     loaded = load_language_module(base, module, tmp_path / "loaded")
     # The old languages from the plain run's data: their ids are the grown vocabulary's too.
-    rows, skipped = evaluated(capsys, loaded, tmp_path / "e1", "--batches", "1")
-    theirs = evaluated(capsys, grown, tmp_path / "e2", "--batches", "1")[0]
+    rows, skipped = evaluated(loaded, tmp_path / "e1", "--batches", "1")
+    theirs = evaluated(grown, tmp_path / "e2", "--batches", "1")[0]
     assert rows == {lang: theirs[lang] for lang in TINY_LANGUAGES}
     assert skipped == {"ti_ET": f"no valid text for it in {shared_data}"}
     text = tmp_path / "ti.txt"
     text.write_text("\n".join(udhr_lines("ti_ET", 60)) + "\n", encoding="utf-8")
-    rows = evaluated(capsys, loaded, tmp_path / "e3", "--text", f"ti_ET={text}")[0]
+    rows = evaluated(loaded, tmp_path / "e3", "--text", f"ti_ET={text}")[0]
     assert set(rows) == {*TINY_LANGUAGES, "ti_ET"}
 
 
-def test_remove_then_load_of_a_grown_language_round_trips(grown, tmp_path, capsys):
+def test_remove_then_load_of_a_grown_language_round_trips(grown, tmp_path):
     module, _ = save_language_module(grown, "ti_ET", tmp_path / "mods")
     pruned = remove_language(grown, "ti_ET", tmp_path / "pruned")
     back = open_run(load_language_module(pruned, module, tmp_path / "back"))
@@ -294,12 +293,12 @@ def test_remove_then_load_of_a_grown_language_round_trips(grown, tmp_path, capsy
     old, new = source.weights(), back.weights()
     assert set(new) == set(old) and all(torch.equal(new[k], old[k]) for k in old)
     # Every language evaluates, the old ones from the plain data: the trainer's last validation.
-    rows = evaluated(capsys, back.run_dir, tmp_path / "e")[0]
+    rows = evaluated(back.run_dir, tmp_path / "e")[0]
     assert rows == pytest.approx(read_metrics(grown)[1][-1]["lang_loss"], abs=1e-5)
     assert set(rows) == {*TINY_LANGUAGES, "ti_ET"}
     # The pieces are ti_ET's again: another code may not share them; nothing is written.
     before = tree_hash(back.run_dir)
-    done = cli_here(capsys, "load-language", "--module", str(module), "--from",
+    done = cli_here("load-language", "--module", str(module), "--from",
                     str(back.run_dir), "--lang", "am_ET", "--out", str(tmp_path / "twice"))
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "already, as ti_ET's (ids " in done.stderr

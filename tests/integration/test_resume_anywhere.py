@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.commands import cli_here, one_error_line
-from tests.support.launch import demo_args, run_training, tree_hash
+from tests.support.commands import one_error_line
+from tests.support.launch import cli_here, demo_args, run_training, tree_hash
 from tests.support.parity import assert_same_training, final_weights
 from xmod_pretrain.checkpoint.layout import TRAINER_STATE, latest_checkpoint
 from xmod_pretrain.checkpoint.verify import write_checksums
@@ -112,17 +112,17 @@ def test_zero2_to_zero3_then_zero1(halves, straight, tiny_data, tmp_path):
     assert_trained_as(straight, run)
 
 
-def test_another_global_batch_is_refused_then_allowed(halves, tiny_data, tmp_path, capsys):
+def test_another_global_batch_is_refused_then_allowed(halves, tiny_data, tmp_path):
     """In this process (one rank): the refusal comes before anything is written."""
     run = continued(halves, "2xZ2", tmp_path)
     before = tree_hash(run)
     args = [*demo_args(run, tiny_data, "train.max_steps=6", *COMMON), "deepspeed=zero2"]
-    proc = cli_here(capsys, *args, "train.global_batch_size=null")
+    proc = cli_here(*args, "train.global_batch_size=null")
     assert ("was trained with a global batch of 16 sequences (2 rank(s) x "
             "train.micro_batch_size=8 x train.grad_accum_steps=1); this start's is 8 (1 rank(s) "
             "x 8 x 1). Set train.global_batch_size=16") in one_error_line(proc)
     assert tree_hash(run) == before
-    proc = cli_here(capsys, *args, "train.global_batch_size=8", "train.allow_batch_change=true")
+    proc = cli_here(*args, "train.global_batch_size=8", "train.allow_batch_change=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("warning: the global batch changes from 16 sequences") == 1
     assert "averages 0.5x the sequences" in proc.stderr
@@ -130,6 +130,6 @@ def test_another_global_batch_is_refused_then_allowed(halves, tiny_data, tmp_pat
     # A second start in this process, after the first left its process group (and DeepSpeed
     # the groups it had cached), builds its engine over a group of its own.
     args[args.index("train.max_steps=6")] = "train.max_steps=7"
-    proc = cli_here(capsys, *args, "train.global_batch_size=8")
+    proc = cli_here(*args, "train.global_batch_size=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert latest_checkpoint(run).name == "step_00000007"

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.commands import cli_here
-from tests.support.launch import read_metrics, run_training, tree_hash
+from tests.support.launch import cli_here, read_metrics, run_training, tree_hash
 from xmod_pretrain.checkpoint.layout import CheckpointCorrupt, latest_checkpoint
 from xmod_pretrain.checkpoint.verify import verify_checkpoint
 
@@ -99,11 +98,11 @@ def test_resume_without_latest_uses_the_newest_checkpoint(run, tiny_data):
     assert latest_checkpoint(run).name == "step_00000006"
 
 
-def test_export_and_evaluate_name_the_corrupt_file(run, tmp_path, capsys):
+def test_export_and_evaluate_name_the_corrupt_file(run, tmp_path):
     truncate(run / "checkpoints" / "step_00000004" / "model.safetensors")
     for args in (["export", "--from", str(run), "--out", str(tmp_path / "hf")],
                  ["evaluate", "--from", str(run), "--out", str(tmp_path / "eval")]):
-        proc = cli_here(capsys, *args)
+        proc = cli_here(*args)
         assert proc.returncode == 1, (args, proc.stderr[-3000:])
         assert "step_00000004/model.safetensors is corrupt: it is" in proc.stderr, args
         assert "Traceback" not in proc.stderr

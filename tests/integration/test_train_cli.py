@@ -21,7 +21,8 @@ def test_single_process_trains_and_checkpoints(tiny_data, tmp_path):
     run = tmp_path / "run"
     proc = run_training(run, tiny_data, "train.max_steps=40", "train.log_every=5",
                         "train.eval_every=20", "train.save_every=20", "deepspeed=zero2",
-                        "logging.tensorboard=true", "train.peak_tflops=null")
+                        "logging.tensorboard=true", "train.peak_tflops=null",
+                        own_process=True)  # its output as a user sees it
     train, valid = read_metrics(run)
     assert [r["step"] for r in train] == [1, *range(5, 41, 5)]  # a first line at step 1
     assert {"loss", "grad_norm", "lr", "tokens_per_s", "updates_per_s", "mfu", "wall_s",

@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_LANGUAGES
-from tests.support.commands import cli_here
-from tests.support.launch import TINY_PEAK_TFLOPS, tree_hash
+from tests.support.launch import TINY_PEAK_TFLOPS, cli_here, tree_hash
 from tests.xnli_folder import XNLI_LABELS, write_xnli_folder
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.recipes.transfer.recipe import choose_checkpoint, load_classifier
@@ -130,8 +129,8 @@ def test_the_export_loads_in_transformers_with_our_logits(transferred):
     (["--task", GUIDE_TOPIC, "train.max_step=3"],
      "unknown config key(s) train.max_step (did you mean train.max_steps?)"),
 ])
-def test_bad_requests_exit_non_zero_naming_the_problem(pretrained, tmp_path, args, named, capsys):
-    proc = cli_here(capsys, "transfer", "--from", str(pretrained), "--out", str(tmp_path / "out"),
+def test_bad_requests_exit_non_zero_naming_the_problem(pretrained, tmp_path, args, named):
+    proc = cli_here("transfer", "--from", str(pretrained), "--out", str(tmp_path / "out"),
                     *args)
     assert proc.returncode == 1 and named in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -8,11 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from tests.support.launch import TINY_PEAK_TFLOPS
-from xmod_pretrain.cli import main
+from tests.support.launch import TINY_PEAK_TFLOPS, cli_here
 from xmod_pretrain.runs.records import open_run
 
 # add-language's training overrides for the tiny model (its model comes from the source run).
@@ -21,12 +19,14 @@ TRAIN = ["data.seq_len=64", "train.micro_batch_size=8", "train.eval_batches=2",
 
 
 def add_language(*args: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    cli = [sys.executable, "-c", "from xmod_pretrain.cli import main; main()", "add-language"]
-    if nproc > 1:
+    """``xmod_pretrain add-language ARGS``: in this process on one rank, under torchrun on more."""
+    if nproc == 1:
+        proc = cli_here("add-language", *args)
+    else:
         cli = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "xmod_pretrain.cli", "add-language"]
-    proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -41,26 +41,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from xmod_pretrain.cli import main; main()",
                            *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def cli_here(capsys: pytest.CaptureFixture, *argv: str) -> subprocess.CompletedProcess:
-    """``xmod_pretrain ARGV`` run in this process and read as cli()'s subprocess is: for refusals
-    and commands that do not train, which would spend most of a subprocess importing torch and
-    DeepSpeed (about 4 s of CPU)."""
-    capsys.readouterr()  # what came before is not this command's
-    argv_before = sys.argv
-    sys.argv = ["xmod_pretrain"]  # Hydra's app reads it (the dispatch rewrites it to train)
-    try:
-        main(list(argv))
-        status = 0
-    except SystemExit as done:
-        status = done.code if isinstance(done.code, int) else int(done.code is not None)
-        if isinstance(done.code, str):  # the interpreter would print it at exit
-            print(done.code, file=sys.stderr)
-    finally:
-        sys.argv = argv_before
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["xmod_pretrain", *argv], status, out, err)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from tests.support.commands import cli_here
+from tests.support.launch import cli_here
 from xmod_core.languages import XMOD_BASE_LANGUAGES
 from xmod_pretrain.config import CONF_DIR, Config, check_config, check_known_keys, register_configs
 from xmod_pretrain.model.xmod import count_parameters
@@ -181,9 +181,9 @@ def test_a_bad_value_fails_within_seconds_with_one_line_and_writes_nothing(tmp_p
 
 
 @pytest.mark.integration
-def test_dry_run_prints_the_parameter_count(tmp_path, capsys, monkeypatch):
+def test_dry_run_prints_the_parameter_count(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    proc = cli_here(capsys, "+exp=base", "train.dry_run=true", f"run_dir={tmp_path / 'run'}")
+    proc = cli_here("+exp=base", "train.dry_run=true", f"run_dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr
     line = next(l for l in proc.stdout.splitlines() if l.startswith("parameters:"))
     printed = (float(line.split()[1].rstrip("M")) * 1e6, float(line.split()[4].rstrip("M")) * 1e6)

@@ -1,19 +1,15 @@
-"""Runs that read from any directory, after a move, and never on data of another tokenizer:
-the real CLI in subprocesses."""
+"""Runs that read from any directory, after a move, and never on data of another tokenizer."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.support.launch import TINY_MODEL
+from tests.support.launch import TINY_MODEL, cli_here
 from xmod_core.atomic import file_sha256
 from xmod_core.shards import MANIFEST
 
@@ -21,11 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The ``xmod_pretrain`` command in ``cwd``, importing this checkout's code."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "xmod_pretrain.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    """The ``xmod_pretrain`` command run in ``cwd``."""
+    return cli_here(*args, cwd=cwd)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

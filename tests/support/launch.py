@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import chdir, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from xmod_pretrain.cli import main
@@ -27,17 +27,18 @@ TINY_MODEL = [
 ]
 
 
-def cli_here(*argv: str) -> subprocess.CompletedProcess:
+def cli_here(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``xmod_pretrain ARGV`` run in this process and read as cli()'s subprocess is (its output,
     its exit status). A command that trains on one rank runs here too: a subprocess would spend
     most of its 6 s importing torch and DeepSpeed. What needs a process of its own stays one: a
     signal, a kill, a resource limit, another working directory, the CLI's output as a user
-    sees it (warnings, which pytest records instead of printing)."""
+    sees it (warnings, which pytest records instead of printing). ``cwd``: the directory it
+    runs in (this one's, meanwhile)."""
     argv_before = sys.argv
     sys.argv = ["xmod_pretrain"]  # Hydra's app reads it (the dispatch rewrites it to train)
     out, err = io.StringIO(), io.StringIO()
     try:
-        with redirect_stdout(out), redirect_stderr(err):
+        with redirect_stdout(out), redirect_stderr(err), chdir(cwd or Path.cwd()):
             try:
                 main(list(argv))
                 status = 0

@@ -4,7 +4,8 @@ Each benchmark is a module ``bench.<name>`` with ``run(quick: bool) -> dict`` (a
 result); ``report(result) -> str`` and ``plot(result, out_dir) -> list[Path]`` are optional.
 """
 
-BENCHMARKS = ["throughput", "mfu", "languages", "zero3", "memory", "data_prep", "checkpoint"]
+BENCHMARKS = ["throughput", "mfu", "languages", "zero3", "memory", "data_prep", "layouts",
+              "checkpoint"]
 """The CPU benchmarks, in the order ``python -m bench`` runs them."""
 
 ACCELERATOR_BENCHMARKS = ["gpu"]

@@ -80,9 +80,11 @@ def _entry(language: str, split: str, tokens: int, lines: int) -> dict:
 
 
 def write_manifest(
-    out_dir: Path, tokenizer: Tokenizer, languages: dict[str, dict], source: str
+    out_dir: Path, tokenizer: Tokenizer, languages: dict[str, dict], source: str,
+    tokenizer_sample: dict | None = None,
 ) -> Path:
-    """Write ``manifest.json`` (atomically; call it last) and return its path."""
+    """Write ``manifest.json`` (atomically; call it last) and return its path.
+    ``tokenizer_sample``: what each language gave a tokenizer trained here."""
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -91,6 +93,7 @@ def write_manifest(
             "file": TOKENIZER_FILE,
             "sha256": tokenizer.sha256,
             "vocab_size": tokenizer.vocab_size,
+            **({"sample": tokenizer_sample} if tokenizer_sample else {}),
         },
         "languages": languages,
         "source": source,

@@ -1,5 +1,6 @@
-"""Where each language's raw text comes from: the bundled corpus, a folder, a JSON list, or a
-Hugging Face ``datasets`` source.
+"""Where each language's raw text comes from: the bundled corpus, a folder of text files (CC-100's
+``.txt.xz`` files through a JSON list that names their languages), a folder of parquet files per
+language (FineWeb-2's layout, ``data_prep.parquet``), or a Hugging Face ``datasets`` source.
 
 ``open_source`` turns a source string into ``{language: LanguageSource}`` in a stable order,
 checking what can be checked before any text is read: language codes, duplicates, missing files.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.errors import DataPrepError
+from data_prep.parquet import ParquetSource, language_folders
 from data_prep.textio import (
     Progress,
     TextBlock,
@@ -29,6 +31,7 @@ CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 BUNDLED = "bundled"
 BUNDLED_DEFAULT = "debian_ig"
 HF_PREFIX = "hf:"
+XZ_RATIO = 3.9  # text bytes per .xz byte, measured on the bundled corpus
 # datasets' packaged builders read local or remote files: for them the template is data_files.
 HF_FILE_BUILDERS = frozenset({"text", "json", "csv", "parquet", "arrow"})
 HF_TEXT_COLUMN = "text"
@@ -50,6 +53,13 @@ class FileSource:
         if any(f.name.endswith(".xz") for f in self.files):
             return None
         return sum(f.stat().st_size for f in self.files)
+
+    @property
+    def size_hint(self) -> int:
+        """About how many bytes of text the files hold (an .xz file's compressed size times
+        XZ_RATIO: reading the whole file to know would cost as much as preparing it)."""
+        return sum(int(f.stat().st_size * (XZ_RATIO if f.name.endswith(".xz") else 1))
+                   for f in self.files)
 
     def blocks(self) -> Iterator[TextBlock]:
         """The language's text in blocks of whole lines, in file order."""
@@ -75,6 +85,11 @@ class HFSource:
 
     @property
     def total_bytes(self) -> None:
+        """Unknown for a stream."""
+        return None
+
+    @property
+    def size_hint(self) -> None:
         """Unknown for a stream."""
         return None
 
@@ -114,7 +129,7 @@ class HFSource:
         return f"datasets source {self.name!r} ({what} {self.argument!r})"
 
 
-LanguageSource = FileSource | HFSource
+LanguageSource = FileSource | ParquetSource | HFSource
 
 
 def open_source(
@@ -124,10 +139,11 @@ def open_source(
     the source's, sorted).
 
     ``source``: ``bundled`` (or ``bundled:<folder>`` of data_prep/corpus), a folder of
-    ``<xx_YY>.txt[.xz]`` files, a JSON file ``{"xx_YY": path or [paths]}``, one text file of
+    ``<code>.txt[.xz]`` files, a folder of ``<code>/`` folders of parquet files (FineWeb-2's
+    layout), a JSON file ``{"<code>": path or [paths]}``, one text file of
     the one language ``languages`` names, or ``hf:NAME[:TEMPLATE]`` (TEMPLATE: config name, or
     data_files for builders like ``text``, with ``{lang}`` -> ``en_XX`` and ``{iso}`` -> ``en``;
-    default ``{lang}``).
+    default ``{lang}``). A code is ``xx_YY`` or ``xxx_Xxxx`` (``xmod_core.languages``).
     """
     languages = _language_list(languages) if languages else None
     spec = str(source)
@@ -136,7 +152,7 @@ def open_source(
     if Path(spec).is_file() and Path(spec).suffix != ".json":
         if not languages or len(languages) != 1:
             raise DataPrepError(f"source {spec} is one text file: name its one language "
-                                "(--languages xx_YY)")
+                                "(--languages xx_YY or xxx_Xxxx)")
         return {languages[0]: FileSource(languages[0], (Path(spec),))}
     available = _files_by_language(spec)
     return _select(available, languages, spec)
@@ -171,16 +187,22 @@ def _files_by_language(spec: str) -> dict[str, FileSource]:
     raise DataPrepError(f"source {spec} is neither a folder, a .json file nor hf:NAME")
 
 
-def _folder_sources(folder: Path) -> dict[str, FileSource]:
-    found: dict[str, FileSource] = {}
+def _folder_sources(folder: Path) -> dict[str, FileSource | ParquetSource]:
+    found: dict[str, FileSource | ParquetSource] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and is_text_file(p)):
         code = _language_code(text_file_stem(path), str(path))
         if code in found:
             first = found[code].files[0].name
             raise DataPrepError(f"language {code} twice in {folder}: {first} and {path.name}")
         found[code] = FileSource(code, (path,))
+    if found:
+        return found
+    for name, files in language_folders(folder).items():
+        code = _language_code(name, str(files[0].parent))
+        found[code] = ParquetSource(code, tuple(files))
     if not found:
-        raise DataPrepError(f"source {folder} holds no <xx_YY>.txt or <xx_YY>.txt.xz file")
+        raise DataPrepError(f"source {folder} holds no <code>.txt or <code>.txt.xz file and no "
+                            "<code>/ folder of parquet files (FineWeb-2's layout)")
     return found
 
 

@@ -104,7 +104,7 @@ def add_language_overrides(argv: list[str]) -> list[str]:
         description="Add languages to a trained run: freeze every shared weight and train only "
                     "the new languages' modules, into a new run directory.")
     parser.add_argument("--lang", action="append", required=True,
-                        help="language to add, xx_YY (repeat for several)")
+                        help="language to add, xx_YY or xxx_Xxxx (repeat for several)")
     parser.add_argument("--from", dest="source",
                         help="run to grow (read only; default: the demo's, runs/demo)")
     parser.add_argument("--out", help="new run directory (default: SOURCE+LANG..., and "

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.support.commands import TRAIN, add_language, weights_of
-from tests.support.launch import read_metrics, tree_hash
+from tests.support.corpora import documents, write_fineweb
+from tests.support.launch import read_metrics, run_training, tree_hash
 from xmod_pretrain.checkpoint.language_files import language_manifest
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
@@ -159,3 +160,26 @@ def test_bad_input_is_refused_and_nothing_changes(source_run, tmp_path, args, me
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert tree_hash(source_run) == before
+
+
+def test_a_fineweb2_folder_of_flores_codes_pretrains_and_grows(tmp_path):
+    """The long tail's path: +exp=demo on a folder in FineWeb-2's layout (xxx_Xxxx codes), then
+    add-language --lang yor_Latn from the same folder; yo_NG, its other code, is answered with
+    the model's own."""
+    docs = {code: documents(code, count=60) for code in ("deu_Latn", "eng_Latn", "yor_Latn")}
+    fineweb = write_fineweb(tmp_path / "fineweb-2", docs)
+    run = tmp_path / "run"
+    run_training(run, tmp_path / "data", "data.languages=[deu_Latn,eng_Latn]",
+                 "model.languages=[deu_Latn,eng_Latn]", "data.vocab_size=600",
+                 "train.max_steps=2", "train.eval_every=0", source=str(fineweb))
+    assert open_run(run).config.model.languages == ["deu_Latn", "eng_Latn"]
+    out = tmp_path / "grown"
+    add_language("--lang", "yor_Latn", "--from", str(run), "--text", str(fineweb), "--out",
+                 str(out), "--steps", "2", *TRAIN)
+    assert open_run(out).config.model.languages == ["deu_Latn", "eng_Latn", "yor_Latn"]
+    assert any(language_of_parameter(key) == "yor_Latn" for key in weights_of(out))
+    refused = add_language("--lang", "de_DE", "--from", str(run), "--out", str(tmp_path / "x"),
+                           check=False)
+    assert refused.returncode == 1
+    assert f"--lang de_DE is deu_Latn of {run}, the same language in the model's code form: " \
+        "use --lang deu_Latn" in refused.stderr

@@ -11,6 +11,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "tests" / "support" / "slurm_cluster.sh"
 TRAIN_SH = REPO / "slurm" / "train.sh"
+PREPARE_SH = REPO / "slurm" / "prepare.sh"
 LSC_BASE = Path("/tmp/xmod-slurm")  # the support script's default: daemons' state, logs, config
 SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "munged")
 LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -173,3 +175,59 @@ def test_usr1_checkpoints_requeues_and_resumes(slurm, tiny_data, tmp_path):
     train, _ = read_metrics(run)
     assert [r["step"] for r in train] == [1, *range(10, max_steps + 1, 10)]
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{max_steps:08d}"
+
+
+def test_a_prepare_array_resubmitted_after_a_killed_task_equals_one_machine(slurm, tiny_corpus,
+                                                                            tiny_data, tmp_path):
+    """sbatch --array=0-1 slurm/prepare.sh: task 1 is killed (kill -9) while it encodes, the
+    array is submitted again, and the folder is byte for byte one machine's preparation."""
+    from data_prep.prepare import main as prepare_main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for text in tiny_corpus.glob("*.txt"):
+        shutil.copy(text, corpus)
+    # Task 1's first language (of de_DE, el_GR, en_XX, ru_RU it has el_GR and ru_RU) made long
+    # enough (about 45 MB, seconds of encoding) that the kill lands inside it.
+    (corpus / "el_GR.txt").write_text((tiny_corpus / "el_GR.txt").read_text() * 300)
+    args = ["--source", str(corpus), "--tokenizer", str(tiny_data / "sentencepiece.bpe.model"),
+            "--valid-fraction", "0.1"]
+    assert prepare_main([*args, "--out", str(tmp_path / "one"), "--workers", "1"]) == 0
+    out = tmp_path / "data"
+    (tmp_path / "logs").mkdir()
+
+    def submit() -> str:
+        return slurm.command("sbatch", "--parsable", "--array=0-1", f"--chdir={tmp_path}",
+                             "--cpus-per-task=1", str(PREPARE_SH), *args, "--out",
+                             str(out)).strip()
+
+    job = submit()
+    deadline = time.monotonic() + 120
+    while not (partial := list((out / "el_GR").glob(".train.bin.tmp-*"))):  # task 1 encodes el_GR
+        assert time.monotonic() < deadline, slurm.job(f"{job}_1")
+        time.sleep(0.02)
+    # The file names its writer, the task's process (the batch script execs it): killed at once,
+    # as a lost node or the OOM killer would, not through slurmctld's round trip.
+    os.kill(int(partial[0].name.rsplit("-", 1)[1]), signal.SIGKILL)
+    states = {task: slurm.wait(f"{job}_{task}", tmp_path, timeout=120)["JobState"]
+              for task in (0, 1)}
+    assert states[0] == "COMPLETED" and states[1] != "COMPLETED", states
+    assert not (out / "manifest.json").exists()
+    assert not (out / "el_GR" / "done.json").exists()
+
+    again = submit()
+    for task in (0, 1):
+        info = slurm.wait(f"{again}_{task}", tmp_path, timeout=120)
+        assert info["JobState"] == "COMPLETED", prepare_log(tmp_path, again, task)
+    assert "resuming: 2 of 2 language(s) done already" in prepare_log(tmp_path, again, 0)
+    assert files_of(out) == files_of(tmp_path / "one")
+
+
+def prepare_log(workdir: Path, job: str, task: int) -> str:
+    path = workdir / "logs" / f"xmod-prepare-{job}_{task}.out"
+    return path.read_text() if path.exists() else f"({path} not written)"
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}

@@ -105,6 +105,22 @@ def test_data_prep_is_measured_with_one_and_two_workers(tmp_path):
     check_target(result["target_sampler"])
 
 
+def test_layouts_measures_each_layout_a_killed_preparation_and_the_sample_memory(tmp_path):
+    result = run_one("layouts", quick=True, out_dir=tmp_path)
+    check_files(tmp_path, "layouts", ("layouts.png",))
+    assert set(result["layouts"]) == {"text", "cc100", "fineweb2"}
+    assert all(r["mb_per_s"] > 0 and r["documents_per_s"] > 0 for r in result["layouts"].values())
+    resume = result["resume"]
+    assert result["languages"] // 2 <= resume["done_when_killed"] < result["languages"]
+    assert resume["resumed_s"] > 0 and resume["whole_s"] > 0
+    memory = result["sample_memory"]
+    assert set(memory) == {"19", "1000"}
+    budget_mb = result["tokenizer_sample_gb"] * 1000
+    for languages, m in memory.items():  # the budget, each language stopping within a line
+        assert budget_mb <= m["sample_mb"] < budget_mb + int(languages) * 1e-3
+        assert m["corpus_mb"] > 3 * m["sample_mb"] and m["added_mib"] > 0
+
+
 def test_languages_ratios_are_against_four_languages(tmp_path):
     result = run_one("languages", quick=True, out_dir=tmp_path)
     check_files(tmp_path, "languages", ("languages.png",))

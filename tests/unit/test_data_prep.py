@@ -23,7 +23,7 @@ from data_prep.prepare import DataPrepError, prepare
 from data_prep.shards import decode_lines, valid_lines
 from data_prep.textio import normalize_lines
 from data_prep.untranslated import UntranslatedFilter
-from xmod_core.languages import LANGUAGE_CODE, XMOD_BASE_LANGUAGES
+from xmod_core.languages import REGION_CODE, XMOD_BASE_LANGUAGES
 from xmod_core.shards import read_manifest, read_tokens
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def test_manifest_matches_files(prepared):
     assert manifest["tokenizer"]["vocab_size"] == 602
     assert list(manifest["languages"]) == ["de_DE", "en_XX", "ru_RU"]  # sorted by default
     for lang, splits in manifest["languages"].items():
-        assert sorted(os.listdir(prepared / lang)) == ["train.bin", "valid.bin"]  # no leftovers
+        assert sorted(os.listdir(prepared / lang)) == ["done.json", "train.bin", "valid.bin"]
         for split, entry in splits.items():
             assert entry["file"] == f"{lang}/{split}.bin"
             tokens = np.fromfile(prepared / entry["file"], dtype="<u4")
@@ -278,8 +278,8 @@ def test_a_failed_run_leaves_no_manifest(raw, prepared, tmp_path):
     out = tmp_path / "out"
     prepare(raw[0], out, languages=["en_XX"], tokenizer=tokenizer_of(prepared))
     folder = folder_with(tmp_path, {"ru_RU.txt": b"\xff"})
-    with pytest.raises(DataPrepError):
-        prepare(folder, out, tokenizer=tokenizer_of(prepared))
+    with pytest.raises(DataPrepError):  # another request, started again in its place
+        prepare(folder, out, tokenizer=tokenizer_of(prepared), restart=True)
     assert not (out / "manifest.json").exists()  # the old one is withdrawn, no new one written
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files
 
@@ -339,7 +339,7 @@ def test_bundle_holds_19_languages_yoruba_and_tigrinya():
     assert ig == set(IG_LANGUAGES.values()) and len(ig) == 19
     assert ig <= set(XMOD_BASE_LANGUAGES)
     assert udhr == ig | {"yo_NG", "ti_ET"} == set(UDHR_FILES)
-    assert all(LANGUAGE_CODE.match(code) for code in udhr)
+    assert all(REGION_CODE.match(code) for code in udhr)
     sizes = {p: p.stat().st_size for p in CORPUS.rglob("*") if p.is_file()}
     assert 1_000_000 < sum(sizes.values()) < 4_000_000  # a few MB in the repository
     for part, minimum in (("debian_ig", 750), ("guide_topic", 150), ("udhr", 80)):

@@ -57,7 +57,8 @@ def ensure_prepared(data_dir: str | Path, source: str | Path | None, *,
             with new_output_dir(data_dir, overwrite=True, option=option, data=True,
                                 own_run=run_dir) as out:
                 prepare(source, out, vocab_size=vocab_size, tokenizer=tokenizer,
-                        valid_fraction=valid_fraction, languages=languages, workers=workers)
+                        valid_fraction=valid_fraction, languages=languages, workers=workers,
+                        restart=True)  # what another start left: resumed if asked the same
     if info is not None:  # every rank, whether or not it saw the manifest missing
         barrier()
     if tokenizer is not None:

@@ -16,7 +16,12 @@ import torch
 
 from data_prep.sources import CORPUS_DIR
 from xmod_core.errors import UserError
-from xmod_core.languages import check_language_code, check_language_list, language_index
+from xmod_core.languages import (
+    check_language_code,
+    check_language_list,
+    language_index,
+    same_language,
+)
 from xmod_core.shards import is_prepared, read_manifest
 from xmod_core.tokenizer import Tokenizer
 from xmod_pretrain.checkpoint.language_files import InheritedFiles, language_manifest
@@ -73,6 +78,7 @@ def plan_add_language(cfg: Config, info: DistInfo) -> AddLanguagePlan:
     check_own_run_dir(cfg, info, "--out", f"an add-language run of {', '.join(new)} from "
                       f"{source.run_dir}", added_run_request)
     check_text(req)
+    check_no_second_code(new, source.languages, source.run_dir)
     existing = [lang for lang in new if lang in source.languages]
     if existing and not req.overwrite:
         raise AddLanguageError(f"{', '.join(existing)} already in {source.run_dir} (languages: "
@@ -85,6 +91,17 @@ def plan_add_language(cfg: Config, info: DistInfo) -> AddLanguagePlan:
     grown = source.languages + [lang for lang in new if lang not in source.languages]
     model_cfg = dataclasses.replace(source.config.model, languages=grown)
     return AddLanguagePlan(source=source, new_languages=new, model_cfg=model_cfg)
+
+
+def check_no_second_code(new: list[str], languages: list[str], run_dir: Path) -> None:
+    """Refuse a language the source has under its other code form (yor_Latn for yo_NG): a
+    second module for one language would split its data's training from its evaluation."""
+    for lang in new:
+        other = same_language(lang, languages)
+        if other is not None:
+            raise AddLanguageError(f"--lang {lang} is {other} of {run_dir}, the same language "
+                                   f"in the model's code form: use --lang {other} (with "
+                                   "--overwrite to retrain it)")
 
 
 def added_run_request(cfg: Config) -> dict[str, object]:

@@ -1,0 +1,95 @@
+"""What a preparation was asked and which of its languages are done: what lets one killed half-way
+resume where it stopped, and lets the tasks of a Slurm array share one folder.
+
+    DIR/prepare.json          the request (source, languages, sizes, the tokenizer's hash), and
+                              the languages added since (prepare --add-language)
+    DIR/<lang>/done.json      the language's manifest entry, written after its two shards
+
+Both are written atomically. A language counts as done only with a ``done.json`` naming the
+folder's tokenizer, so shards of another tokenizer are never reused. The manifest, written when
+every language is done, is made of the ``done.json`` entries alone: whichever process writes it,
+and however often, it has the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_prep.errors import DataPrepError
+from xmod_core.atomic import write_text
+
+REQUEST_FILE = "prepare.json"
+DONE_FILE = "done.json"
+
+
+def request(source: str, languages: list[str], vocab_size: int, valid_fraction: float,
+            tokenizer: str | None, sampling: dict) -> dict:
+    """What a preparation is: two with the same request write the same bytes. ``tokenizer`` is
+    the sha256 of a given model (None: one is trained, of ``vocab_size`` pieces, on text sampled
+    as ``sampling`` says)."""
+    return {"source": source, "languages": languages, "valid_fraction": valid_fraction,
+            "tokenizer": tokenizer, "vocab_size": None if tokenizer else vocab_size,
+            "tokenizer_sample": None if tokenizer else sampling}
+
+
+def start(out: Path, asked: dict, restart: bool = False) -> bool:
+    """Record ``asked`` in ``out``, or check it against the record there; return whether this
+    start resumes an earlier one. Another request's record is dropped with ``restart`` (and its
+    shards count as not done), refused otherwise: DataPrepError naming what differs."""
+    path = out / REQUEST_FILE
+    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in asked.items()
+               if recorded is not None and recorded.get(key) != value]
+    if changed and restart:
+        forget(out)
+        recorded = None
+    if recorded is None:
+        write_text(path, _json(asked))
+        return False
+    if changed:
+        raise DataPrepError(f"{out} holds a preparation of another request ({'; '.join(changed)})"
+                            ": give the same arguments to resume it, or pass --overwrite to "
+                            "start again")
+    return True
+
+
+def added(out: Path) -> dict[str, str]:
+    """{language: its source} of the languages added to ``out`` after it was prepared."""
+    path = out / REQUEST_FILE
+    return json.loads(path.read_text(encoding="utf-8")).get("added", {}) if path.is_file() else {}
+
+
+def add(out: Path, language: str, source: str) -> None:
+    """Record ``language`` as added from ``source`` (its shards done, the manifest not yet
+    rewritten)."""
+    path = out / REQUEST_FILE
+    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    recorded.setdefault("added", {})[language] = source
+    write_text(path, _json(recorded))
+
+
+def forget(out: Path) -> None:
+    """Drop the record of an earlier preparation in ``out`` (--overwrite): the request and every
+    language's ``done.json``, so no shard of it counts as done."""
+    (out / REQUEST_FILE).unlink(missing_ok=True)
+    for done in out.glob(f"*/{DONE_FILE}"):
+        done.unlink()
+
+
+def done_entry(out: Path, language: str, tokenizer_sha256: str) -> dict | None:
+    """The manifest entry of a language finished with this tokenizer, or None."""
+    path = out / language / DONE_FILE
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text(encoding="utf-8"))
+    return done["entry"] if done.get("tokenizer") == tokenizer_sha256 else None
+
+
+def mark_done(out: Path, language: str, entry: dict, tokenizer_sha256: str) -> None:
+    """Record that ``language``'s shards are complete (after both are in place)."""
+    write_text(out / language / DONE_FILE, _json({"tokenizer": tokenizer_sha256, "entry": entry}))
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"

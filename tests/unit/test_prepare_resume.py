@@ -1,0 +1,131 @@
+"""A preparation killed half-way resumes where it stopped; array tasks share one folder and the
+last writes the manifest; --add-language appends one language. Each ends byte-identical to one
+preparation on one machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep import record
+from data_prep.prepare import DataPrepError, Task, add_language, main, prepare
+from tests.conftest import REPO
+from xmod_core.shards import MANIFEST
+
+ARGS = ["--vocab-size", "500", "--workers", "1", "--valid-fraction", "0.1"]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path: equal dicts are byte-identical folders."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def cli(*argv: str) -> int:
+    return main([*argv, *ARGS])
+
+
+@pytest.fixture(scope="module")
+def one_machine(tiny_corpus, tmp_path_factory) -> Path:
+    """The tiny corpus prepared in one go: what every other way must equal."""
+    out = tmp_path_factory.mktemp("one") / "data"
+    assert cli("--source", str(tiny_corpus), "--out", str(out)) == 0
+    return out
+
+
+def test_tasks_share_the_languages_and_the_last_one_writes_the_manifest(tiny_corpus, one_machine,
+                                                                        tmp_path, capsys):
+    out = tmp_path / "data"
+    source = ["--source", str(tiny_corpus), "--out", str(out)]
+    assert cli(*source, "--task", "1/2") == 1  # the tokenizer comes first, from one process
+    assert "run the same prepare command with --tokenizer-only first" in capsys.readouterr().err
+    assert cli(*source, "--tokenizer-only") == 0
+    assert cli(*source, "--task", "1/2") == 0
+    assert not (out / MANIFEST).exists()
+    assert "task 1/2 done" in capsys.readouterr().out
+    assert cli(*source, "--task", "0/2") == 0
+    assert files(out) == files(one_machine)
+    assert cli(*source, "--task", "0/2") == 0  # a task run again: nothing changes
+    assert files(out) == files(one_machine)
+
+
+@pytest.mark.parametrize("spec", ["2/2", "a/2", "1", "0/0"])
+def test_a_malformed_task_is_refused(tiny_corpus, tmp_path, capsys, spec):
+    assert cli("--source", str(tiny_corpus), "--out", str(tmp_path / "d"), "--task", spec) == 1
+    assert f"--task {spec!r}: expected INDEX/COUNT" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_preparation_killed_half_way_resumes_to_the_same_bytes(tiny_corpus, one_machine,
+                                                                 tmp_path):
+    out = tmp_path / "data"
+    cmd = [sys.executable, "-m", "data_prep.prepare", "--source", str(tiny_corpus), "--out",
+           str(out), *ARGS]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(f"*/{record.DONE_FILE}")):  # the first language is done
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.parent.name for p in out.glob(f"*/{record.DONE_FILE}")}
+    assert 0 < len(done) < 4 and not (out / MANIFEST).exists()
+    before = {lang: (out / lang / "train.bin").stat().st_mtime_ns for lang in done}
+    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {len(done)} of 4 language(s) done already" in resumed.stderr
+    assert {lang: (out / lang / "train.bin").stat().st_mtime_ns for lang in done} == before
+    assert files(out) == files(one_machine)
+
+
+def test_another_request_in_a_started_folder_is_refused_naming_what_differs(
+        tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "data"
+    assert cli("--source", str(tiny_corpus), "--out", str(out), "--tokenizer-only") == 0
+    assert cli("--source", str(tiny_corpus), "--out", str(out), "--languages", "en_XX") == 1
+    err = capsys.readouterr().err
+    assert f"{out} holds a preparation of another request (languages " in err
+    assert "pass --overwrite to start again" in err
+    assert cli("--source", str(tiny_corpus), "--out", str(out), "--languages", "en_XX",
+               "--overwrite") == 0
+    assert list(json.loads((out / MANIFEST).read_text())["languages"]) == ["en_XX"]
+
+
+def test_add_language_appends_one_language_with_the_folders_tokenizer(tiny_corpus, one_machine,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "data"
+    prepare(tiny_corpus, out, languages=["de_DE", "el_GR", "en_XX"], valid_fraction=0.1,
+            tokenizer=one_machine / "sentencepiece.bpe.model", workers=1)
+    before = files(out)
+    assert main(["--add-language", "ru_RU", "--source", str(tiny_corpus), "--out", str(out)]) == 0
+    after = files(out)
+    assert {name: data for name, data in after.items() if name in before
+            and name not in (MANIFEST, record.REQUEST_FILE)} == \
+        {name: data for name, data in before.items() if name not in (MANIFEST, record.REQUEST_FILE)}
+    for split in ("train", "valid"):  # the same bytes as ru_RU prepared with the others
+        assert after[f"ru_RU/{split}.bin"] == files(one_machine)[f"ru_RU/{split}.bin"]
+    manifest = json.loads(after[MANIFEST])
+    assert list(manifest["languages"]) == ["de_DE", "el_GR", "en_XX", "ru_RU"]
+    assert manifest["languages"]["ru_RU"] == json.loads(files(one_machine)[MANIFEST])[
+        "languages"]["ru_RU"]
+    with pytest.raises(DataPrepError, match=f"ru_RU is prepared in {out} already"):
+        add_language(tiny_corpus, out, "ru_RU")
+    assert main(["--add-language", "ru_RU", "--source", str(tiny_corpus), "--out",
+                 str(tmp_path / "nothing")]) == 1
+    assert "does not exist: the folder is not prepared" in capsys.readouterr().err
+    assert main(["--add-language", "ru_RU", "--languages", "en_XX", "--source",
+                 str(tiny_corpus), "--out", str(out)]) == 1
+    assert "drop --languages" in capsys.readouterr().err
+
+
+def test_task_share_takes_every_count_th_language():
+    languages = [f"l{i}" for i in range(7)]
+    shares = [Task(i, 3).share(languages) for i in range(3)]
+    assert sorted(sum(shares, [])) == languages and shares[0] == ["l0", "l3", "l6"]

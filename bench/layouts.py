@@ -2,8 +2,10 @@
 (a folder of ``<code>.txt``, CC-100's ``.txt.xz`` files of blank-line-separated documents through
 a JSON list, FineWeb-2's folders of parquet files), in documents/s and MB/s of text; the time a
 preparation killed half-way (``kill -9`` once half its languages are done) takes to finish
-against the time of a whole one; and the peak memory of training a tokenizer on its
-language-balanced sample, at the 19 bundled languages and at 1,000 synthetic ones.
+against the time of a whole one; the memory training a tokenizer on its language-balanced sample
+adds, at the 19 bundled languages and at 1,000 synthetic ones; and, where ``sbatch`` reaches a
+cluster (``SLURM_CONF``; here the local one of ``tests/support/slurm_cluster.sh``), an array of
+2 ``slurm/prepare.sh`` tasks against 1.
 
 The text is the bundled corpus in documents of 4 lines, replicated to the size asked; the
 tokenizer the layouts encode with is trained once, before any timing.
@@ -18,6 +20,7 @@ import lzma
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,9 +64,11 @@ def run(quick: bool) -> dict:
         resume = killed_and_resumed(sources["text"], root / "killed", model, len(docs))
         memory = {str(n): in_child(sample_memory, n, sample_gb, vocab, str(root / f"sample-{n}"))
                   for n in SYNTHETIC_LANGUAGES}
+        slurm = slurm_tasks(sources["text"], root / "slurm", model) if not quick else None
     return {"machine": machine(), "corpus_bytes": size, "documents": count,
             "languages": len(docs), "tokenizer_pieces": vocab, "workers": 1, "layouts": rates,
-            "resume": resume, "tokenizer_sample_gb": sample_gb, "sample_memory": memory}
+            "resume": resume, "tokenizer_sample_gb": sample_gb, "sample_memory": memory,
+            "slurm": slurm}
 
 
 def documents(texts: dict[str, list[str]], total: float) -> dict[str, list[str]]:
@@ -163,6 +168,31 @@ def sample_memory(languages: int, sample_gb: float, vocab: int, folder: str) -> 
             "sample_mb": sum(given.values()) / MB, "corpus_mb": languages * per_language / MB}
 
 
+def slurm_tasks(source: Path, root: Path, model: Path) -> dict | None:
+    """Seconds from submission to the last task's end of ``slurm/prepare.sh`` as an array of 1
+    task and of 2 (one worker each); None without a cluster to submit to."""
+    if not (shutil.which("sbatch") and os.environ.get("SLURM_CONF")):
+        return None
+    seconds = {}
+    for tasks in (1, 2):
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        job = subprocess.run(
+            ["sbatch", "--parsable", f"--array=0-{tasks - 1}", f"--chdir={root}",
+             "--cpus-per-task=1", "--export=ALL", str(REPO / "slurm" / "prepare.sh"),
+             "--source", str(source), "--tokenizer", str(model), "--out",
+             str(root / f"out-{tasks}")], check=True, capture_output=True, text=True,
+            env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}).stdout.strip()
+        while subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                             text=True).stdout.strip():
+            time.sleep(0.2)
+        seconds[str(tasks)] = time.perf_counter() - start
+        if not (root / f"out-{tasks}" / "manifest.json").is_file():
+            raise RuntimeError(f"array job {job} wrote no manifest: see {root / 'logs'}")
+    return {"seconds": seconds, "speedup": seconds["1"] / seconds["2"], "goal": 1.7,
+            "met": seconds["1"] / seconds["2"] >= 1.7}
+
+
 def synthetic_code(i: int) -> str:
     """A distinct xxx_Xxxx code for synthetic language ``i``."""
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -186,6 +216,14 @@ def report(result: dict) -> str:
     for n, m in result["sample_memory"].items():
         lines.append(f"{n:<10} {m['corpus_mb']:>10.1f} {m['sample_mb']:>10.1f} "
                      f"{m['added_mib']:>10.0f} {m['seconds']:>6.1f}")
+    slurm = result["slurm"]
+    if slurm is None:
+        lines += ["", "Slurm array: not run (no sbatch and SLURM_CONF here)"]
+    else:
+        verdict = "met" if slurm["met"] else "NOT met"
+        lines += ["", f"Slurm array, submission to the last task's end: 1 task "
+                      f"{slurm['seconds']['1']:.1f} s, 2 tasks {slurm['seconds']['2']:.1f} s: "
+                      f"{slurm['speedup']:.2f}x (goal >= {slurm['goal']}): {verdict}"]
     return "\n".join(lines)
 
 

@@ -98,17 +98,22 @@ def check_language_list(codes: Iterable[str], where: str = "") -> list[str]:
     return codes
 
 
+def other_form_hint(code: str, languages: Sequence[str]) -> str:
+    """``: this model calls that language yo_NG; use yo_NG`` when ``code`` is in the other form of
+    one of ``languages`` (``same_language``), else empty: for messages about an unknown code."""
+    other = same_language(code, languages)
+    return "" if other is None else f": this model calls that language {other}; use {other}"
+
+
 def language_index(languages: Sequence[str], code: str) -> int:
     """Index of ``code`` in ``languages``; an unknown code raises KeyError listing the known ones,
-    and naming the model's code of the same language when ``code`` is in the other form."""
+    or naming the model's code of the same language when ``code`` is in the other form."""
     try:
         return list(languages).index(code)
     except ValueError:
-        other = same_language(code, languages)
-        if other is not None:
-            raise UnknownLanguageError(
-                f"unknown language {code!r}: this model calls that language {other}; use {other}"
-            ) from None
+        hint = other_form_hint(code, languages)
+        if hint:
+            raise UnknownLanguageError(f"unknown language {code!r}{hint}") from None
         raise UnknownLanguageError(
             f"unknown language {code!r}; this model has {len(languages)}: {', '.join(languages)}"
         ) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.commands import TRAIN, add_language, weights_of
+from tests.support.commands import TRAIN, add_language, one_error_line, weights_of
 from tests.support.corpora import documents, write_fineweb
-from tests.support.launch import read_metrics, run_training, tree_hash
+from tests.support.launch import cli_here, read_metrics, run_training, tree_hash
 from xmod_pretrain.checkpoint.language_files import language_manifest
 from xmod_pretrain.checkpoint.layout import latest_checkpoint
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
@@ -183,3 +184,8 @@ def test_a_fineweb2_folder_of_flores_codes_pretrains_and_grows(tmp_path):
     assert refused.returncode == 1
     assert f"--lang de_DE is deu_Latn of {run}, the same language in the model's code form: " \
         "use --lang deu_Latn" in refused.stderr
+    for command in (["save-language", "--lang", "en_XX", "--out", str(tmp_path / "m")],
+                    ["evaluate", "--langs", "en_XX", "--out", str(tmp_path / "e")]):
+        line = one_error_line(cli_here(*command, "--from", str(run)))
+        assert re.search(r"has no language '?en_XX'?: this model calls that language eng_Latn; "
+                         "use eng_Latn", line), line

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from xmod_core.errors import UserError
+from xmod_core.languages import other_form_hint
 from xmod_core.outputs import CHECKPOINTS, CONFIG_FILE, check_not_inside_run
 from xmod_core.shards import (
     MANIFEST,
@@ -252,8 +253,8 @@ def plan_rows(run: RunCheckpoint, request: Request, sources: Sources) -> list[tu
     known, shared, data = run.languages, run.config.data.shared_module, sources.found
     for lang in [*([] if shared else request.langs), *request.adapter_of.values()]:
         if lang not in known:
-            raise EvaluationError(f"run {run.run_dir} has no language {lang}; it has: "
-                                  f"{', '.join(known)}")
+            raise EvaluationError(f"run {run.run_dir} has no language {lang}"
+                                  f"{other_form_hint(lang, known)}; it has: {', '.join(known)}")
     for lang in [*request.langs, *request.adapter_of]:
         if lang not in data:
             raise EvaluationError(f"{lang} cannot be evaluated from {run.run_dir}'s data: "

@@ -42,7 +42,12 @@ from safetensors.torch import load_file, save_file
 
 from xmod_core.atomic import atomic_path, file_sha256, follow_umask, write_text
 from xmod_core.errors import UserError
-from xmod_core.languages import LanguageCodeError, check_language_code
+from xmod_core.languages import (
+    LanguageCodeError,
+    check_language_code,
+    other_form_hint,
+    same_language,
+)
 from xmod_core.outputs import check_new_run_dir, inside_checkpoints
 from xmod_core.shards import TOKENIZER_FILE, is_prepared, read_manifest
 from xmod_pretrain.config import Config
@@ -312,6 +317,10 @@ def load_language_module(run_dir: str | Path, module_file: str | Path, out_dir: 
     if lang in run.languages and not overwrite:
         raise LanguageModuleError(f"{run.run_dir} already has {lang}: pass --overwrite to replace "
                                   "its modules, or --lang to load the module under another code")
+    if same_language(lang, run.languages):  # one language, two modules: never what is meant
+        raise LanguageModuleError(f"{run.run_dir} has {lang} under its other code"
+                                  f"{other_form_hint(lang, run.languages)} (with --overwrite to "
+                                  "replace its modules)")
     weights = run.weights()
     _check_same_base(module, run, run_identity(run, weights))
     _check_layout(module, module_tensors(weights, run.languages[0]))
@@ -438,7 +447,8 @@ def remove_language(run_dir: str | Path, lang: str, out_dir: str | Path) -> Path
 
 def _require_language(run: RunCheckpoint, lang: str) -> None:
     if lang not in run.languages:
-        raise LanguageModuleError(f"{run.run_dir} has no language {lang!r}; its "
+        raise LanguageModuleError(f"{run.run_dir} has no language {lang!r}"
+                                  f"{other_form_hint(lang, run.languages)}; its "
                                   f"{len(run.languages)}: {', '.join(run.languages)}")
 
 

@@ -161,7 +161,9 @@ def add_language(
     return write_manifest(out, tok, entries, manifest["source"], _sample_record(out))
 
 
-def _manifest_when_done(out: Path, tok: Tokenizer, languages: list[str], source: str) -> Path | None:
+def _manifest_when_done(
+    out: Path, tok: Tokenizer, languages: list[str], source: str
+) -> Path | None:
     entries = {lang: record.done_entry(out, lang, tok.sha256) for lang in languages}
     left = [lang for lang, entry in entries.items() if entry is None]
     if left:

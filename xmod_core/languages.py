@@ -26,8 +26,8 @@ from xmod_core.errors import UserError
 REGION_CODE = re.compile(r"^[a-z]{2,3}_[A-Z]{2}$")
 # FLORES-200 / FineWeb-2: ISO 639-3 language, underscore, ISO 15924 script.
 SCRIPT_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
-FORMS = "xx_YY (ISO 639 language, region or XX: en_XX, yo_NG) or xxx_Xxxx (ISO 639-3 language, " \
-        "ISO 15924 script: yor_Latn, tir_Ethi)"
+FORMS = ("xx_YY (ISO 639 language, region or XX: en_XX, yo_NG) or xxx_Xxxx (ISO 639-3 language, "
+         "ISO 15924 script: yor_Latn, tir_Ethi)")
 
 # The 81 xmod-base languages in transformers' / fairseq's index order.
 XMOD_BASE_LANGUAGES: tuple[str, ...] = tuple(

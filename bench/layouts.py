@@ -35,7 +35,7 @@ from bench.checkpoint import PeakRSS
 from bench.common import REPO, bar_chart, in_child, machine
 from bench.data_prep import bundled_cut
 from data_prep import record
-from data_prep.prepare import SAMPLE_FILE, Sampling, prepare, train_on_sample
+from data_prep.prepare import Sampling, prepare, train_on_sample
 from data_prep.sources import open_source
 from xmod_core.shards import TOKENIZER_FILE
 from xmod_core.tokenizer import train_tokenizer
@@ -164,7 +164,7 @@ def sample_memory(languages: int, sample_gb: float, vocab: int, folder: str) -> 
     start = time.perf_counter()
     with PeakRSS() as memory:
         train_on_sample(out, open_source(corpus), vocab, Sampling(gb=sample_gb))
-    given = json.loads((out / SAMPLE_FILE).read_text())["bytes"]
+    given = json.loads((out / record.SAMPLE_FILE).read_text())["bytes"]
     return {"added_mib": memory.added_gib * 1024, "seconds": time.perf_counter() - start,
             "sample_mb": sum(given.values()) / MB, "corpus_mb": languages * per_language / MB}
 

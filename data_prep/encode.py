@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.pool
+import signal
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,7 +56,8 @@ class ParallelEncoder:
         else:
             # spawn: workers start clean, without copies of this process's threads or locks.
             context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(self.workers, _load_tokenizer, (self.tokenizer_path,))
+            with _ctrl_c_ignored():
+                self._pool = context.Pool(self.workers, _load_tokenizer, (self.tokenizer_path,))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -72,6 +76,21 @@ class ParallelEncoder:
                 yield _result(*pending.popleft())
         while pending:
             yield _result(*pending.popleft())
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored while the workers are started, which keeps it ignored in them from their
+    first instruction: Ctrl-C reaches the whole process group, and only this process handles it
+    (stopping the pool), so no worker prints a KeyboardInterrupt traceback of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _result(block: TextBlock, result: multiprocessing.pool.AsyncResult) -> tuple[TextBlock, Chunk]:

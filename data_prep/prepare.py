@@ -18,11 +18,14 @@ a killed one resumes, and array tasks share one folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,12 +38,12 @@ from data_prep import record, tokenizer_sample
 from data_prep.encode import Chunk, ParallelEncoder
 from data_prep.errors import DataPrepError
 from data_prep.shards import write_language, write_manifest
-from data_prep.sources import LanguageSource, open_source
+from data_prep.sources import LanguageSource, open_source, source_name
 from data_prep.textio import LineTally, TextBlock
 from xmod_core.atomic import file_sha256, write_bytes, write_text
 from xmod_core.errors import UserError
 from xmod_core.help import DefaultsHelpFormatter
-from xmod_core.languages import check_language_code
+from xmod_core.languages import check_language_code, same_language
 from xmod_core.shards import MANIFEST, TOKENIZER_FILE, read_manifest
 from xmod_core.tokenizer import Tokenizer, train_tokenizer
 
@@ -49,7 +52,7 @@ __all__ = ["DataPrepError", "Task", "add_language", "prepare", "main"]
 log = logging.getLogger(__name__)
 
 DEFAULT_VALID_FRACTION = 0.05
-SAMPLE_FILE = "tokenizer_sample.json"  # beside the model it trained
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
 
 
 @dataclass(frozen=True)
@@ -137,8 +140,11 @@ def prepare(
     todo = {lang: sources[lang] for lang in mine if not record.done_entry(out, lang, tok.sha256)}
     if len(todo) < len(mine):
         log.info("resuming: %d of %d language(s) done already", len(mine) - len(todo), len(mine))
-    _encode_all(out, todo, tok, valid_fraction, workers)
-    return _manifest_when_done(out, tok, [*sources, *record.added(out)], str(source))
+    try:
+        _encode_all(out, todo, tok, valid_fraction, workers)
+    except DataPrepError as e:  # a language's bad text: those done before it are kept
+        raise DataPrepError(f"{e}{record.kept(out)}") from None
+    return _manifest_when_done(out, tok, [*sources, *record.added(out)], asked["source"])
 
 
 def add_language(
@@ -150,13 +156,17 @@ def add_language(
     manifest = read_manifest(out)
     if language in manifest["languages"]:
         raise DataPrepError(f"{language} is prepared in {out} already")
+    other = same_language(language, list(manifest["languages"]))
+    if other is not None:
+        raise DataPrepError(f"{out} has {language}'s language as {other} already: a second code "
+                            "would give it a second module")
     sources = open_source(source, [language])
     tok = Tokenizer.from_file(out / TOKENIZER_FILE)
     asked = json.loads((out / record.REQUEST_FILE).read_text(encoding="utf-8")) \
         if (out / record.REQUEST_FILE).is_file() else {}
     valid_fraction = asked.get("valid_fraction", DEFAULT_VALID_FRACTION)
     _encode_all(out, sources, tok, valid_fraction, workers)
-    record.add(out, language, str(source))
+    record.add(out, language, source_name(source))
     entries = {**manifest["languages"], language: record.done_entry(out, language, tok.sha256)}
     return write_manifest(out, tok, entries, manifest["source"], _sample_record(out))
 
@@ -174,7 +184,7 @@ def _manifest_when_done(
 
 def _sample_record(out: Path) -> dict | None:
     """What each language gave the tokenizer trained here; None for a given tokenizer."""
-    path = out / SAMPLE_FILE
+    path = out / record.SAMPLE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -207,7 +217,7 @@ def _tokenizer(
         if given.resolve() != path.resolve():
             write_bytes(path, given.read_bytes())
         return Tokenizer.from_file(path)
-    if path.is_file() and (out / SAMPLE_FILE).is_file():
+    if path.is_file() and (out / record.SAMPLE_FILE).is_file():
         return Tokenizer.from_file(path)  # a resumed start's: the request matched
     if task != ALL:
         raise DataPrepError(f"--task {task.index}/{task.count}: {path} is not trained yet; run "
@@ -225,7 +235,7 @@ def _tokenizer(
 def train_on_sample(out: Path, sources: dict[str, LanguageSource], vocab_size: int,
            sampling: Sampling) -> Tokenizer:
     """A tokenizer trained on a sample of the sources (``data_prep.tokenizer_sample``); what
-    each language gave goes to SAMPLE_FILE beside it, and from there into the manifest."""
+    each language gave goes to record.SAMPLE_FILE beside it, and from there into the manifest."""
     budget = int(sampling.gb * 1e9)
     share = tokenizer_sample.shares({lang: src.size_hint for lang, src in sources.items()},
                                     budget, sampling.alpha)
@@ -233,7 +243,7 @@ def train_on_sample(out: Path, sources: dict[str, LanguageSource], vocab_size: i
     text = tokenizer_sample.sample({lang: src.lines() for lang, src in sources.items()}, share,
                                    given)
     tok = train_tokenizer(text, out / TOKENIZER_FILE, vocab_size)
-    write_text(out / SAMPLE_FILE, json.dumps(
+    write_text(out / record.SAMPLE_FILE, json.dumps(
         {"alpha": sampling.alpha, "budget_bytes": budget, "bytes": given}, indent=2) + "\n")
     return tok
 
@@ -313,10 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        manifest = _run(args)
+        with _terminate_as_interrupt():
+            manifest = _run(args)
     except UserError as e:  # unusable input, or an --out that must not be written
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        kept = "" if args.add_language else record.kept(Path(args.out))
+        print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)
+        return INTERRUPTED
     if manifest is not None:
         print(f"wrote {manifest}")
     elif args.tokenizer_only:
@@ -325,6 +340,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"task {args.task} done; the task that finishes last writes the manifest")
     return 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (scancel, a job's time limit) ends the command as Ctrl-C does: the encoding
+    workers are stopped and the languages done are kept, instead of the process vanishing under
+    its workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; a caller's thread keeps its own
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> Path | None:
@@ -342,8 +376,9 @@ def _run(args: argparse.Namespace) -> Path | None:
                             args.workers)
     task = Task.parse(args.task) if args.task else ALL
     out = Path(args.out)
-    resumable = not args.overwrite and (out / record.REQUEST_FILE).is_file()
-    with new_output_dir(out, args.overwrite or resumable, data=True) as out:
+    resumable = not args.overwrite and record.started(out)
+    with new_output_dir(out, args.overwrite or resumable, data=True,
+                        resumable=record.worth_resuming) as out:
         if args.overwrite:
             record.forget(out)
         return prepare(args.source, out, args.vocab_size, args.valid_fraction, args.languages,

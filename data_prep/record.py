@@ -4,6 +4,8 @@ resume where it stopped, and lets the tasks of a Slurm array share one folder.
     DIR/prepare.json          the request (source, languages, sizes, the tokenizer's hash), and
                               the languages added since (prepare --add-language)
     DIR/<lang>/done.json      the language's manifest entry, written after its two shards
+    DIR/tokenizer_sample.json what each language gave a tokenizer trained here (its presence
+                              marks the tokenizer as this request's, to keep on resuming)
 
 Both are written atomically. A language counts as done only with a ``done.json`` naming the
 folder's tokenizer, so shards of another tokenizer are never reused. The manifest, written when
@@ -14,13 +16,18 @@ and however often, it has the same bytes.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from data_prep.errors import DataPrepError
+from data_prep.sources import source_name
 from xmod_core.atomic import write_text
+from xmod_core.shards import MANIFEST
 
 REQUEST_FILE = "prepare.json"
 DONE_FILE = "done.json"
+SAMPLE_FILE = "tokenizer_sample.json"
+SHARD_FILES = ("train.bin", "valid.bin")
 
 
 def request(source: str, languages: list[str], vocab_size: int, valid_fraction: float,
@@ -28,8 +35,9 @@ def request(source: str, languages: list[str], vocab_size: int, valid_fraction: 
     """What a preparation is: two with the same request write the same bytes. ``tokenizer`` is
     the sha256 of a given model (None: one is trained, of ``vocab_size`` pieces, on text sampled
     as ``sampling`` says)."""
-    return {"source": source, "languages": languages, "valid_fraction": valid_fraction,
-            "tokenizer": tokenizer, "vocab_size": None if tokenizer else vocab_size,
+    return {"source": source_name(source), "languages": languages,
+            "valid_fraction": valid_fraction, "tokenizer": tokenizer,
+            "vocab_size": None if tokenizer else vocab_size,
             "tokenizer_sample": None if tokenizer else sampling}
 
 
@@ -39,6 +47,8 @@ def start(out: Path, asked: dict, restart: bool = False) -> bool:
     shards count as not done), refused otherwise: DataPrepError naming what differs."""
     path = out / REQUEST_FILE
     recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if recorded is not None and isinstance(recorded.get("source"), str):
+        recorded["source"] = source_name(recorded["source"])  # one recorded before it was absolute
     changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in asked.items()
                if recorded is not None and recorded.get(key) != value]
     if changed and restart:
@@ -69,12 +79,36 @@ def add(out: Path, language: str, source: str) -> None:
     write_text(path, _json(recorded))
 
 
+def started(out: Path) -> bool:
+    """Whether ``out`` holds a preparation's record: work a rerun of the command resumes."""
+    return (out / REQUEST_FILE).is_file()
+
+
+def worth_resuming(out: Path) -> bool:
+    """Whether ``out`` holds a started preparation with work done (a tokenizer trained, a
+    language finished): what a failed first start keeps instead of removing its folder."""
+    return started(out) and ((out / SAMPLE_FILE).is_file() or any(out.glob(f"*/{DONE_FILE}")))
+
+
+def kept(out: Path) -> str:
+    """What a failed or interrupted preparation leaves for a rerun to resume, as the end of its
+    message; empty when it left nothing."""
+    if not worth_resuming(out):
+        return ""
+    done = sum(1 for _ in out.glob(f"*/{DONE_FILE}"))
+    return (f"; {out} keeps its tokenizer and the {done} language(s) finished: the same command "
+            "resumes from there")
+
+
 def forget(out: Path) -> None:
-    """Drop the record of an earlier preparation in ``out`` (--overwrite): the request and every
-    language's ``done.json``, so no shard of it counts as done."""
-    (out / REQUEST_FILE).unlink(missing_ok=True)
-    for done in out.glob(f"*/{DONE_FILE}"):
-        done.unlink()
+    """Remove an earlier preparation from ``out`` (--overwrite, or another request on first
+    use): its request, manifest and tokenizer sample (so its tokenizer is not taken for the new
+    request's) and every language folder it wrote, so nothing of it is reused or left behind."""
+    for name in (MANIFEST, SAMPLE_FILE, REQUEST_FILE):  # the request last: until then, resumable
+        (out / name).unlink(missing_ok=True)
+    for folder in out.iterdir() if out.is_dir() else ():
+        if folder.is_dir() and any((folder / name).exists() for name in (DONE_FILE, *SHARD_FILES)):
+            shutil.rmtree(folder)
 
 
 def done_entry(out: Path, language: str, tokenizer_sha256: str) -> dict | None:

@@ -25,7 +25,7 @@ from data_prep.textio import (
     read_lines,
     text_file_stem,
 )
-from xmod_core.languages import check_language_code, check_language_list
+from xmod_core.languages import check_language_code, check_language_list, same_language
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 BUNDLED = "bundled"
@@ -132,6 +132,16 @@ class HFSource:
 LanguageSource = FileSource | ParquetSource | HFSource
 
 
+def source_name(source: str | os.PathLike) -> str:
+    """How a preparation records ``source``: a local path made absolute, so the same folder
+    named from anywhere (``fw2/``, ``$PWD/fw2``, a Slurm task started in another directory) is
+    one request; ``bundled`` and ``hf:`` sources as given."""
+    spec = str(source)
+    if spec == BUNDLED or spec.startswith((BUNDLED + ":", HF_PREFIX)):
+        return spec
+    return str(Path(spec).resolve())
+
+
 def open_source(
     source: str | os.PathLike, languages: Sequence[str] | None = None
 ) -> dict[str, LanguageSource]:
@@ -203,6 +213,15 @@ def _folder_sources(folder: Path) -> dict[str, FileSource | ParquetSource]:
     if not found:
         raise DataPrepError(f"source {folder} holds no <code>.txt or <code>.txt.xz file and no "
                             "<code>/ folder of parquet files (FineWeb-2's layout)")
+    return _one_code_each(found, folder)
+
+
+def _one_code_each(found: dict[str, LanguageSource], where: Path) -> dict[str, LanguageSource]:
+    """``found``, unless it names one language twice (en_XX beside eng_Latn)."""
+    try:
+        check_language_list(found, str(where))
+    except ValueError as e:
+        raise DataPrepError(str(e)) from None
     return found
 
 
@@ -211,13 +230,17 @@ def _json_sources(path: Path) -> dict[str, FileSource]:
         pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=list)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataPrepError(f"{path} is not a JSON object of language -> path(s): {e}") from None
-    if not isinstance(pairs, list) or not pairs:
-        raise DataPrepError(f"{path} must be a non-empty JSON object of language -> path(s)")
+    # With object_pairs_hook an object loads as a list of (key, value) tuples, a JSON list as a
+    # list of its items.
+    if not isinstance(pairs, list) or not pairs or not all(isinstance(p, tuple) for p in pairs):
+        raise DataPrepError(f"{path} must be a non-empty JSON object of language -> path(s), "
+                            'e.g. {"yor_Latn": "yo.txt.xz"}')
     codes = [_language_code(code, str(path)) for code, _ in pairs]
     twice = sorted({code for code in codes if codes.count(code) > 1})
     if twice:
         raise DataPrepError(f"language {', '.join(twice)} twice in {path}")
-    return {code: FileSource(code, _json_files(path, code, value)) for code, value in pairs}
+    found = {code: FileSource(code, _json_files(path, code, value)) for code, value in pairs}
+    return _one_code_each(found, path)
 
 
 def _json_files(path: Path, code: str, value: object) -> tuple[Path, ...]:
@@ -226,6 +249,10 @@ def _json_files(path: Path, code: str, value: object) -> tuple[Path, ...]:
         raise DataPrepError(f"{path}: {code} must map to a path or a non-empty list of paths")
     files = tuple(path.parent / n for n in names)  # relative paths are relative to the JSON file
     for f in files:
+        if f.is_dir():
+            raise DataPrepError(f"{path}: {f} of language {code} is a folder: a JSON source "
+                                "lists text files (.txt, .txt.xz); a folder of <code>/ parquet "
+                                "folders is a --source of its own")
         if not f.is_file():
             raise DataPrepError(f"{path}: file {f} of language {code} does not exist")
     return files
@@ -266,6 +293,11 @@ def _select(
     if languages is None:
         return {code: available[code] for code in sorted(available)}
     missing = [code for code in languages if code not in available]
+    other = {code: same_language(code, list(available)) for code in missing}
+    if any(other.values()):
+        code, named = next((code, named) for code, named in other.items() if named)
+        raise DataPrepError(f"language {code} not in source {spec}: it names that language "
+                            f"{named}; use {named}")
     if missing:
         raise DataPrepError(
             f"language(s) {', '.join(missing)} not in source {spec}; "

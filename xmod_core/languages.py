@@ -88,13 +88,19 @@ def same_language(code: str, languages: Sequence[str]) -> str | None:
 
 
 def check_language_list(codes: Iterable[str], where: str = "") -> list[str]:
-    """Validate every code and refuse duplicates (an index must name exactly one language)."""
+    """Validate every code and refuse duplicates, in either form (an index must name exactly one
+    language: en_XX beside eng_Latn would give one language two modules)."""
     codes = [check_language_code(c, where) for c in codes]
-    seen: set[str] = set()
+    place = f" in {where}" if where else ""
+    seen: list[str] = []
     for code in codes:
         if code in seen:
-            raise LanguageCodeError(f"language {code!r} is listed twice{' in ' + where if where else ''}")
-        seen.add(code)
+            raise LanguageCodeError(f"language {code!r} is listed twice{place}")
+        other = same_language(code, seen)
+        if other is not None:
+            raise LanguageCodeError(f"{other} and {code} are one language, listed twice{place}: "
+                                    "keep one of the two codes")
+        seen.append(code)
     return codes
 
 

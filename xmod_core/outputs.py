@@ -10,7 +10,7 @@ checkpoints, over a run, inside a run, or over prepared data.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,15 +105,18 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False, option: str =
 
 @contextmanager
 def new_output_dir(out_dir: str | Path, overwrite: bool = False, option: str = "--out",
-                   data: bool = False, own_run: str | Path | None = None) -> Iterator[Path]:
+                   data: bool = False, own_run: str | Path | None = None,
+                   resumable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """``check_output_dir``, then the block writes; if it fails and ``out_dir`` did not exist
-    before, ``out_dir`` is removed again: a failed command leaves no half-made output."""
+    before, ``out_dir`` is removed again: a failed command leaves no half-made output. Unless
+    ``resumable(out_dir)`` says it holds work the same command resumes (a preparation's record):
+    an hour of finished languages is not thrown away for the one that failed."""
     out_dir = check_output_dir(out_dir, overwrite, option, data, own_run)
     made_here = not out_dir.exists()
     try:
         yield out_dir
     except BaseException:
-        if made_here:
+        if made_here and not (resumable is not None and resumable(out_dir)):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
 

@@ -51,9 +51,14 @@ class VocabularyTooLarge(UserError, ValueError):
     """More pieces asked for than the training text holds; the message gives the most it does."""
 
 
-# SentencePiece's own words for that: "Vocabulary size too high (8000). Please set it to a
-# value <= 1293."
+class VocabularyTooSmall(UserError, ValueError):
+    """Fewer pieces asked for than the text has characters; the message gives the fewest."""
+
+
+# SentencePiece's own words for these: "Vocabulary size too high (8000). Please set it to a
+# value <= 1293." and "Vocabulary size is smaller than required_chars. 1000 vs 1295. ...".
 _TOO_HIGH = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)")
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)")
 
 
 class Tokenizer:
@@ -222,6 +227,13 @@ def train_tokenizer(
                 f"{too_high[1]}): lower the vocabulary size (prepare --vocab-size, or "
                 f"data.vocab_size when training prepares the data) to {too_high[1]} or less, "
                 "or give more text") from None
+        too_low = _TOO_LOW.search(str(e))
+        if too_low:
+            raise VocabularyTooSmall(
+                f"a vocabulary of {vocab_size} pieces is fewer than this text's characters need "
+                f"({too_low[1]}, each a piece of its own): raise the vocabulary size (prepare "
+                f"--vocab-size, or data.vocab_size when training prepares the data) to "
+                f"{too_low[1]} or more") from None
         raise ValueError(f"SentencePiece training failed: {e}") from e
     out_path = Path(out_path)
     write_bytes(out_path, model.getvalue())

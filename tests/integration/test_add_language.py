@@ -184,6 +184,11 @@ def test_a_fineweb2_folder_of_flores_codes_pretrains_and_grows(tmp_path):
     assert refused.returncode == 1
     assert f"--lang de_DE is deu_Latn of {run}, the same language in the model's code form: " \
         "use --lang deu_Latn" in refused.stderr
+    # Bundled text exists for yo_NG, which is yor_Latn: named, not "no text".
+    line = one_error_line(cli_here("add-language", "--lang", "yor_Latn", "--from", str(run),
+                                   "--out", str(tmp_path / "y")))
+    assert "no bundled text for yor_Latn: the bundled text calls that language yo_NG; use " \
+        "--lang yo_NG, or pass --text PATH" in line
     for command in (["save-language", "--lang", "en_XX", "--out", str(tmp_path / "m")],
                     ["evaluate", "--langs", "en_XX", "--out", str(tmp_path / "e")]):
         line = one_error_line(cli_here(*command, "--from", str(run)))

@@ -20,6 +20,7 @@ from xmod_core.languages import (
     XMOD_BASE_LANGUAGES,
     LanguageCodeError,
     check_language_code,
+    check_language_list,
     language_index,
 )
 
@@ -84,12 +85,62 @@ def test_parquet_without_a_text_column_or_with_a_bad_folder_name_is_refused(tmp_
     pq.write_table(pa.table({"content": ["a document"]}), bad)
     with pytest.raises(DataPrepError, match=rf"{bad} has no 'text' column \(it has content\)"):
         prepare(tmp_path / "bad", tmp_path / "out", vocab_size=600, workers=1)
+    pq.write_table(pa.table({"text": [1, 2]}), bad)
+    with pytest.raises(DataPrepError, match=rf"{bad}: its 'text' column holds int64, not text"):
+        prepare(tmp_path / "bad", tmp_path / "out", vocab_size=600, workers=1)
     write_parquet(tmp_path / "named" / "yoruba" / "0.parquet", ["a document"])
     with pytest.raises(DataPrepError, match=r"'yoruba' in .*named/yoruba is not of the form"):
         prepare(tmp_path / "named", tmp_path / "out2", vocab_size=600, workers=1)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataPrepError, match="no <code>/ folder of parquet files"):
         prepare(tmp_path / "empty", tmp_path / "out3", vocab_size=600, workers=1)
+
+
+def test_a_language_folder_without_training_parquet_is_refused_not_passed_over(tmp_path):
+    """A download that stopped half-way: an empty language folder beside full ones, or one with
+    FineWeb-2's test split alone, whose rows are not training text."""
+    write_parquet(tmp_path / "corpus" / "eng_Latn" / "train" / "0.parquet", ["a document"])
+    (tmp_path / "corpus" / "yor_Latn" / "train").mkdir(parents=True)
+    with pytest.raises(DataPrepError, match=r"corpus/yor_Latn holds no parquet file .*finish its "
+                                            "download, or move it out of the corpus"):
+        prepare(tmp_path / "corpus", tmp_path / "out", vocab_size=600, workers=1)
+    (tmp_path / "corpus" / "yor_Latn" / "train").rmdir()
+    write_parquet(tmp_path / "corpus" / "yor_Latn" / "test" / "0.parquet", ["held out by them"])
+    with pytest.raises(DataPrepError, match=r"corpus/yor_Latn holds no parquet file"):
+        prepare(tmp_path / "corpus", tmp_path / "out", vocab_size=600, workers=1)
+
+
+def test_one_language_under_both_code_forms_is_refused(tmp_path, fineweb):
+    """en_XX beside eng_Latn would give one language two modules, trained and evaluated apart."""
+    with pytest.raises(LanguageCodeError, match="en_XX and eng_Latn are one language, listed "
+                                                "twice in model.languages: keep one"):
+        check_language_list(["en_XX", "de_DE", "eng_Latn"], "model.languages")
+    for code in ("eng_Latn", "en_XX"):
+        write_parquet(tmp_path / "both" / code / "train" / "0.parquet", ["a document"])
+    with pytest.raises(DataPrepError, match="en_XX and eng_Latn are one language"):
+        prepare(tmp_path / "both", tmp_path / "out", vocab_size=600, workers=1)
+    (tmp_path / "yo.txt").write_text("a line\n")
+    listing = tmp_path / "both.json"
+    listing.write_text(json.dumps({"yor_Latn": "yo.txt", "yo_NG": "yo.txt"}))
+    with pytest.raises(DataPrepError, match="yor_Latn and yo_NG are one language"):
+        prepare(listing, tmp_path / "out", vocab_size=600, workers=1)
+    # A code the source has under the other form: named, not listed among 3 others.
+    with pytest.raises(DataPrepError, match="language en_XX not in source .*: it names that "
+                                            "language eng_Latn; use eng_Latn"):
+        prepare(fineweb[0], tmp_path / "out", languages=["en_XX"], vocab_size=600, workers=1)
+
+
+def test_a_json_source_that_is_no_object_of_files_is_refused_naming_it(tmp_path, fineweb):
+    listing = tmp_path / "list.json"
+    listing.write_text(json.dumps(["yo.txt.xz"]))
+    with pytest.raises(DataPrepError, match=r"list\.json must be a non-empty JSON object of "
+                                            r"language -> path\(s\), e\.g\. \{"):
+        prepare(listing, tmp_path / "out", vocab_size=600, workers=1)
+    folder = fineweb[0] / "data" / "yor_Latn"
+    listing.write_text(json.dumps({"yor_Latn": str(folder)}))
+    with pytest.raises(DataPrepError, match=rf"{folder} of language yor_Latn is a folder: a JSON "
+                                            "source lists text files"):
+        prepare(listing, tmp_path / "out", vocab_size=600, workers=1)
 
 
 def test_cc100_files_of_blank_line_separated_documents_through_a_json_list(fineweb, tmp_path):

@@ -15,6 +15,7 @@ from tests.support.launch import tree_hash
 from xmod_pretrain.config import Config
 from xmod_pretrain.model.config import ModelConfig
 from xmod_pretrain.model.xmod import XmodForMaskedLM, language_of_parameter
+from xmod_pretrain.recipes.add_language.recipe import never_trained
 from xmod_pretrain.runs.language_modules import (
     LanguageModuleError,
     base_identity,
@@ -202,6 +203,22 @@ def test_remove_drops_the_language_from_an_explicit_data_list(tmp_path):
     write_run(tmp_path / "src", config, tokenizer, weights_of(TINY), 1, {"step": 1})
     pruned = open_run(remove_language(tmp_path / "src", "de_DE", tmp_path / "out")).config
     assert pruned.data.languages == ["en_XX"] and pruned.model.languages == ["en_XX", "el_GR"]
+
+
+def test_add_language_says_which_existing_modules_were_never_trained(tmp_path):
+    """data.languages chooses what trains; the model holds every language of its data folder, so
+    a language left out has a module nobody trained, which add-language's refusal says."""
+    config = Config(model=TINY)
+    config.data.languages = ["en_XX", "de_DE"]
+    tokenizer = tmp_path / "spm"
+    tokenizer.write_bytes(b"t")
+    write_run(tmp_path / "src", config, tokenizer, weights_of(TINY), 1, {"step": 1})
+    run = open_run(tmp_path / "src")
+    assert never_trained(run, ["el_GR"]) == (
+        ", though its pre-training never trained el_GR: a model takes every language of its "
+        "data folder, and data.languages only chose which to train")
+    assert never_trained(run, ["de_DE"]) == ""
+    assert never_trained(open_run(make_run(tmp_path / "all")), ["el_GR"]) == ""
 
 
 def load_cli(capsys, run: Path, module: Path, out: Path) -> tuple[int, str]:

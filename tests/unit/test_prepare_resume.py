@@ -5,7 +5,10 @@ preparation on one machine."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +53,8 @@ def test_tasks_share_the_languages_and_the_last_one_writes_the_manifest(tiny_cor
     assert cli(*source, "--task", "1/2") == 0
     assert not (out / MANIFEST).exists()
     assert "task 1/2 done" in capsys.readouterr().out
-    assert cli(*source, "--task", "0/2") == 0
+    # A task started elsewhere names the same folder another way: the same request.
+    assert cli("--source", f"{tiny_corpus}/", "--out", str(out), "--task", "0/2") == 0
     assert files(out) == files(one_machine)
     assert cli(*source, "--task", "0/2") == 0  # a task run again: nothing changes
     assert files(out) == files(one_machine)
@@ -63,18 +67,30 @@ def test_a_malformed_task_is_refused(tiny_corpus, tmp_path, capsys, spec):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C"])
 def test_a_preparation_killed_half_way_resumes_to_the_same_bytes(tiny_corpus, one_machine,
-                                                                 tmp_path):
+                                                                 tmp_path, stop):
+    """A first preparation, stopped after its first language: kill -9 of the process, or Ctrl-C
+    to its process group (it and its encoding workers), which must keep what is done too."""
     out = tmp_path / "data"
     cmd = [sys.executable, "-m", "data_prep.prepare", "--source", str(tiny_corpus), "--out",
            str(out), *ARGS]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = ["--workers", "2"] if stop == "Ctrl-C" else []
+    proc = subprocess.Popen([*cmd, *workers], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(out.glob(f"*/{record.DONE_FILE}")):  # the first language is done
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    if stop == "kill -9":
+        os.kill(proc.pid, signal.SIGKILL)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    if stop == "Ctrl-C":
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+        assert re.search(r"prepare: interrupted; .*data keeps its tokenizer and the [123] "
+                         r"language\(s\) finished: the same command resumes", stderr), stderr
     done = {p.parent.name for p in out.glob(f"*/{record.DONE_FILE}")}
     assert 0 < len(done) < 4 and not (out / MANIFEST).exists()
     before = {lang: (out / lang / "train.bin").stat().st_mtime_ns for lang in done}
@@ -93,9 +109,45 @@ def test_another_request_in_a_started_folder_is_refused_naming_what_differs(
     err = capsys.readouterr().err
     assert f"{out} holds a preparation of another request (languages " in err
     assert "pass --overwrite to start again" in err
-    assert cli("--source", str(tiny_corpus), "--out", str(out), "--languages", "en_XX",
+    assert cli("--source", str(tiny_corpus), "--out", str(out), "--task", "0/2") == 0
+    assert {"de_DE", "en_XX"} <= {p.name for p in out.iterdir()}
+    assert cli("--source", str(tiny_corpus), "--out", str(out), "--languages", "el_GR",
                "--overwrite") == 0
-    assert list(json.loads((out / MANIFEST).read_text())["languages"]) == ["en_XX"]
+    # Nothing of the first request is left or reused: its languages' folders are gone, and the
+    # tokenizer was trained again, on el_GR alone.
+    assert list(json.loads((out / MANIFEST).read_text())["languages"]) == ["el_GR"]
+    assert not {"de_DE", "en_XX"} & {p.name for p in out.iterdir()}
+    sample = json.loads((out / record.SAMPLE_FILE).read_text())["bytes"]
+    assert list(sample) == ["el_GR"]
+    assert json.loads((out / MANIFEST).read_text())["tokenizer"]["sample"]["bytes"] == sample
+
+
+def test_a_first_preparation_failing_late_keeps_the_languages_done(tiny_corpus, one_machine,
+                                                                   tmp_path, capsys, caplog):
+    """Bad text in the last language: the languages before it stay, and the same command resumes
+    once the file is mended, to the bytes of one preparation."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    last = corpus / "ru_RU.txt"
+    good = last.read_bytes()
+    last.write_bytes(good + b"\xff\n")
+    out = tmp_path / "data"
+    given = ["--source", str(corpus), "--out", str(out), "--tokenizer",
+             str(one_machine / "sentencepiece.bpe.model")]
+    assert cli(*given) == 1
+    err = capsys.readouterr().err
+    assert "ru_RU.txt is not UTF-8" in err
+    # en_XX's end is seen with ru_RU's first block, so the error may come before it is marked.
+    done = sorted(p.parent.name for p in out.glob(f"*/{record.DONE_FILE}"))
+    assert done in (["de_DE", "el_GR"], ["de_DE", "el_GR", "en_XX"])
+    assert f"{out} keeps its tokenizer and the {len(done)} language(s) finished: the same " \
+        "command resumes from there" in err
+    last.write_bytes(good)
+    caplog.set_level(logging.INFO, logger="data_prep.prepare")
+    assert cli(*given) == 0
+    assert f"resuming: {len(done)} of 4 language(s) done already" in caplog.text
+    shards = {name: data for name, data in files(out).items() if name.endswith(".bin")}
+    assert shards == {n: d for n, d in files(one_machine).items() if n.endswith(".bin")}
 
 
 def test_add_language_appends_one_language_with_the_folders_tokenizer(tiny_corpus, one_machine,
@@ -117,6 +169,8 @@ def test_add_language_appends_one_language_with_the_folders_tokenizer(tiny_corpu
         "languages"]["ru_RU"]
     with pytest.raises(DataPrepError, match=f"ru_RU is prepared in {out} already"):
         add_language(tiny_corpus, out, "ru_RU")
+    with pytest.raises(DataPrepError, match=f"{out} has rus_Cyrl's language as ru_RU already"):
+        add_language(tiny_corpus, out, "rus_Cyrl")
     assert main(["--add-language", "ru_RU", "--source", str(tiny_corpus), "--out",
                  str(tmp_path / "nothing")]) == 1
     assert "does not exist: the folder is not prepared" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import re
 import unicodedata
 from itertools import islice
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from xmod_core.tokenizer import Tokenizer, VocabularyTooLarge, train_tokenizer
+from xmod_core.tokenizer import Tokenizer, VocabularyTooLarge, VocabularyTooSmall, train_tokenizer
 
 CORPUS = Path(__file__).resolve().parents[2] / "data_prep" / "corpus"
 
@@ -139,6 +140,14 @@ def test_training_errors(tmp_path):
     with pytest.raises(VocabularyTooLarge, match=r"a vocabulary of 5000 pieces is more than this "
                                                  r"text supports \(at most \d+\)"):
         train_tokenizer(iter(corpus_lines("debian_ig", "en_XX", 20)), tmp_path / "x.model", 5000)
+    # A script of many characters (Chinese) needs a piece for each: the fewest is named.
+    chinese = corpus_lines("debian_ig", "zh_CN", 200)
+    with pytest.raises(VocabularyTooSmall, match=r"a vocabulary of 300 pieces is fewer than this "
+                                                 r"text's characters need \((\d+), each a piece "
+                                                 r"of its own\): raise the vocabulary size") as e:
+        train_tokenizer(iter(chinese), tmp_path / "x.model", 300)
+    fewest = int(re.search(r"to (\d+) or more", str(e.value))[1])
+    train_tokenizer(iter(chinese), tmp_path / "fits.model", fewest)
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         train_tokenizer([tmp_path / "missing.txt"], tmp_path / "x.model", 300)
     assert not (tmp_path / "x.model").exists()

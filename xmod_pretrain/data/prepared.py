@@ -50,12 +50,13 @@ def ensure_prepared(data_dir: str | Path, source: str | Path | None, *,
         if source is None:
             raise DataError(nothing_prepared(data_dir))
         if info is None or info.is_main:
+            from data_prep import record
             from data_prep.prepare import prepare
 
             if not quiet:
                 print(announce or f"preparing {data_dir} from {source} (first use)", flush=True)
             with new_output_dir(data_dir, overwrite=True, option=option, data=True,
-                                own_run=run_dir) as out:
+                                own_run=run_dir, resumable=record.worth_resuming) as out:
                 prepare(source, out, vocab_size=vocab_size, tokenizer=tokenizer,
                         valid_fraction=valid_fraction, languages=languages, workers=workers,
                         restart=True)  # what another start left: resumed if asked the same

@@ -82,7 +82,8 @@ def plan_add_language(cfg: Config, info: DistInfo) -> AddLanguagePlan:
     existing = [lang for lang in new if lang in source.languages]
     if existing and not req.overwrite:
         raise AddLanguageError(f"{', '.join(existing)} already in {source.run_dir} (languages: "
-                               f"{', '.join(source.languages)}); pass --overwrite to retrain")
+                               f"{', '.join(source.languages)}){never_trained(source, existing)}; "
+                               "pass --overwrite to retrain")
     check_init(req.init, source.languages)
     if req.extend_vocab is not None and existing:
         raise AddLanguageError(f"--extend-vocab with --overwrite: {existing[0]} is in "
@@ -91,6 +92,17 @@ def plan_add_language(cfg: Config, info: DistInfo) -> AddLanguagePlan:
     grown = source.languages + [lang for lang in new if lang not in source.languages]
     model_cfg = dataclasses.replace(source.config.model, languages=grown)
     return AddLanguagePlan(source=source, new_languages=new, model_cfg=model_cfg)
+
+
+def never_trained(source: RunCheckpoint, languages: list[str]) -> str:
+    """``, though its pre-training never trained ...`` for those of ``languages`` that the run's
+    model holds but its explicit ``data.languages`` left out (their modules are as initialised)."""
+    chosen = source.config.data.languages
+    idle = [lang for lang in languages if chosen and lang not in chosen]
+    if not idle:
+        return ""
+    return (f", though its pre-training never trained {', '.join(idle)}: a model takes every "
+            "language of its data folder, and data.languages only chose which to train")
 
 
 def check_no_second_code(new: list[str], languages: list[str], run_dir: Path) -> None:
@@ -142,7 +154,14 @@ def check_init(init: str, languages: list[str]) -> list[str]:
 def check_text(req: AddLanguageConfig) -> None:
     """The new languages' text exists and fits the request (checked before anything is written)."""
     if req.text is None:
-        missing = [lang for lang in req.languages if not (BUNDLED_TEXT / f"{lang}.txt.xz").is_file()]
+        bundled = sorted(path.name.removesuffix(".txt.xz")
+                         for path in BUNDLED_TEXT.glob("*.txt.xz"))
+        missing = [lang for lang in req.languages if lang not in bundled]
+        for lang in missing:
+            other = same_language(lang, bundled)
+            if other is not None:
+                raise AddLanguageError(f"no bundled text for {lang}: the bundled text calls that "
+                                       f"language {other}; use --lang {other}, or pass --text PATH")
         if missing:
             raise AddLanguageError(f"no bundled text for {', '.join(missing)}: pass --text PATH")
         return
@@ -150,7 +169,7 @@ def check_text(req: AddLanguageConfig) -> None:
     if not path.exists():
         raise AddLanguageError(f"--text {path} does not exist")
     if path.is_file() and path.suffix != ".json" and len(req.languages) != 1:
-        raise AddLanguageError(f"--text {path} is one file: give a folder of <xx_YY>.txt "
+        raise AddLanguageError(f"--text {path} is one file: give a folder of <code>.txt "
                                "files (or a JSON manifest) for several languages")
 
 

@@ -8,7 +8,7 @@ import multiprocessing.pool
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ from xmod_core.tokenizer import Tokenizer
 
 Chunk = tuple[np.ndarray, np.ndarray]
 """Flat token ids of a run of lines (each line's ids then </s>), and each line's id count."""
+ChunkOf = Callable[[], Chunk]
+"""Waits for a block's chunk."""
 
 _tokenizer: Tokenizer | None = None  # one per worker, loaded by _load_tokenizer
 
@@ -66,16 +68,18 @@ class ParallelEncoder:
             self._pool.join()
             self._pool = None
 
-    def encode(self, blocks: Iterable[TextBlock]) -> Iterator[tuple[TextBlock, Chunk]]:
-        """Each block with its token chunk, in order (a worker's error is raised in its turn)."""
+    def encode(self, blocks: Iterable[TextBlock]) -> Iterator[tuple[TextBlock, ChunkOf]]:
+        """Each block, in order, with the call that waits for its token chunk (and raises a
+        worker's error, such as the block's bad text). The block comes before its chunk, so a
+        caller can finish a language whose last block is done before the next one's error
+        stops it. Take each chunk before the next pair: that keeps memory bounded."""
         assert self._pool is not None, "encode runs inside the with block"
         pending: deque = deque()
         for block in blocks:
-            pending.append((block, self._pool.apply_async(_encode_block, (block,))))
+            pending.append((block, self._pool.apply_async(_encode_block, (block,)).get))
             if len(pending) > 2 * self.workers:
-                yield _result(*pending.popleft())
-        while pending:
-            yield _result(*pending.popleft())
+                yield pending.popleft()
+        yield from pending
 
 
 @contextlib.contextmanager
@@ -91,7 +95,3 @@ def _ctrl_c_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _result(block: TextBlock, result: multiprocessing.pool.AsyncResult) -> tuple[TextBlock, Chunk]:
-    return block, result.get()

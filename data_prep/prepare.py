@@ -35,11 +35,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep import record, tokenizer_sample
-from data_prep.encode import Chunk, ParallelEncoder
+from data_prep.encode import Chunk, ChunkOf, ParallelEncoder
 from data_prep.errors import DataPrepError
 from data_prep.shards import write_language, write_manifest
 from data_prep.sources import LanguageSource, open_source, source_name
-from data_prep.textio import LineTally, TextBlock
+from data_prep.textio import LineTally, TextBlock, UnreadableText
 from xmod_core.atomic import file_sha256, write_bytes, write_text
 from xmod_core.errors import UserError
 from xmod_core.help import DefaultsHelpFormatter
@@ -262,10 +262,12 @@ def _encode_all(
         for stale in (out / lang).glob(".*.tmp-*"):
             stale.unlink()
     start = time.perf_counter()
-    blocks = (block for src in sources.values() for block in src.blocks())
+    blocks = (block for src in sources.values() for block in _blocks_of(src))
     with ParallelEncoder(tok.path, workers) as encoder:
         # One stream for all languages: the workers go on with the next language while this
-        # process completes the last one's shards.
+        # process completes the last one's shards. groupby sees a language end at the next
+        # one's first block, before waiting for its chunk: a language is done (and kept) even
+        # when the next one's first block fails.
         encoded = groupby(encoder.encode(blocks), key=lambda pair: pair[0].language)
         for lang, pairs in encoded:
             with tqdm(total=sources[lang].total_bytes, desc=lang, unit="B", unit_scale=True) as bar:
@@ -275,10 +277,19 @@ def _encode_all(
     log.info("encoded %d language(s) in %.1f s", len(sources), time.perf_counter() - start)
 
 
-def _chunks(pairs: Iterable[tuple[TextBlock, Chunk]], bar: tqdm) -> Iterator[Chunk]:
+def _blocks_of(source: LanguageSource) -> Iterator[TextBlock | UnreadableText]:
+    """``source``'s blocks; an error reading them ends them as a block that raises it."""
+    try:
+        yield from source.blocks()
+    except DataPrepError as e:
+        yield UnreadableText(source.language, e)
+
+
+def _chunks(pairs: Iterable[tuple[TextBlock, ChunkOf]], bar: tqdm) -> Iterator[Chunk]:
     """One language's chunks, refusing a text (file, stream) of it without a usable line."""
     tally = LineTally()
-    for block, chunk in pairs:
+    for block, chunk_of in pairs:
+        chunk = chunk_of()
         bar.update(block.size)
         tally.add(block, len(chunk[1]))
         yield chunk

@@ -67,6 +67,20 @@ class TextBlock:
             return f.read(self.size)
 
 
+@dataclass(frozen=True)
+class UnreadableText:
+    """A language's text that could not be read where it is read, in this process (a parquet
+    file without text, say): a last block of the language that raises the error when encoded,
+    in its turn, so the languages before it are finished first."""
+
+    language: str
+    error: DataPrepError
+    size: int = 0
+
+    def lines(self) -> list[str]:
+        raise self.error
+
+
 class LineTally:
     """Counts the usable lines of each text as its blocks pass, refusing a text without one."""
 

@@ -23,6 +23,7 @@ from xmod_core.languages import (
     check_language_list,
     language_index,
 )
+from xmod_core.tokenizer import train_tokenizer
 
 LANGUAGES = ("yor_Latn", "eng_Latn", "rus_Cyrl")
 
@@ -108,6 +109,19 @@ def test_a_language_folder_without_training_parquet_is_refused_not_passed_over(t
     write_parquet(tmp_path / "corpus" / "yor_Latn" / "test" / "0.parquet", ["held out by them"])
     with pytest.raises(DataPrepError, match=r"corpus/yor_Latn holds no parquet file"):
         prepare(tmp_path / "corpus", tmp_path / "out", vocab_size=600, workers=1)
+
+
+def test_a_later_languages_unreadable_parquet_keeps_the_languages_before_it(tmp_path):
+    """A parquet file is read in this process, not in the encoding workers: its error still
+    comes after the languages before it are finished and marked done."""
+    write_parquet(tmp_path / "corpus" / "eng_Latn" / "train" / "0.parquet", documents("eng_Latn"))
+    (tmp_path / "corpus" / "yor_Latn").mkdir()
+    pq.write_table(pa.table({"text": [1]}), tmp_path / "corpus" / "yor_Latn" / "0.parquet")
+    tokenizer = train_tokenizer(iter(document_lines(documents("eng_Latn"))), tmp_path / "t.model",
+                                600)
+    with pytest.raises(DataPrepError, match="'text' column holds int64"):
+        prepare(tmp_path / "corpus", tmp_path / "out", tokenizer=tokenizer.path, workers=2)
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/done.json")) == ["eng_Latn"]
 
 
 def test_one_language_under_both_code_forms_is_refused(tmp_path, fineweb):

@@ -40,7 +40,7 @@ from data_prep.errors import DataPrepError
 from data_prep.shards import write_language, write_manifest
 from data_prep.sources import LanguageSource, open_source, source_name
 from data_prep.textio import LineTally, TextBlock, UnreadableText
-from xmod_core.atomic import file_sha256, write_bytes, write_text
+from xmod_core.atomic import file_sha256, temporary_name, write_bytes, write_text
 from xmod_core.errors import UserError
 from xmod_core.help import DefaultsHelpFormatter
 from xmod_core.languages import check_language_code, same_language
@@ -259,7 +259,7 @@ def _encode_all(
     if not sources:
         return
     for lang in sources:  # what a killed start of this language left; no other task writes here
-        for stale in (out / lang).glob(".*.tmp-*"):
+        for stale in (out / lang).glob(temporary_name("*")):
             stale.unlink()
     start = time.perf_counter()
     blocks = (block for src in sources.values() for block in _blocks_of(src))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from data_prep.errors import DataPrepError
 from data_prep.sources import source_name
-from xmod_core.atomic import write_text
+from xmod_core.atomic import temporary_name, write_text
 from xmod_core.shards import MANIFEST
 
 REQUEST_FILE = "prepare.json"
@@ -80,8 +80,10 @@ def add(out: Path, language: str, source: str) -> None:
 
 
 def started(out: Path) -> bool:
-    """Whether ``out`` holds a preparation's record: work a rerun of the command resumes."""
-    return (out / REQUEST_FILE).is_file()
+    """Whether ``out`` holds a preparation's record (work a rerun of the command resumes), or
+    one being written: the array tasks of one preparation start together, and the first one's
+    temporary file must not make the others take the folder for someone else's."""
+    return (out / REQUEST_FILE).is_file() or any(out.glob(temporary_name(REQUEST_FILE)))
 
 
 def worth_resuming(out: Path) -> bool:

@@ -19,7 +19,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(temporary_name(path.name, str(os.getpid())))
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -28,6 +28,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fsync_dir(path.parent)  # the rename itself survives a crash
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_name(name: str, writer: str = "*") -> str:
+    """The name ``atomic_path`` writes ``name`` under, by process ``writer`` (``*``: a glob
+    pattern for any writer's)."""
+    return f".{name}.tmp-{writer}"
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -20,6 +20,7 @@ import pytest
 from data_prep import record
 from data_prep.prepare import DataPrepError, Task, add_language, main, prepare
 from tests.conftest import REPO
+from xmod_core.atomic import temporary_name
 from xmod_core.shards import MANIFEST
 
 ARGS = ["--vocab-size", "500", "--workers", "1", "--valid-fraction", "0.1"]
@@ -58,6 +59,22 @@ def test_tasks_share_the_languages_and_the_last_one_writes_the_manifest(tiny_cor
     assert files(out) == files(one_machine)
     assert cli(*source, "--task", "0/2") == 0  # a task run again: nothing changes
     assert files(out) == files(one_machine)
+
+
+def test_a_task_starting_while_another_writes_the_request_joins_it(tiny_corpus, one_machine,
+                                                                    tmp_path):
+    """The array's tasks start together: one that finds only the first one's temporary request
+    file takes the folder for this preparation's, not for someone else's non-empty folder."""
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / temporary_name(record.REQUEST_FILE, "12345")).write_text("{")
+    given = ["--source", str(tiny_corpus), "--out", str(out), "--tokenizer",
+             str(one_machine / "sentencepiece.bpe.model")]
+    assert cli(*given, "--task", "0/2") == 0
+    (out / temporary_name(record.REQUEST_FILE, "12345")).unlink()  # the other task, done
+    assert cli(*given, "--task", "1/2") == 0
+    shards = {name: data for name, data in files(out).items() if name.endswith(".bin")}
+    assert shards == {n: d for n, d in files(one_machine).items() if n.endswith(".bin")}
 
 
 @pytest.mark.parametrize("spec", ["2/2", "a/2", "1", "0/0"])

@@ -100,8 +100,9 @@ def language_folders(folder: Path) -> dict[str, list[Path]]:
     empty = [name for name, files in found.items() if not files]
     if empty and len(empty) < len(found):
         where = root / empty[0] / TRAIN_FOLDER
-        raise DataPrepError(f"{root / empty[0]} holds no parquet file (looked in {where}, or "
-                            f"in the folder when it has no {TRAIN_FOLDER}/)"
+        raise DataPrepError(f"{root / empty[0]} holds no parquet file to train on (looked in "
+                            f"{where}, or in the folder when it has no {TRAIN_FOLDER}/; "
+                            f"{TEST_FOLDER}/ is never read)"
                             + (f", nor do {len(empty) - 1} other folder(s)" if len(empty) > 1
                                else "") + ": finish its download, or move it out of the corpus")
     return {name: files for name, files in found.items() if files}

@@ -52,7 +52,14 @@ __all__ = ["DataPrepError", "Task", "add_language", "prepare", "main"]
 log = logging.getLogger(__name__)
 
 DEFAULT_VALID_FRACTION = 0.05
-INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (``_terminate_as_interrupt``)."""
+
+
+# The shell's exit status for a command ended by a signal: 128 + its number.
+EXIT_STATUS = {KeyboardInterrupt: 128 + signal.SIGINT, Terminated: 128 + signal.SIGTERM}
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ def prepare(
         raise DataPrepError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     if workers < 1:
         raise DataPrepError(f"workers must be >= 1, got {workers}")
+    if tokenizer is None and vocab_size < 1:
+        raise DataPrepError(f"--vocab-size must be a positive number of pieces, got {vocab_size}")
     sources = open_source(source, languages)
     given = _given_tokenizer(tokenizer)
     out = Path(out_dir)
@@ -339,10 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:  # unusable input, or an --out that must not be written
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM
         kept = "" if args.add_language else record.kept(Path(args.out))
-        print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)
-        return INTERRUPTED
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"{parser.prog}: {what}{kept}", file=sys.stderr)
+        return EXIT_STATUS[type(stop)]
     if manifest is not None:
         print(f"wrote {manifest}")
     elif args.tokenizer_only:
@@ -355,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (scancel, a job's time limit) ends the command as Ctrl-C does: the encoding
+    """SIGTERM (scancel, a job's time limit) ends the command as Ctrl-C does (``Terminated``,
+    exit status 143): the encoding
     workers are stopped and the languages done are kept, instead of the process vanishing under
     its workers."""
     if threading.current_thread() is not threading.main_thread():
@@ -363,7 +374,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

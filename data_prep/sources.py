@@ -206,7 +206,7 @@ def _folder_sources(folder: Path) -> dict[str, FileSource | ParquetSource]:
             raise DataPrepError(f"language {code} twice in {folder}: {first} and {path.name}")
         found[code] = FileSource(code, (path,))
     if found:
-        return found
+        return _one_code_each(found, folder)
     for name, files in language_folders(folder).items():
         code = _language_code(name, str(files[0].parent))
         found[code] = ParquetSource(code, tuple(files))

@@ -134,6 +134,12 @@ def test_one_language_under_both_code_forms_is_refused(tmp_path, fineweb):
     with pytest.raises(DataPrepError, match="en_XX and eng_Latn are one language"):
         prepare(tmp_path / "both", tmp_path / "out", vocab_size=600, workers=1)
     (tmp_path / "yo.txt").write_text("a line\n")
+    (tmp_path / "text").mkdir()
+    for name in ("eng_Latn.txt", "en_XX.txt.xz"):
+        (tmp_path / "text" / name).write_bytes(lzma.compress(b"a line\n")
+                                               if name.endswith(".xz") else b"a line\n")
+    with pytest.raises(DataPrepError, match="en_XX and eng_Latn are one language"):
+        prepare(tmp_path / "text", tmp_path / "out", vocab_size=600, workers=1)
     listing = tmp_path / "both.json"
     listing.write_text(json.dumps({"yor_Latn": "yo.txt", "yo_NG": "yo.txt"}))
     with pytest.raises(DataPrepError, match="yor_Latn and yo_NG are one language"):

@@ -265,6 +265,7 @@ def test_bad_arguments_are_refused(raw, tmp_path):
         ({"source": spec}, r"language en_XX twice in .*dup\.json"),
         ({"source": "hf:text:/x/{lang}.txt"}, r"pass --languages"),
         ({"valid_fraction": 1.0}, r"valid_fraction"),
+        ({"vocab_size": 0}, r"--vocab-size must be a positive number of pieces, got 0"),
         ({"tokenizer": tmp_path / "none.model"}, r"tokenizer .*none\.model does not exist"),
         ({"tokenizer": spec}, r"dup\.json is not a SentencePiece model"),
     ]

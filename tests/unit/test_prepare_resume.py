@@ -84,15 +84,16 @@ def test_a_malformed_task_is_refused(tiny_corpus, tmp_path, capsys, spec):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C"])
+@pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C", "SIGTERM"])
 def test_a_preparation_killed_half_way_resumes_to_the_same_bytes(tiny_corpus, one_machine,
                                                                  tmp_path, stop):
-    """A first preparation, stopped after its first language: kill -9 of the process, or Ctrl-C
-    to its process group (it and its encoding workers), which must keep what is done too."""
+    """A first preparation, stopped after its first language: kill -9 of the process, Ctrl-C to
+    its process group (it and its encoding workers) or SIGTERM to it alone (scancel, a time
+    limit), which must keep what is done too, without a traceback."""
     out = tmp_path / "data"
     cmd = [sys.executable, "-m", "data_prep.prepare", "--source", str(tiny_corpus), "--out",
            str(out), *ARGS]
-    workers = ["--workers", "2"] if stop == "Ctrl-C" else []
+    workers = [] if stop == "kill -9" else ["--workers", "2"]
     proc = subprocess.Popen([*cmd, *workers], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -101,12 +102,15 @@ def test_a_preparation_killed_half_way_resumes_to_the_same_bytes(tiny_corpus, on
         time.sleep(0.01)
     if stop == "kill -9":
         os.kill(proc.pid, signal.SIGKILL)
-    else:
+    elif stop == "Ctrl-C":
         os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
     stderr = proc.communicate(timeout=60)[1]
-    if stop == "Ctrl-C":
-        assert proc.returncode == 130 and "Traceback" not in stderr, stderr
-        assert re.search(r"prepare: interrupted; .*data keeps its tokenizer and the [123] "
+    if stop != "kill -9":
+        status, what = (130, "interrupted") if stop == "Ctrl-C" else (143, "terminated")
+        assert proc.returncode == status and "Traceback" not in stderr, stderr
+        assert re.search(rf"prepare: {what}; .*data keeps its tokenizer and the [123] "
                          r"language\(s\) finished: the same command resumes", stderr), stderr
     done = {p.parent.name for p in out.glob(f"*/{record.DONE_FILE}")}
     assert 0 < len(done) < 4 and not (out / MANIFEST).exists()

@@ -18,14 +18,11 @@ a killed one resumes, and array tasks share one folder.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep import record, tokenizer_sample
+from data_prep import record, stopping, tokenizer_sample
 from data_prep.encode import Chunk, ChunkOf, ParallelEncoder
 from data_prep.errors import DataPrepError
 from data_prep.shards import write_language, write_manifest
@@ -52,14 +49,6 @@ __all__ = ["DataPrepError", "Task", "add_language", "prepare", "main"]
 log = logging.getLogger(__name__)
 
 DEFAULT_VALID_FRACTION = 0.05
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (``_terminate_as_interrupt``)."""
-
-
-# The shell's exit status for a command ended by a signal: 128 + its number.
-EXIT_STATUS = {KeyboardInterrupt: 128 + signal.SIGINT, Terminated: 128 + signal.SIGTERM}
 
 
 @dataclass(frozen=True)
@@ -249,8 +238,8 @@ def train_on_sample(out: Path, sources: dict[str, LanguageSource], vocab_size: i
     share = tokenizer_sample.shares({lang: src.size_hint for lang, src in sources.items()},
                                     budget, sampling.alpha)
     given: dict[str, int] = {}
-    text = tokenizer_sample.sample({lang: src.lines() for lang, src in sources.items()}, share,
-                                   given)
+    text = stopping.checked(tokenizer_sample.sample(
+        {lang: src.lines() for lang, src in sources.items()}, share, given))
     tok = train_tokenizer(text, out / TOKENIZER_FILE, vocab_size)
     write_text(out / record.SAMPLE_FILE, json.dumps(
         {"alpha": sampling.alpha, "budget_bytes": budget, "bytes": given}, indent=2) + "\n")
@@ -297,7 +286,7 @@ def _blocks_of(source: LanguageSource) -> Iterator[TextBlock | UnreadableText]:
 def _chunks(pairs: Iterable[tuple[TextBlock, ChunkOf]], bar: tqdm) -> Iterator[Chunk]:
     """One language's chunks, refusing a text (file, stream) of it without a usable line."""
     tally = LineTally()
-    for block, chunk_of in pairs:
+    for block, chunk_of in stopping.checked(pairs):
         chunk = chunk_of()
         bar.update(block.size)
         tally.add(block, len(chunk[1]))
@@ -343,16 +332,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        with _terminate_as_interrupt():
+        with stopping.stop_on_signals():
             manifest = _run(args)
     except UserError as e:  # unusable input, or an --out that must not be written
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM
         kept = "" if args.add_language else record.kept(Path(args.out))
-        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        what = "terminated" if isinstance(stop, stopping.Terminated) else "interrupted"
         print(f"{parser.prog}: {what}{kept}", file=sys.stderr)
-        return EXIT_STATUS[type(stop)]
+        return stopping.exit_status(stop)
     if manifest is not None:
         print(f"wrote {manifest}")
     elif args.tokenizer_only:
@@ -361,26 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"task {args.task} done; the task that finishes last writes the manifest")
     return 0
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (scancel, a job's time limit) ends the command as Ctrl-C does (``Terminated``,
-    exit status 143): the encoding
-    workers are stopped and the languages done are kept, instead of the process vanishing under
-    its workers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread; a caller's thread keeps its own
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> Path | None:

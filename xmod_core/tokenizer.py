@@ -259,14 +259,14 @@ class _Lines:
 
     def __init__(self, lines: Iterable[str]) -> None:
         self._lines = lines
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[str]:
         try:
             for line in self._lines:
                 if line.strip():
                     yield line
-        except Exception as e:
+        except BaseException as e:  # a stop asked for by a signal, too (data_prep.stopping)
             self.error = e
             raise
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import record
+from data_prep import record, stopping
 from data_prep.prepare import DataPrepError, Task, add_language, main, prepare
 from tests.conftest import REPO
 from xmod_core.atomic import temporary_name
@@ -83,16 +83,30 @@ def test_a_malformed_task_is_refused(tiny_corpus, tmp_path, capsys, spec):
     assert f"--task {spec!r}: expected INDEX/COUNT" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def long_second_language(tiny_corpus, one_machine, tmp_path_factory) -> tuple[Path, Path]:
+    """(the tiny corpus with el_GR, its second language, 7 MB: a fraction of a second of encoding
+    for a stop to land in, and its preparation in one go with one_machine's tokenizer)."""
+    corpus = tmp_path_factory.mktemp("long") / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    (corpus / "el_GR.txt").write_text((tiny_corpus / "el_GR.txt").read_text() * 40)
+    out = corpus.parent / "one"
+    assert cli("--source", str(corpus), "--out", str(out), "--tokenizer",
+               str(one_machine / "sentencepiece.bpe.model")) == 0
+    return corpus, out
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C", "SIGTERM"])
-def test_a_preparation_killed_half_way_resumes_to_the_same_bytes(tiny_corpus, one_machine,
-                                                                 tmp_path, stop):
+def test_a_preparation_killed_half_way_resumes_to_the_same_bytes(long_second_language,
+                                                                 one_machine, tmp_path, stop):
     """A first preparation, stopped after its first language: kill -9 of the process, Ctrl-C to
     its process group (it and its encoding workers) or SIGTERM to it alone (scancel, a time
     limit), which must keep what is done too, without a traceback."""
+    corpus, one_go = long_second_language
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "data_prep.prepare", "--source", str(tiny_corpus), "--out",
-           str(out), *ARGS]
+    cmd = [sys.executable, "-m", "data_prep.prepare", "--source", str(corpus), "--out",
+           str(out), "--tokenizer", str(one_machine / "sentencepiece.bpe.model"), *ARGS]
     workers = [] if stop == "kill -9" else ["--workers", "2"]
     proc = subprocess.Popen([*cmd, *workers], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -119,7 +133,26 @@ def test_a_preparation_killed_half_way_resumes_to_the_same_bytes(tiny_corpus, on
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {len(done)} of 4 language(s) done already" in resumed.stderr
     assert {lang: (out / lang / "train.bin").stat().st_mtime_ns for lang in done} == before
-    assert files(out) == files(one_machine)
+    assert files(out) == files(one_go)
+
+
+def test_a_signal_stops_at_the_next_check_and_a_second_one_at_once():
+    """The first signal is only recorded (an exception raised wherever it lands could leave the
+    encoding pool's locks held); the second stops at once; outside, the old handlers are back."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(stopping.Terminated):
+        with stopping.stop_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            with pytest.raises(stopping.Terminated):
+                list(stopping.checked(range(3)))
+            with pytest.raises(stopping.Terminated):  # still asked: every check raises it
+                stopping.check()
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal: the first one's stop, now
+            pytest.fail("a second signal must stop at once")
+    assert signal.getsignal(signal.SIGTERM) is before
+    stopping.check()  # nothing asked any more
+    assert stopping.exit_status(stopping.Terminated()) == 143
+    assert stopping.exit_status(KeyboardInterrupt()) == 130
 
 
 def test_another_request_in_a_started_folder_is_refused_naming_what_differs(

@@ -48,7 +48,7 @@ SLURM_COPIES = 4
 
 
 def run(quick: bool) -> dict:
-    corpus_bytes, vocab, sample_gb = (0.5 * MB, 2000, 0.001) if quick else (100 * MB, 8000, 0.05)
+    corpus_bytes, vocab, sample_gb = (0.5 * MB, 2000, 0.0005) if quick else (100 * MB, 8000, 0.05)
     with tempfile.TemporaryDirectory(prefix="bench-layouts-") as tmp:
         root = Path(tmp)
         docs = documents(bundled_cut(corpus_bytes), corpus_bytes)

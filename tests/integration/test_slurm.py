@@ -188,8 +188,8 @@ def test_a_prepare_array_resubmitted_after_a_killed_task_equals_one_machine(slur
     for text in tiny_corpus.glob("*.txt"):
         shutil.copy(text, corpus)
     # Task 1's first language (of de_DE, el_GR, en_XX, ru_RU it has el_GR and ru_RU) made long
-    # enough (about 45 MB, seconds of encoding) that the kill lands inside it.
-    (corpus / "el_GR.txt").write_text((tiny_corpus / "el_GR.txt").read_text() * 300)
+    # enough (about 20 MB, a second or more of encoding) that the kill lands inside it.
+    (corpus / "el_GR.txt").write_text((tiny_corpus / "el_GR.txt").read_text() * 120)
     args = ["--source", str(corpus), "--tokenizer", str(tiny_data / "sentencepiece.bpe.model"),
             "--valid-fraction", "0.1"]
     assert prepare_main([*args, "--out", str(tmp_path / "one"), "--workers", "1"]) == 0

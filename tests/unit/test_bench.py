@@ -118,7 +118,7 @@ def test_layouts_measures_each_layout_a_killed_preparation_and_the_sample_memory
     budget_mb = result["tokenizer_sample_gb"] * 1000
     for languages, m in memory.items():  # the budget, each language stopping within a line
         assert budget_mb <= m["sample_mb"] < budget_mb + int(languages) * 1e-3
-        assert m["corpus_mb"] > 3 * m["sample_mb"] and m["added_mib"] > 0
+        assert m["corpus_mb"] > 2 * m["sample_mb"] and m["added_mib"] > 0
 
 
 def test_languages_ratios_are_against_four_languages(tmp_path):

@@ -22,12 +22,11 @@ from pathlib import Path
 from data_prep.errors import DataPrepError
 from data_prep.sources import source_name
 from xmod_core.atomic import temporary_name, write_text
-from xmod_core.shards import MANIFEST
+from xmod_core.shards import MANIFEST, SPLITS
 
 REQUEST_FILE = "prepare.json"
 DONE_FILE = "done.json"
 SAMPLE_FILE = "tokenizer_sample.json"
-SHARD_FILES = ("train.bin", "valid.bin")
 
 
 def request(source: str, languages: list[str], vocab_size: int, valid_fraction: float,
@@ -109,7 +108,8 @@ def forget(out: Path) -> None:
     for name in (MANIFEST, SAMPLE_FILE, REQUEST_FILE):  # the request last: until then, resumable
         (out / name).unlink(missing_ok=True)
     for folder in out.iterdir() if out.is_dir() else ():
-        if folder.is_dir() and any((folder / name).exists() for name in (DONE_FILE, *SHARD_FILES)):
+        written = (DONE_FILE, *(f"{split}.bin" for split in SPLITS))
+        if folder.is_dir() and any((folder / name).exists() for name in written):
             shutil.rmtree(folder)
 
 

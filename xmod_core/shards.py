@@ -2,7 +2,7 @@
 
     DIR/manifest.json
     DIR/sentencepiece.bpe.model
-    DIR/<xx_YY>/train.bin   DIR/<xx_YY>/valid.bin
+    DIR/<code>/train.bin    DIR/<code>/valid.bin
 
 A shard is a flat little-endian uint32 array (``np.memmap``-able): each line's token ids followed
 by ``</s>`` (id 2), no ``<s>``. The valid shard is the last lines of the language. ``data_prep``
@@ -23,6 +23,7 @@ from xmod_core.errors import UserError
 FORMAT, VERSION = "xmod-shards", 1
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "sentencepiece.bpe.model"
+SPLITS = ("train", "valid")  # a language's shards: <code>/<split>.bin
 TOKEN_DTYPE = np.dtype("<u4")  # little-endian uint32, on every machine
 
 
